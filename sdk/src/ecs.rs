@@ -1,0 +1,353 @@
+//! The Elastic Common Schema fields that network rules read, as one typed, borrowing struct.
+//!
+//! ECS writes nested objects (`{"source": {"ip": "10.0.0.1", "port": 51514}}`). Parsing into
+//! [`EcsEvent`] reads every field a session rule needs in one pass; strings borrow from the
+//! payload; unknown fields are skipped; a missing field is `None`. Ports and numbers given as
+//! strings are accepted, because some sensors write them that way.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::community_id::{CommunityId, FlowTuple, transport_number};
+
+/// The ECS fields of one event's payload that network correlation uses.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct EcsEvent<'a> {
+    /// `source.*`: the side that sent the first packet, as this sensor saw it.
+    #[serde(borrow)]
+    pub source: Option<Endpoint<'a>>,
+    /// `destination.*`.
+    #[serde(borrow)]
+    pub destination: Option<Endpoint<'a>>,
+    /// `network.*`.
+    #[serde(borrow)]
+    pub network: Option<Network<'a>>,
+    /// `dns.*`.
+    #[serde(borrow)]
+    pub dns: Option<Dns<'a>>,
+    /// `url.*`.
+    #[serde(borrow)]
+    pub url: Option<Url<'a>>,
+    /// `http.*`.
+    #[serde(borrow)]
+    pub http: Option<Http<'a>>,
+    /// `tls.*`.
+    #[serde(borrow)]
+    pub tls: Option<Tls<'a>>,
+    /// `process.*`.
+    #[serde(borrow)]
+    pub process: Option<Process<'a>>,
+    /// `user.*`.
+    #[serde(borrow)]
+    pub user: Option<Named<'a>>,
+    /// `host.*`.
+    #[serde(borrow)]
+    pub host: Option<Named<'a>>,
+    /// `event.*`.
+    pub event: Option<EventMeta>,
+}
+
+/// `source` or `destination`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Endpoint<'a> {
+    /// `*.ip`.
+    #[serde(borrow)]
+    pub ip: Option<Cow<'a, str>>,
+    /// `*.port`.
+    #[serde(deserialize_with = "lenient_u16")]
+    pub port: Option<u16>,
+}
+
+/// `network`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Network<'a> {
+    /// `network.transport`: `tcp`, `udp`, `icmp`... or an IANA number.
+    #[serde(borrow, deserialize_with = "lenient_text")]
+    pub transport: Option<Cow<'a, str>>,
+    /// `network.community_id`, when the sensor computed it.
+    #[serde(borrow)]
+    pub community_id: Option<Cow<'a, str>>,
+    /// `network.protocol`: the application protocol (`http`, `dns`, `tls`).
+    #[serde(borrow)]
+    pub protocol: Option<Cow<'a, str>>,
+}
+
+/// `dns`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Dns<'a> {
+    /// `dns.question`.
+    #[serde(borrow)]
+    pub question: Option<DnsQuestion<'a>>,
+    /// `dns.answers`.
+    #[serde(borrow)]
+    pub answers: Option<Vec<DnsAnswer<'a>>>,
+    /// `dns.resolved_ip`: the addresses found in the answers.
+    #[serde(borrow)]
+    pub resolved_ip: Option<Vec<Cow<'a, str>>>,
+}
+
+/// `dns.question`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DnsQuestion<'a> {
+    /// `dns.question.name`.
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+}
+
+/// One of `dns.answers`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DnsAnswer<'a> {
+    /// `data`: an address for A/AAAA records, a name for CNAME.
+    #[serde(borrow)]
+    pub data: Option<Cow<'a, str>>,
+    /// `type`: `A`, `AAAA`, `CNAME`...
+    #[serde(borrow, rename = "type")]
+    pub kind: Option<Cow<'a, str>>,
+}
+
+/// `url`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Url<'a> {
+    /// `url.full`.
+    #[serde(borrow)]
+    pub full: Option<Cow<'a, str>>,
+    /// `url.domain`.
+    #[serde(borrow)]
+    pub domain: Option<Cow<'a, str>>,
+}
+
+/// `http`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Http<'a> {
+    /// `http.request`.
+    #[serde(borrow)]
+    pub request: Option<HttpRequest<'a>>,
+    /// `http.response`.
+    pub response: Option<HttpResponse>,
+}
+
+/// `http.request`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HttpRequest<'a> {
+    /// `http.request.method`.
+    #[serde(borrow)]
+    pub method: Option<Cow<'a, str>>,
+}
+
+/// `http.response`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HttpResponse {
+    /// `http.response.status_code`.
+    #[serde(deserialize_with = "lenient_u16")]
+    pub status_code: Option<u16>,
+}
+
+/// `tls`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Tls<'a> {
+    /// `tls.client`.
+    #[serde(borrow)]
+    pub client: Option<TlsClient<'a>>,
+}
+
+/// `tls.client`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct TlsClient<'a> {
+    /// `tls.client.server_name`: the SNI.
+    #[serde(borrow)]
+    pub server_name: Option<Cow<'a, str>>,
+}
+
+/// `process`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Process<'a> {
+    /// `process.name`.
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+    /// `process.pid`.
+    #[serde(deserialize_with = "lenient_i64")]
+    pub pid: Option<i64>,
+}
+
+/// Objects whose only field used here is `name` (`user`, `host`).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Named<'a> {
+    /// `*.name`.
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+}
+
+/// `event`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct EventMeta {
+    /// `event.duration` in nanoseconds: flow records cover a connection of this length.
+    #[serde(deserialize_with = "lenient_i64")]
+    pub duration: Option<i64>,
+}
+
+impl<'a> EcsEvent<'a> {
+    /// Parses a payload. An empty payload gives an event with no fields.
+    pub fn parse(payload: &'a [u8]) -> Result<Self, serde_json::Error> {
+        if payload.is_empty() { Ok(EcsEvent::default()) } else { serde_json::from_slice(payload) }
+    }
+
+    /// Source address and port, when the address parses.
+    pub fn source_addr(&self) -> Option<(IpAddr, Option<u16>)> {
+        endpoint_addr(self.source.as_ref())
+    }
+
+    /// Destination address and port, when the address parses.
+    pub fn destination_addr(&self) -> Option<(IpAddr, Option<u16>)> {
+        endpoint_addr(self.destination.as_ref())
+    }
+
+    /// `network.transport` as an IANA protocol number.
+    pub fn transport(&self) -> Option<u8> {
+        self.network.as_ref()?.transport.as_deref().and_then(transport_number)
+    }
+
+    /// The flow tuple, when both endpoints and the protocol are known. `default_transport`
+    /// is used when the event does not say (HTTP and TLS logs usually don't: pass TCP).
+    pub fn flow_tuple(&self, default_transport: Option<u8>) -> Option<FlowTuple> {
+        let (src_ip, src_port) = self.source_addr()?;
+        let (dst_ip, dst_port) = self.destination_addr()?;
+        let proto = self.transport().or(default_transport)?;
+        Some(FlowTuple::new(src_ip, src_port.unwrap_or(0), dst_ip, dst_port.unwrap_or(0), proto))
+    }
+
+    /// `network.community_id` when the sensor gave one, else computed (seed 0) from the tuple.
+    pub fn community_id(&self, default_transport: Option<u8>) -> Option<String> {
+        if let Some(id) = self.network.as_ref().and_then(|n| n.community_id.as_deref()) {
+            return Some(id.to_string());
+        }
+        self.flow_tuple(default_transport).map(|t| CommunityId::new(0).base64(&t))
+    }
+
+    /// `event.duration` in milliseconds (0 when absent or negative).
+    pub fn duration_ms(&self) -> i64 {
+        self.event.as_ref().and_then(|e| e.duration).map_or(0, |ns| (ns / 1_000_000).max(0))
+    }
+
+    /// The DNS question name.
+    pub fn dns_question(&self) -> Option<&str> {
+        self.dns.as_ref()?.question.as_ref()?.name.as_deref()
+    }
+
+    /// Every address in the DNS answers (`dns.answers[].data` that parse as IPs, and
+    /// `dns.resolved_ip`), without duplicates, in the order given.
+    pub fn dns_answer_ips(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        let Some(dns) = self.dns.as_ref() else { return out };
+        let answers = dns.answers.iter().flatten().filter_map(|a| a.data.as_deref());
+        let resolved = dns.resolved_ip.iter().flatten().map(|s| s.as_ref());
+        for ip in answers.chain(resolved).filter_map(|s| s.parse::<IpAddr>().ok()) {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        out
+    }
+}
+
+fn endpoint_addr(e: Option<&Endpoint<'_>>) -> Option<(IpAddr, Option<u16>)> {
+    let e = e?;
+    let ip = e.ip.as_deref()?.parse().ok()?;
+    Some((ip, e.port))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrText<'a> {
+    Num(i64),
+    Float(f64),
+    #[serde(borrow)]
+    Text(Cow<'a, str>),
+}
+
+fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(match Option::<NumOrText<'de>>::deserialize(d).unwrap_or(None) {
+        Some(NumOrText::Num(n)) => Some(n),
+        Some(NumOrText::Float(f)) if f.is_finite() => Some(f as i64),
+        Some(NumOrText::Text(s)) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+fn lenient_u16<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    Ok(lenient_i64(d)?.and_then(|n| u16::try_from(n).ok()))
+}
+
+fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    Ok(match Option::<NumOrText<'de>>::deserialize(d).unwrap_or(None) {
+        Some(NumOrText::Num(n)) => Some(Cow::Owned(n.to_string())),
+        Some(NumOrText::Text(s)) => Some(s),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::community_id::proto;
+
+    #[test]
+    fn reads_nested_ecs_fields() {
+        let p = br#"{"source":{"ip":"10.0.0.5","port":"51514"},"destination":{"ip":"93.184.216.34","port":443},
+            "network":{"transport":"tcp"},"tls":{"client":{"server_name":"example.com"}},
+            "process":{"name":"curl","pid":4242},"user":{"name":"alice"},"event":{"duration":2500000000},
+            "unknown":{"deep":[1,2,3]}}"#;
+        let e = EcsEvent::parse(p).unwrap();
+        assert_eq!(e.source_addr(), Some(("10.0.0.5".parse().unwrap(), Some(51514))));
+        assert_eq!(e.transport(), Some(proto::TCP));
+        assert_eq!(e.tls.unwrap().client.unwrap().server_name.as_deref(), Some("example.com"));
+        assert_eq!(e.process.unwrap().pid, Some(4242));
+        assert_eq!(e.event.unwrap().duration, Some(2_500_000_000));
+    }
+
+    #[test]
+    fn community_id_is_direction_insensitive_and_prefers_the_sensors() {
+        let a = br#"{"source":{"ip":"10.0.0.5","port":51514},"destination":{"ip":"93.184.216.34","port":443}}"#;
+        let b = br#"{"source":{"ip":"93.184.216.34","port":443},"destination":{"ip":"10.0.0.5","port":51514},"network":{"transport":6}}"#;
+        let ea = EcsEvent::parse(a).unwrap();
+        let eb = EcsEvent::parse(b).unwrap();
+        assert_eq!(ea.community_id(None), None, "no transport and no default");
+        assert_eq!(ea.community_id(Some(proto::TCP)), eb.community_id(None));
+        let given = br#"{"network":{"community_id":"1:abc"}}"#;
+        assert_eq!(EcsEvent::parse(given).unwrap().community_id(None).as_deref(), Some("1:abc"));
+    }
+
+    #[test]
+    fn dns_answers_collect_addresses_only() {
+        let p = br#"{"dns":{"question":{"name":"example.com"},"answers":[{"type":"CNAME","data":"edge.example.net"},{"type":"A","data":"93.184.216.34"}],"resolved_ip":["93.184.216.34","2606:2800::1"]}}"#;
+        let e = EcsEvent::parse(p).unwrap();
+        assert_eq!(e.dns_question(), Some("example.com"));
+        let ips: Vec<String> = e.dns_answer_ips().iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, ["93.184.216.34", "2606:2800::1"]);
+    }
+
+    #[test]
+    fn wrong_types_in_optional_fields_do_not_fail_the_event() {
+        let p = br#"{"source":{"ip":"10.0.0.5","port":[1]},"process":{"pid":"x"},"network":null}"#;
+        let e = EcsEvent::parse(p).unwrap();
+        assert_eq!(e.source_addr(), Some(("10.0.0.5".parse().unwrap(), None)));
+        assert!(EcsEvent::parse(b"not json").is_err());
+        assert_eq!(EcsEvent::parse(b"").unwrap(), EcsEvent::default());
+    }
+}

@@ -1,0 +1,136 @@
+//! The component side: generated bindings of `wit/v0.1.0` and the glue between them and a
+//! [`Correlator`]. Compiled only for Wasm; plugin authors never name anything here.
+
+// Generated code and macro glue: hidden from the docs, so not documented item by item.
+#![allow(missing_docs)]
+
+use crate::model::{Bucket, Error, Event, Level, Story};
+
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit/v0.1.0",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_world",
+        default_bindings_module: "::storyline_sdk::__private::bindings",
+        runtime_path: "::storyline_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+use bindings::storyline::correlator::host;
+use bindings::storyline::correlator::types as wit;
+
+pub(crate) fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
+    let level = match level {
+        Level::Trace => wit::Level::Trace,
+        Level::Debug => wit::Level::Debug,
+        Level::Info => wit::Level::Info,
+        Level::Warn => wit::Level::Warn,
+        Level::Error => wit::Level::Error,
+    };
+    let fields: Vec<(String, String)> =
+        fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    host::log(level, message, &fields);
+}
+
+/// What `export_correlator!` expands to calls into. Not a public API.
+pub mod glue {
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::Correlator;
+
+    pub use super::bindings;
+    pub use super::bindings::exports::storyline::correlator::correlator::Guest;
+    pub use super::wit::{
+        Bucket as WitBucket, Error as WitError, Event as WitEvent, Story as WitStory,
+    };
+    pub use wit_bindgen;
+
+    thread_local! {
+        // A component instance is single-threaded: the one correlator lives here between calls.
+        static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    fn with<C: Correlator, R>(f: impl FnOnce(&mut C) -> Result<R, Error>) -> Result<R, WitError> {
+        INSTANCE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            match slot.as_mut().and_then(|b| b.downcast_mut::<C>()) {
+                Some(c) => f(c).map_err(to_wit_error),
+                None => Err(WitError::Failed("called before init".into())),
+            }
+        })
+    }
+
+    pub fn init<C: Correlator>(config: String) -> Result<(), WitError> {
+        let c = C::init(&config).map_err(to_wit_error)?;
+        INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(c)));
+        Ok(())
+    }
+
+    pub fn process<C: Correlator>(bucket: WitBucket) -> Result<Vec<WitStory>, WitError> {
+        let bucket = Bucket {
+            tenant: bucket.tenant,
+            shard: bucket.shard,
+            start: bucket.start,
+            end: bucket.end,
+            watermark: bucket.watermark,
+            events: bucket.events.into_iter().map(from_wit_event).collect(),
+        };
+        with::<C, _>(|c| c.process(&bucket)).map(to_wit_stories)
+    }
+
+    pub fn drain<C: Correlator>() -> Result<Vec<WitStory>, WitError> {
+        with::<C, _>(|c| c.drain()).map(to_wit_stories)
+    }
+
+    pub fn route<C: Correlator>(event: WitEvent) -> Option<String> {
+        let event = from_wit_event(event);
+        with::<C, _>(|c| Ok(c.route(&event))).ok().flatten()
+    }
+
+    pub fn snapshot<C: Correlator>() -> Vec<u8> {
+        with::<C, _>(|c| Ok(c.snapshot())).unwrap_or_default()
+    }
+
+    pub fn restore<C: Correlator>(state: Vec<u8>) -> Result<(), WitError> {
+        with::<C, _>(|c| c.restore(&state))
+    }
+
+    fn from_wit_event(e: WitEvent) -> Event {
+        Event {
+            id: e.id,
+            source: e.source,
+            kind: e.kind,
+            event_time: e.event_time,
+            insert_time: e.insert_time,
+            attributes: e.attributes,
+            payload: e.payload,
+        }
+    }
+
+    fn to_wit_stories(stories: Vec<Story>) -> Vec<WitStory> {
+        stories
+            .into_iter()
+            .map(|s| WitStory {
+                id: s.id,
+                revision: s.revision,
+                kind: s.kind,
+                event_ids: s.event_ids,
+                first_seen: s.first_seen,
+                last_seen: s.last_seen,
+                // A map of JSON values always serialises.
+                fields: serde_json::to_string(&s.fields).unwrap_or_else(|_| "{}".into()),
+            })
+            .collect()
+    }
+
+    fn to_wit_error(e: Error) -> WitError {
+        match e {
+            Error::InvalidConfig(m) => WitError::InvalidConfig(m),
+            Error::InvalidState(m) => WitError::InvalidState(m),
+            Error::Failed(m) => WitError::Failed(m),
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Sessionizing: group events by key into sessions that close after a gap of inactivity.
+//!
+//! Built for sensors whose clocks disagree and whose records arrive late:
+//!
+//! - an event joins a session of the same key when its time is within `gap + skew` of the
+//!   session's span (so a sensor whose clock is 30 s off still lands in the right session);
+//! - an event may carry a *reach* (a flow record that covers a connection of some duration and
+//!   is stamped at its start or its end): it matches sessions within that reach too;
+//! - a session never spans more than `max_span`; past it, the same key starts a new session
+//!   (a 5-tuple reused long after is a different session);
+//! - a session closes when the watermark (the host's processing-time clock) passes its last
+//!   activity plus `gap + skew`: a session seen by only one sensor does not wait forever;
+//! - a closed session is kept for `reopen` more: a late event that belongs to it reopens it and
+//!   it is published again with the next revision of the same id.
+//!
+//! Story ids are derived from the key and the event that opened the session, so the same input
+//! gives the same ids across restarts and replays. The whole state serialises with
+//! [`Sessionizer::snapshot`] and comes back with [`Sessionizer::restore`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sha1::{Digest, Sha1};
+
+use crate::model::{Error, Story, TimestampMs};
+
+/// Timeouts and tolerances of a [`Sessionizer`], in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Inactivity that ends a session. Default 60 000 (one minute).
+    pub gap_ms: i64,
+    /// Longest span of one session; a later event starts a new one. Default 3 600 000 (1 h).
+    pub max_span_ms: i64,
+    /// How far sensor clocks may disagree. Default 30 000.
+    pub skew_ms: i64,
+    /// How long a published session is kept so that a late event publishes a new revision
+    /// instead of a new story. Default 600 000 (10 min).
+    pub reopen_ms: i64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            gap_ms: 60_000,
+            max_span_ms: 3_600_000,
+            skew_ms: 30_000,
+            reopen_ms: 600_000,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Checks that every value is usable; the error says which is not.
+    pub fn validate(&self) -> Result<(), Error> {
+        let fields =
+            [("gap_ms", self.gap_ms), ("max_span_ms", self.max_span_ms), ("skew_ms", self.skew_ms)];
+        for (name, v) in fields {
+            if v < 0 {
+                return Err(Error::InvalidConfig(format!("{name} is {v}; it must be >= 0")));
+            }
+        }
+        if self.reopen_ms < 0 {
+            return Err(Error::InvalidConfig(format!(
+                "reopen_ms is {}; it must be >= 0",
+                self.reopen_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One session: its events and the data a rule accumulates for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session<D> {
+    /// Deterministic story id.
+    pub id: String,
+    /// The key the session was grouped by.
+    pub key: String,
+    /// Earliest event time.
+    pub first_seen: TimestampMs,
+    /// Latest event time.
+    pub last_seen: TimestampMs,
+    /// Ids of the events, in the order they were added.
+    pub event_ids: Vec<String>,
+    /// What the rule accumulates (endpoints, names, ...).
+    pub data: D,
+    /// The revision the next publication will carry.
+    revision: u32,
+    /// Watermark when the last event was added: the processing-time side of the timeout.
+    touched: TimestampMs,
+    /// Events were added since the last publication.
+    dirty: bool,
+    /// How far around an event's time it may match, widest seen (flow durations).
+    reach_ms: i64,
+}
+
+impl<D> Session<D> {
+    /// The revision the next publication of this session carries (0 before the first).
+    pub fn revision(&self) -> u32 {
+        self.revision
+    }
+
+    /// A story for this session with the given kind and no fields; the rule adds its fields.
+    pub fn story(&self, kind: &str) -> Story {
+        Story {
+            id: self.id.clone(),
+            revision: self.revision,
+            kind: kind.to_string(),
+            event_ids: self.event_ids.clone(),
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            fields: serde_json::Map::new(),
+        }
+    }
+
+    fn matches(&self, time: TimestampMs, reach: i64, cfg: &SessionConfig) -> bool {
+        let slack = cfg.gap_ms + cfg.skew_ms + reach.max(self.reach_ms);
+        let within = time >= self.first_seen - slack && time <= self.last_seen + slack;
+        let span = self.last_seen.max(time) - self.first_seen.min(time);
+        within && span <= cfg.max_span_ms + cfg.skew_ms
+    }
+
+    fn distance(&self, time: TimestampMs) -> i64 {
+        if time < self.first_seen { self.first_seen - time } else { (time - self.last_seen).max(0) }
+    }
+
+    /// When the session closes: its last activity plus gap and skew. Last activity is the later
+    /// of its last event time and the watermark it was last touched at, except that an event
+    /// stamped in the future (a fast clock) is believed only up to `skew`.
+    fn deadline(&self, cfg: &SessionConfig) -> TimestampMs {
+        let activity = self.last_seen.max(self.touched).min(self.touched + cfg.skew_ms);
+        activity + cfg.gap_ms + cfg.skew_ms + self.reach_ms
+    }
+}
+
+/// Groups events into sessions by key. `D` is the per-session data of the rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sessionizer<D> {
+    config: SessionConfig,
+    /// Sessions by key; a key has more than one session when its tuple was reused.
+    sessions: BTreeMap<String, Vec<Session<D>>>,
+}
+
+impl<D> Sessionizer<D> {
+    /// An empty sessionizer.
+    pub fn new(config: SessionConfig) -> Self {
+        Sessionizer { config, sessions: BTreeMap::new() }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Sessions kept (open, or closed and kept for late events).
+    pub fn len(&self) -> usize {
+        self.sessions.values().map(Vec::len).sum()
+    }
+
+    /// No session is kept.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Every kept session, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = &Session<D>> {
+        self.sessions.values().flatten()
+    }
+
+    /// Whether any session is kept for `key`.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.sessions.contains_key(key)
+    }
+
+    /// The session of `key` that an event at `time` (± `reach_ms`) would join, if any.
+    pub fn find_mut(
+        &mut self,
+        key: &str,
+        time: TimestampMs,
+        reach_ms: i64,
+    ) -> Option<&mut Session<D>> {
+        let cfg = self.config;
+        self.sessions
+            .get_mut(key)?
+            .iter_mut()
+            .filter(|s| s.matches(time, reach_ms, &cfg))
+            .min_by_key(|s| s.distance(time))
+    }
+
+    /// Adds event `event_id` at `time` to the session of `key` it belongs to, or opens one.
+    ///
+    /// `reach_ms` widens the match for records that cover a duration (0 for point events).
+    /// `watermark` is the current bucket's watermark. Returns the session so that the rule
+    /// can merge the event's data into [`Session::data`]. A session that was already
+    /// published is reopened and will be published again with the next revision.
+    pub fn add(
+        &mut self,
+        key: &str,
+        event_id: &str,
+        time: TimestampMs,
+        reach_ms: i64,
+        watermark: TimestampMs,
+    ) -> &mut Session<D>
+    where
+        D: Default,
+    {
+        let cfg = self.config;
+        let list = self.sessions.entry(key.to_string()).or_default();
+        let best = list
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.matches(time, reach_ms, &cfg))
+            .min_by_key(|(_, s)| s.distance(time))
+            .map(|(i, _)| i);
+        let index = match best {
+            Some(i) => i,
+            None => {
+                list.push(Session {
+                    id: story_id(key, event_id),
+                    key: key.to_string(),
+                    first_seen: time,
+                    last_seen: time,
+                    event_ids: Vec::new(),
+                    data: D::default(),
+                    revision: 0,
+                    touched: watermark,
+                    dirty: true,
+                    reach_ms: 0,
+                });
+                list.len() - 1
+            }
+        };
+        let session = &mut list[index];
+        session.first_seen = session.first_seen.min(time);
+        session.last_seen = session.last_seen.max(time);
+        session.touched = session.touched.max(watermark);
+        session.reach_ms = session.reach_ms.max(reach_ms.max(0));
+        session.dirty = true;
+        session.event_ids.push(event_id.to_string());
+        session
+    }
+
+    /// Closes the sessions whose deadline the watermark has passed and returns their stories,
+    /// built by `emit`, in key order. Forgets published sessions older than `reopen_ms`.
+    pub fn advance(
+        &mut self,
+        watermark: TimestampMs,
+        mut emit: impl FnMut(&Session<D>) -> Story,
+    ) -> Vec<Story> {
+        let cfg = self.config;
+        let mut out = Vec::new();
+        self.sessions.retain(|_, list| {
+            list.retain_mut(|s| {
+                let deadline = s.deadline(&cfg);
+                if s.dirty && watermark >= deadline {
+                    out.push(emit(s));
+                    s.dirty = false;
+                    s.revision += 1;
+                }
+                s.dirty || watermark < deadline.saturating_add(cfg.reopen_ms)
+            });
+            !list.is_empty()
+        });
+        out
+    }
+
+    /// Publishes every session that has unpublished events and forgets all state: the input is
+    /// over.
+    pub fn drain(&mut self, mut emit: impl FnMut(&Session<D>) -> Story) -> Vec<Story> {
+        let sessions = std::mem::take(&mut self.sessions);
+        sessions.values().flatten().filter(|s| s.dirty).map(&mut emit).collect()
+    }
+
+    /// The whole state as bytes (compact binary).
+    pub fn snapshot(&self) -> Vec<u8>
+    where
+        D: Serialize,
+    {
+        // Serialising plain data into a Vec cannot fail; an empty snapshot would only lose state
+        // that `restore` then reports as invalid.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// State produced by [`Sessionizer::snapshot`]. The configuration comes from the snapshot.
+    pub fn restore(state: &[u8]) -> Result<Self, Error>
+    where
+        D: DeserializeOwned,
+    {
+        postcard::from_bytes(state)
+            .map_err(|e| Error::InvalidState(format!("session state is not readable: {e}")))
+    }
+
+    /// Replaces the configuration (e.g. after restoring a snapshot taken with other settings).
+    pub fn set_config(&mut self, config: SessionConfig) {
+        self.config = config;
+    }
+}
+
+/// The story id of a session of `key` opened by `event_id`: 32 hex digits of SHA-1.
+pub fn story_id(key: &str, event_id: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(key.as_bytes());
+    h.update([0u8]);
+    h.update(event_id.as_bytes());
+    let digest = h.finalize();
+    let mut s = String::with_capacity(32);
+    for b in &digest[..16] {
+        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1000;
+
+    fn cfg() -> SessionConfig {
+        SessionConfig { gap_ms: 60 * S, max_span_ms: 600 * S, skew_ms: 30 * S, reopen_ms: 600 * S }
+    }
+
+    fn ids(stories: &[Story]) -> Vec<Vec<&str>> {
+        stories.iter().map(|s| s.event_ids.iter().map(String::as_str).collect()).collect()
+    }
+
+    #[test]
+    fn events_within_gap_and_skew_join_one_session() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "a", 100 * S, 0, 100 * S);
+        // A sensor 25 s behind reports the same session "earlier".
+        s.add("k", "b", 75 * S, 0, 101 * S);
+        // A sensor 30 s ahead reports it later.
+        s.add("k", "c", 130 * S, 0, 102 * S);
+        assert_eq!(s.len(), 1);
+        let out = s.drain(|x| x.story("t"));
+        assert_eq!(ids(&out), vec![vec!["a", "b", "c"]]);
+        assert_eq!((out[0].first_seen, out[0].last_seen), (75 * S, 130 * S));
+    }
+
+    #[test]
+    fn a_gap_beyond_tolerance_starts_a_new_session_with_another_id() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "a", 100 * S, 0, 100 * S);
+        s.add("k", "b", 100 * S + 91 * S, 0, 191 * S);
+        let out = s.drain(|x| x.story("t"));
+        assert_eq!(ids(&out), vec![vec!["a"], vec!["b"]]);
+        assert_ne!(out[0].id, out[1].id);
+    }
+
+    #[test]
+    fn max_span_splits_a_long_running_key() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        for i in 0..20 {
+            s.add("k", &format!("e{i:02}"), i * 50 * S, 0, i * 50 * S);
+        }
+        let out = s.drain(|x| x.story("t"));
+        assert!(out.len() >= 2, "got {} sessions", out.len());
+        for story in &out {
+            assert!(story.last_seen - story.first_seen <= 630 * S);
+        }
+        assert_eq!(out.iter().map(|s| s.event_ids.len()).sum::<usize>(), 20);
+    }
+
+    #[test]
+    fn sessions_close_when_the_watermark_passes_gap_plus_skew() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "a", 100 * S, 0, 100 * S);
+        assert!(s.advance(189 * S, |x| x.story("t")).is_empty());
+        let out = s.advance(190 * S, |x| x.story("t"));
+        assert_eq!(ids(&out), vec![vec!["a"]]);
+        assert_eq!(out[0].revision, 0);
+        // Published once only.
+        assert!(s.advance(200 * S, |x| x.story("t")).is_empty());
+    }
+
+    #[test]
+    fn an_old_event_arriving_late_still_gets_its_processing_time_timeout() {
+        // Event time 8 minutes before the watermark: it must not close in the same bucket
+        // before a partner arriving a little later can join it.
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "flow", 100 * S, 0, 580 * S);
+        assert!(s.advance(581 * S, |x| x.story("t")).is_empty());
+        s.add("k", "http", 101 * S, 0, 600 * S);
+        let out = s.advance(700 * S, |x| x.story("t"));
+        assert_eq!(ids(&out), vec![vec!["flow", "http"]]);
+    }
+
+    #[test]
+    fn a_late_event_reopens_a_published_session_as_the_next_revision() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "dns", 100 * S, 0, 100 * S);
+        s.add("k", "flow", 101 * S, 0, 101 * S);
+        let first = s.advance(300 * S, |x| x.story("t"));
+        // The HTTP log arrives 8 minutes later.
+        s.add("k", "http", 102 * S, 0, 580 * S);
+        let second = s.advance(700 * S, |x| x.story("t"));
+        assert_eq!(first.len(), 1);
+        assert_eq!(second.len(), 1);
+        assert_eq!(first[0].id, second[0].id);
+        assert_eq!((first[0].revision, second[0].revision), (0, 1));
+        assert_eq!(ids(&second), vec![vec!["dns", "flow", "http"]]);
+    }
+
+    #[test]
+    fn a_session_is_forgotten_after_reopen_window() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "a", 100 * S, 0, 100 * S);
+        s.advance(190 * S, |x| x.story("t"));
+        assert_eq!(s.len(), 1);
+        s.advance(790 * S, |x| x.story("t"));
+        assert!(s.is_empty());
+        // Now the same key and time opens a new story (revision 0 again).
+        s.add("k", "b", 100 * S, 0, 800 * S);
+        let out = s.drain(|x| x.story("t"));
+        assert_eq!(out[0].revision, 0);
+    }
+
+    #[test]
+    fn reach_lets_an_end_stamped_flow_record_match() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "dns", 100 * S, 0, 100 * S);
+        // A flow of 5 minutes, stamped at its end, written when the connection closed.
+        s.add("k", "flow", 400 * S, 300 * S, 400 * S);
+        let out = s.drain(|x| x.story("t"));
+        assert_eq!(ids(&out), vec![vec!["dns", "flow"]]);
+    }
+
+    #[test]
+    fn ids_are_deterministic_and_differ_by_key() {
+        assert_eq!(story_id("k", "a"), story_id("k", "a"));
+        assert_ne!(story_id("k", "a"), story_id("k2", "a"));
+        assert_eq!(story_id("k", "a").len(), 32);
+    }
+
+    #[test]
+    fn snapshot_round_trip_preserves_sessions_and_revisions() {
+        let mut s: Sessionizer<Vec<String>> = Sessionizer::new(cfg());
+        s.add("k", "a", 100 * S, 0, 100 * S).data.push("x".into());
+        s.advance(200 * S, |x| x.story("t"));
+        s.add("j", "b", 150 * S, 0, 200 * S).data.push("y".into());
+        let bytes = s.snapshot();
+        let mut r: Sessionizer<Vec<String>> = Sessionizer::restore(&bytes).unwrap();
+        assert_eq!(r.iter().collect::<Vec<_>>(), s.iter().collect::<Vec<_>>());
+        r.add("k", "c", 101 * S, 0, 210 * S);
+        let out = r.advance(400 * S, |x| x.story("t"));
+        let k = out.iter().find(|x| x.event_ids.contains(&"a".to_string())).unwrap();
+        assert_eq!(k.revision, 1);
+        assert!(Sessionizer::<Vec<String>>::restore(b"\xff\xff garbage").is_err());
+    }
+}
