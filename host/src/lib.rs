@@ -1,1 +1,14 @@
-//! storyline
+//! storyline turns security events from many sensors into stories — groups of events that tell
+//! one network session — with each tenant's correlation rules running as a sandboxed
+//! WebAssembly component.
+//!
+//! # Layout
+//! - [`model`]: identifiers (tenant, shard, bucket, story) and the event/bucket/story values
+//!   shared with plugins. Owns validation of ids; leaves the event format to the SDK.
+//! - [`plugin`]: the Wasm runtime: loading and checking components, the compiled-component
+//!   cache, per-tenant instances, limits, the sandbox. Knows nothing of stores or shards.
+//! - [`cli`]: the `storyline` command line; parses arguments and calls the modules above.
+
+pub mod cli;
+pub mod model;
+pub mod plugin;

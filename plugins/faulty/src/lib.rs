@@ -1,1 +1,199 @@
-//! faulty
+//! A deliberately faulty plugin for the host's tests: each fault the host must contain.
+//!
+//! Configuration: `{"mode": "<mode>", "only_kind": "<kind>"}`. With `only_kind`, the fault
+//! fires only on buckets holding an event of that kind; other buckets are processed well
+//! (one story per event). Modes:
+//!
+//! | mode          | what `process` does                                              |
+//! |---------------|------------------------------------------------------------------|
+//! | `none`        | behaves: one story per event                                     |
+//! | `trap`        | panics (a Wasm trap)                                             |
+//! | `loop`        | loops forever without yielding                                   |
+//! | `alloc`       | allocates without bound                                          |
+//! | `fail`        | returns `Error::Failed` (a refusal, not a trap)                  |
+//! | `unknown-ids` | returns a story naming an event it was never given               |
+//! | `oversized`   | returns a story of about 40 MB                                   |
+//! | `empty-id`    | returns a story with an empty id                                 |
+//! | `probe`       | reports what the sandbox lets it see: env, args, files, clock, randomness |
+//! | `chatty`      | logs far more than the host allows per call                      |
+//!
+//! An unknown mode fails `init` with `Error::InvalidConfig`.
+
+use serde::Deserialize;
+use storyline_sdk::session::story_id;
+use storyline_sdk::{Bucket, Correlator, Error, Level, Story, export_correlator, log};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default = "none")]
+    mode: String,
+    #[serde(default)]
+    only_kind: Option<String>,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+const MODES: &[&str] = &[
+    "none",
+    "trap",
+    "loop",
+    "alloc",
+    "fail",
+    "unknown-ids",
+    "oversized",
+    "empty-id",
+    "probe",
+    "chatty",
+];
+
+/// The faulty correlator; `mode` picks the fault.
+#[derive(Debug)]
+pub struct Faulty {
+    mode: String,
+    only_kind: Option<String>,
+    buckets_seen: u64,
+}
+
+impl Faulty {
+    fn one_story_per_event(bucket: &Bucket) -> Vec<Story> {
+        bucket
+            .events
+            .iter()
+            .map(|e| Story {
+                id: story_id("faulty", &e.id),
+                revision: 0,
+                kind: "faulty".into(),
+                event_ids: vec![e.id.clone()],
+                first_seen: e.event_time,
+                last_seen: e.event_time,
+                fields: serde_json::Map::new(),
+            })
+            .collect()
+    }
+
+    fn probe(bucket: &Bucket) -> Story {
+        let mut fields = serde_json::Map::new();
+        fields.insert("env_vars".into(), std::env::vars().count().into());
+        fields.insert("args".into(), std::env::args().count().into());
+        fields.insert("home".into(), std::env::var("HOME").ok().into());
+        let file = match std::fs::read("/etc/passwd") {
+            Ok(bytes) => format!("read {} bytes", bytes.len()),
+            Err(e) => format!("error: {e}"),
+        };
+        fields.insert("file".into(), file.into());
+        let dir = match std::fs::read_dir(".") {
+            Ok(_) => "listed".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        fields.insert("dir".into(), dir.into());
+        let tcp = match std::net::TcpStream::connect("127.0.0.1:9") {
+            Ok(_) => "connected".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        fields.insert("tcp".into(), tcp.into());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(-1);
+        fields.insert("now_ms".into(), now.into());
+        // HashMap seeds come from the host's randomness: print one derived value.
+        use std::hash::{BuildHasher, RandomState};
+        fields.insert("hash".into(), RandomState::new().hash_one("storyline").to_string().into());
+        Story {
+            id: story_id("probe", &bucket.start.to_string()),
+            revision: 0,
+            kind: "probe".into(),
+            event_ids: bucket.events.iter().map(|e| e.id.clone()).collect(),
+            first_seen: bucket.start,
+            last_seen: bucket.start,
+            fields,
+        }
+    }
+}
+
+impl Correlator for Faulty {
+    fn init(config: &str) -> Result<Self, Error> {
+        let c: Config = serde_json::from_str(config)
+            .map_err(|e| Error::InvalidConfig(format!("{e}; expected {{\"mode\": \"trap\"}}")))?;
+        if !MODES.contains(&c.mode.as_str()) {
+            return Err(Error::InvalidConfig(format!(
+                "unknown mode \"{}\"; known modes: {}",
+                c.mode,
+                MODES.join(", ")
+            )));
+        }
+        Ok(Faulty { mode: c.mode, only_kind: c.only_kind, buckets_seen: 0 })
+    }
+
+    fn process(&mut self, bucket: &Bucket) -> Result<Vec<Story>, Error> {
+        self.buckets_seen += 1;
+        let armed = match &self.only_kind {
+            None => true,
+            Some(kind) => bucket.events.iter().any(|e| &e.kind == kind),
+        };
+        if !armed {
+            return Ok(Self::one_story_per_event(bucket));
+        }
+        match self.mode.as_str() {
+            "trap" => panic!("deliberate trap in bucket starting at {}", bucket.start),
+            "loop" => {
+                let mut x: u64 = 1;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // Touch the memory so that it is really committed.
+                    hoard.push(vec![0xA5; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "fail" => Err(Error::Failed(format!("refusing bucket {}", bucket.start))),
+            "unknown-ids" => {
+                let mut stories = Self::one_story_per_event(bucket);
+                let mut bogus = Self::one_story_per_event(bucket).pop().unwrap_or(Story {
+                    id: story_id("faulty", "bogus"),
+                    revision: 0,
+                    kind: "faulty".into(),
+                    event_ids: Vec::new(),
+                    first_seen: bucket.start,
+                    last_seen: bucket.start,
+                    fields: serde_json::Map::new(),
+                });
+                bogus.id = story_id("faulty", "bogus");
+                bogus.event_ids.push("no-such-event".into());
+                stories.push(bogus);
+                Ok(stories)
+            }
+            "oversized" => {
+                let mut stories = Self::one_story_per_event(bucket);
+                if let Some(s) = stories.first_mut() {
+                    s.fields.insert("blob".into(), "x".repeat(40 << 20).into());
+                }
+                Ok(stories)
+            }
+            "empty-id" => {
+                let mut stories = Self::one_story_per_event(bucket);
+                if let Some(s) = stories.first_mut() {
+                    s.id.clear();
+                }
+                Ok(stories)
+            }
+            "probe" => Ok(vec![Self::probe(bucket)]),
+            "chatty" => {
+                for i in 0..10_000 {
+                    log(Level::Info, &format!("chatter {i} {}", "y".repeat(200)), &[("i", "x")]);
+                }
+                Ok(Self::one_story_per_event(bucket))
+            }
+            _ => Ok(Self::one_story_per_event(bucket)),
+        }
+    }
+}
+
+export_correlator!(Faulty);

@@ -1,0 +1,7 @@
+//! The vocabulary of the pipeline: identifiers as newtypes, and the event, bucket and story
+//! values shared with plugins (defined once, in the SDK, because they mirror the WIT contract).
+
+mod ids;
+
+pub use ids::{BucketStart, InvalidId, ShardId, StoryId, TenantId};
+pub use storyline_sdk::{Bucket, Event, Story, TimestampMs};

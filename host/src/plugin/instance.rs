@@ -1,0 +1,312 @@
+//! One tenant's instance of a plugin and the calls into it, each under the tenant's limits.
+
+use std::sync::Arc;
+
+use wasmtime::{Store, Trap};
+
+use super::bindings::v0_1_0::storyline::correlator::types as wit;
+use super::bindings::v0_1_0::{self, exports::storyline::correlator::correlator as api};
+use super::error::{BucketRef, CallError, Failure, GuestError};
+use super::sandbox::HostState;
+use super::{EPOCH_TICK, Limits, Plugin, PluginInfo};
+use crate::model::{Bucket, BucketStart, Event, ShardId, Story, TenantId};
+
+/// Longest story id, kind or event id a plugin may return, in bytes.
+const MAX_ID_BYTES: usize = storyline_sdk::format::MAX_ID_BYTES;
+
+/// Bytes of guest stderr quoted in a trap report.
+const STDERR_TAIL: usize = 2048;
+
+/// A plugin instantiated for one tenant: its own store, memory, clocks and limits.
+pub struct PluginInstance {
+    /// The tenant this instance serves; it never sees another tenant's events.
+    tenant: TenantId,
+    /// The plugin it runs.
+    info: Arc<PluginInfo>,
+    /// Limits applied to every call.
+    limits: Limits,
+    /// The wasmtime store: the guest's memory and the host state.
+    store: Store<HostState>,
+    /// Typed access to the guest's exports.
+    bindings: v0_1_0::Plugin,
+    /// Set after a trap or limit: the guest's state is undefined, only re-creation helps.
+    poisoned: bool,
+    /// Bytes of guest stderr already reported.
+    stderr_seen: usize,
+    /// Latest watermark given to `process`: what the guest's clocks show in other calls.
+    watermark: i64,
+}
+
+impl std::fmt::Debug for PluginInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginInstance")
+            .field("tenant", &self.tenant)
+            .field("plugin", &self.info.label())
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Creates an instance for `tenant` and calls `init(config)` in it.
+    pub fn instantiate(
+        &self,
+        tenant: &TenantId,
+        config: &str,
+        limits: Limits,
+    ) -> Result<PluginInstance, CallError> {
+        let state = HostState::new(tenant, &self.info.label(), limits.memory_bytes, limits.log);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(&limits));
+        let fail = |failure| CallError {
+            tenant: tenant.clone(),
+            plugin: self.info.label(),
+            call: "instantiate",
+            bucket: None,
+            failure,
+        };
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(b) => b,
+            Err(e) => {
+                let limit_hit = store.data().limiter.hit;
+                return Err(fail(classify(e, limit_hit, &limits, String::new())));
+            }
+        };
+        let mut instance = PluginInstance {
+            tenant: tenant.clone(),
+            info: self.info.clone(),
+            limits,
+            store,
+            bindings,
+            poisoned: false,
+            stderr_seen: 0,
+            watermark: 0,
+        };
+        instance
+            .call("init", None, |api, store| api.call_init(store, config))?
+            .map_err(|e| instance.error("init", None, Failure::Guest(guest_error(e))))?;
+        Ok(instance)
+    }
+}
+
+fn deadline_ticks(limits: &Limits) -> u64 {
+    (limits.call_timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}
+
+impl PluginInstance {
+    /// The tenant served.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// The plugin run.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// True after a trap or a limit: every further call fails with [`Failure::Poisoned`].
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Correlates one bucket. Every event id in the returned stories must be in the bucket or
+    /// accepted by `known_event` (events of earlier buckets); the stories are checked against
+    /// the contract before they are returned.
+    pub fn process(
+        &mut self,
+        bucket: &Bucket,
+        known_event: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Story>, CallError> {
+        let at = Some(BucketRef { shard: ShardId(bucket.shard), start: BucketStart(bucket.start) });
+        self.watermark = bucket.watermark;
+        let wit_bucket = wit::Bucket {
+            tenant: bucket.tenant.clone(),
+            shard: bucket.shard,
+            start: bucket.start,
+            end: bucket.end,
+            watermark: bucket.watermark,
+            events: bucket.events.iter().map(to_wit_event).collect(),
+        };
+        let out = self.call("process", at, |api, store| api.call_process(store, &wit_bucket))?;
+        let stories = out.map_err(|e| self.error("process", at, Failure::Guest(guest_error(e))))?;
+        let in_bucket = |id: &str| bucket.events.iter().any(|e| e.id == id) || known_event(id);
+        self.check_output(stories, &in_bucket).map_err(|f| self.error("process", at, f))
+    }
+
+    /// Closes every open session and returns its story (the input is over).
+    pub fn drain(&mut self, known_event: &dyn Fn(&str) -> bool) -> Result<Vec<Story>, CallError> {
+        let out = self.call("drain", None, |api, store| api.call_drain(store))?;
+        let stories = out.map_err(|e| self.error("drain", None, Failure::Guest(guest_error(e))))?;
+        self.check_output(stories, known_event).map_err(|f| self.error("drain", None, f))
+    }
+
+    /// The routing key the plugin computes for an event, if any.
+    pub fn route(&mut self, event: &Event) -> Result<Option<String>, CallError> {
+        let wit_event = to_wit_event(event);
+        let key = self.call("route", None, |api, store| api.call_route(store, &wit_event))?;
+        match key {
+            Some(k) if k.len() > MAX_ID_BYTES => Err(self.error(
+                "route",
+                None,
+                Failure::Malformed {
+                    reason: format!(
+                        "routing key of {} bytes; the limit is {MAX_ID_BYTES}",
+                        k.len()
+                    ),
+                },
+            )),
+            other => Ok(other),
+        }
+    }
+
+    /// The plugin's state, to be checkpointed with the offset.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, CallError> {
+        self.call("snapshot", None, |api, store| api.call_snapshot(store))
+    }
+
+    /// Replaces the plugin's state with a snapshot.
+    pub fn restore(&mut self, state: &[u8]) -> Result<(), CallError> {
+        self.call("restore", None, |api, store| api.call_restore(store, state))?
+            .map_err(|e| self.error("restore", None, Failure::Guest(guest_error(e))))
+    }
+
+    fn error(&self, call: &'static str, bucket: Option<BucketRef>, failure: Failure) -> CallError {
+        CallError { tenant: self.tenant.clone(), plugin: self.info.label(), call, bucket, failure }
+    }
+
+    /// Runs one export under the deadline, memory limit and log caps.
+    fn call<R>(
+        &mut self,
+        call: &'static str,
+        bucket: Option<BucketRef>,
+        f: impl FnOnce(&api::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        if self.poisoned {
+            return Err(self.error(call, bucket, Failure::Poisoned));
+        }
+        self.store.set_epoch_deadline(deadline_ticks(&self.limits));
+        let data = self.store.data_mut();
+        data.set_clock(self.watermark);
+        data.limiter.hit = false;
+        data.log.reset();
+        let result = f(self.bindings.storyline_correlator_correlator(), &mut self.store);
+        match result {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.poisoned = true;
+                let limit_hit = self.store.data().limiter.hit;
+                let stderr = self.new_stderr();
+                Err(self.error(call, bucket, classify(e, limit_hit, &self.limits, stderr)))
+            }
+        }
+    }
+
+    /// What the guest wrote to stderr since the last report, at most the last STDERR_TAIL bytes.
+    fn new_stderr(&mut self) -> String {
+        let all = self.store.data().stderr.contents();
+        let new = &all[self.stderr_seen.min(all.len())..];
+        self.stderr_seen = all.len();
+        let tail = &new[new.len().saturating_sub(STDERR_TAIL)..];
+        String::from_utf8_lossy(tail).into_owned()
+    }
+
+    /// Checks stories against the contract and converts them.
+    fn check_output(
+        &self,
+        stories: Vec<wit::Story>,
+        known_event: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Story>, Failure> {
+        let bytes: usize = stories
+            .iter()
+            .map(|s| {
+                s.id.len()
+                    + s.kind.len()
+                    + s.fields.len()
+                    + s.event_ids.iter().map(String::len).sum::<usize>()
+                    + 24
+            })
+            .sum();
+        if bytes > self.limits.output_bytes {
+            return Err(Failure::OutputTooLarge { bytes, limit: self.limits.output_bytes });
+        }
+        let malformed = |reason: String| Failure::Malformed { reason };
+        let mut out = Vec::with_capacity(stories.len());
+        for s in stories {
+            if s.id.is_empty() || s.id.len() > MAX_ID_BYTES {
+                return Err(malformed(format!(
+                    "a story id is {} bytes; ids must be 1 to {MAX_ID_BYTES} bytes",
+                    s.id.len()
+                )));
+            }
+            if s.kind.is_empty() || s.kind.len() > MAX_ID_BYTES {
+                return Err(malformed(format!("story {} has an empty or oversized kind", s.id)));
+            }
+            if s.event_ids.is_empty() {
+                return Err(malformed(format!("story {} lists no events", s.id)));
+            }
+            if let Some(unknown) = s.event_ids.iter().find(|id| !known_event(id)) {
+                return Err(malformed(format!(
+                    "story {} lists event \"{unknown}\", which was never given to the plugin",
+                    s.id
+                )));
+            }
+            if s.first_seen > s.last_seen {
+                return Err(malformed(format!("story {} has first_seen after last_seen", s.id)));
+            }
+            let fields = match serde_json::from_str::<serde_json::Value>(&s.fields) {
+                Ok(serde_json::Value::Object(map)) => map,
+                Ok(_) | Err(_) => {
+                    return Err(malformed(format!("story {}: fields is not a JSON object", s.id)));
+                }
+            };
+            out.push(Story {
+                id: s.id,
+                revision: s.revision,
+                kind: s.kind,
+                event_ids: s.event_ids,
+                first_seen: s.first_seen,
+                last_seen: s.last_seen,
+                fields,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn to_wit_event(e: &Event) -> wit::Event {
+    wit::Event {
+        id: e.id.clone(),
+        source: e.source.clone(),
+        kind: e.kind.clone(),
+        event_time: e.event_time,
+        insert_time: e.insert_time,
+        attributes: e.attributes.clone(),
+        payload: e.payload.clone(),
+    }
+}
+
+fn guest_error(e: wit::Error) -> GuestError {
+    match e {
+        wit::Error::InvalidConfig(m) => GuestError::InvalidConfig(m),
+        wit::Error::InvalidState(m) => GuestError::InvalidState(m),
+        wit::Error::Failed(m) => GuestError::Failed(m),
+    }
+}
+
+/// Tells a deadline, a memory limit and any other trap apart.
+fn classify(e: wasmtime::Error, limit_hit: bool, limits: &Limits, stderr: String) -> Failure {
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Failure::Timeout { limit: limits.call_timeout };
+    }
+    if limit_hit {
+        return Failure::MemoryLimit { limit: limits.memory_bytes };
+    }
+    let trap = e.downcast_ref::<Trap>().map(|t| t.to_string());
+    let message = match trap {
+        Some(t) => t,
+        None => format!("{e:#}"),
+    };
+    Failure::Trap { message, stderr }
+}

@@ -1,0 +1,227 @@
+//! Tenant plugins: load a component, check it against the WIT world, run it sandboxed.
+//!
+//! - [`Runtime`] owns the wasmtime engine (one per process), the epoch ticker that enforces
+//!   call deadlines, the linker with the sandbox's imports and the compiled-component cache.
+//! - [`Runtime::load`] turns a file into a [`Plugin`]: checked ([`inspect`]), compiled or
+//!   loaded from the cache, its imports and exports type-checked. Errors name the file and say
+//!   what to do ([`LoadError`]).
+//! - [`Plugin::instantiate`] gives a tenant its own [`PluginInstance`] (its own store, memory
+//!   limit and clocks); every call runs under [`Limits`] and fails with a [`CallError`] naming
+//!   tenant, plugin, call, bucket and [`Failure`].
+//!
+//! Calls are synchronous and run on the caller's thread. Callers on an async runtime run them
+//! on a blocking thread: a guest that never yields is stopped by its deadline, not by the
+//! scheduler.
+
+mod bindings;
+mod cache;
+mod error;
+mod inspect;
+mod instance;
+mod sandbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine};
+
+pub use cache::{ComponentCache, Origin};
+pub use error::{BucketRef, CallError, Failure, GuestError, LoadError};
+pub use inspect::{EXPORT_PREFIX, Manifest, inspect};
+pub use instance::PluginInstance;
+pub use sandbox::LogCaps;
+
+use bindings::v0_1_0;
+use sandbox::HostState;
+
+/// The versions of `storyline:correlator` this host runs, oldest first.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0"];
+
+/// How often the epoch advances; deadlines are enforced with this granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Per-instance limits. Each bounds one way a plugin could hurt the host or other tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest a single call may run (a loop that never returns). Default 10 s.
+    pub call_timeout: Duration,
+    /// Total bytes of the instance's memories (a plugin that allocates without bound).
+    /// Default 512 MiB.
+    pub memory_bytes: usize,
+    /// Bytes of stories one call may return (a plugin that returns garbage). Default 32 MiB.
+    pub output_bytes: usize,
+    /// Guest log allowance per call (a chatty plugin flooding the host's log).
+    pub log: LogCaps,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_timeout: Duration::from_secs(10),
+            memory_bytes: 512 << 20,
+            output_bytes: 32 << 20,
+            log: LogCaps::default(),
+        }
+    }
+}
+
+/// The process-wide Wasm runtime.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    cache: Option<ComponentCache>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("cache", &self.cache).finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A runtime whose compiled components are cached in `cache_dir` (none: always compile).
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        // Deadlines: the engine's epoch advances every EPOCH_TICK; each call gets a budget.
+        config.epoch_interruption(true);
+        // A guest recursing without bound traps on its stack, not the host's.
+        config.max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
+        v0_1_0::Plugin::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot link the host interface: {e:#}"))?;
+        Ok(Runtime { engine, linker: Arc::new(linker), cache: cache_dir.map(ComponentCache::new) })
+    }
+
+    /// Loads and checks the plugin in `path`.
+    pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let bytes =
+            std::fs::read(path).map_err(|error| LoadError::Io { path: path.into(), error })?;
+        self.load_bytes(path, &bytes)
+    }
+
+    /// Loads and checks a plugin from its bytes; `path` names it in errors.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        let manifest = inspect(path, bytes)?;
+        let sha256 = hex(&Sha256::digest(bytes));
+        let started = Instant::now();
+        let compiled = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, bytes, &sha256),
+            None => wasmtime::component::Component::new(&self.engine, bytes)
+                .map(|c| (c, Origin::Compiled)),
+        };
+        let (component, origin) = compiled
+            .map_err(|e| LoadError::Compile { path: path.into(), reason: format!("{e:#}") })?;
+        let compile_time = started.elapsed();
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            path: path.into(),
+            version: manifest.version.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = v0_1_0::PluginPre::new(pre).map_err(wrong_world)?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into());
+        Ok(Plugin {
+            info: Arc::new(PluginInfo {
+                name,
+                path: path.to_path_buf(),
+                size: bytes.len(),
+                sha256,
+                manifest,
+                origin,
+                compile_time,
+            }),
+            pre,
+            engine: self.engine.clone(),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Advances the engine's epoch forever; ends when the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new().name("storyline-epoch".into()).spawn(move || {
+        loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // Without the ticker no deadline fires; say so loudly rather than fail every call.
+        tracing::error!("cannot start the epoch thread; plugin deadlines are not enforced: {e}");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Facts about a loaded plugin file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// File name without extension.
+    pub name: String,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: usize,
+    /// SHA-256 of the file, lowercase hex.
+    pub sha256: String,
+    /// Version, exports and imports.
+    pub manifest: Manifest,
+    /// Compiled now or loaded from the cache.
+    pub origin: Origin,
+    /// Time spent compiling or loading the compiled artefact.
+    pub compile_time: Duration,
+}
+
+impl PluginInfo {
+    /// `name@` and the first 12 hex digits of the hash: how logs and errors name a plugin.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.name, &self.sha256[..12])
+    }
+}
+
+/// A checked, compiled plugin, ready to be instantiated for any number of tenants.
+#[derive(Clone)]
+pub struct Plugin {
+    info: Arc<PluginInfo>,
+    pre: v0_1_0::PluginPre<HostState>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Facts about the file.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+}

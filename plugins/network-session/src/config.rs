@@ -1,0 +1,93 @@
+//! The plugin's configuration: the JSON object given to `init`.
+
+use serde::Deserialize;
+use storyline_sdk::Error;
+use storyline_sdk::session::SessionConfig;
+
+/// Largest accepted value of any setting: 30 days. Bounding every timeout keeps the sums the
+/// rule and the [`storyline_sdk::session::Sessionizer`] compute (`gap + skew + reach`, deadlines)
+/// far from overflowing, and no real session needs more.
+pub const MAX_MS: i64 = 30 * 24 * 3_600_000;
+
+/// Timeouts and tolerances, in milliseconds. `{}` keeps every default.
+///
+/// ```json
+/// {"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000,
+///  "dns_window_ms": 30000}
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Inactivity that ends a session. Default 60 000 (one minute).
+    pub gap_ms: i64,
+    /// Longest span of one session; later traffic on the same 5-tuple is a new session.
+    /// Default 3 600 000 (one hour).
+    pub max_span_ms: i64,
+    /// How far two sensors' clocks may disagree. Default 30 000.
+    pub skew_ms: i64,
+    /// How long a published session is kept so that a late event publishes the next revision
+    /// of the same story instead of a new story. Default 600 000 (ten minutes).
+    pub reopen_ms: i64,
+    /// How soon after a DNS answer the connection it led to must start (plus `skew_ms`).
+    /// Default 30 000.
+    pub dns_window_ms: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let s = SessionConfig::default();
+        Config {
+            gap_ms: s.gap_ms,
+            max_span_ms: s.max_span_ms,
+            skew_ms: s.skew_ms,
+            reopen_ms: s.reopen_ms,
+            dns_window_ms: 30_000,
+        }
+    }
+}
+
+/// An example of a full configuration, quoted in error messages.
+const EXAMPLE: &str = r#"{"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000}"#;
+
+impl Config {
+    /// Parses and checks the text given to `init`; an empty text means `{}`.
+    pub fn parse(text: &str) -> Result<Config, Error> {
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let config: Config = serde_json::from_str(text).map_err(|e| {
+            Error::InvalidConfig(format!(
+                "{e}; expected a JSON object with any of these fields (values in ms): {EXAMPLE}"
+            ))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that every value is within 0..=[`MAX_MS`]; the error names the first that is not.
+    pub fn validate(&self) -> Result<(), Error> {
+        let fields = [
+            ("gap_ms", self.gap_ms),
+            ("max_span_ms", self.max_span_ms),
+            ("skew_ms", self.skew_ms),
+            ("reopen_ms", self.reopen_ms),
+            ("dns_window_ms", self.dns_window_ms),
+        ];
+        for (name, value) in fields {
+            if !(0..=MAX_MS).contains(&value) {
+                return Err(Error::InvalidConfig(format!(
+                    "{name} is {value}; it must be between 0 and {MAX_MS} (30 days), in milliseconds"
+                )));
+            }
+        }
+        self.sessions().validate()
+    }
+
+    /// The part the SDK's sessionizer uses.
+    pub fn sessions(&self) -> SessionConfig {
+        SessionConfig {
+            gap_ms: self.gap_ms,
+            max_span_ms: self.max_span_ms,
+            skew_ms: self.skew_ms,
+            reopen_ms: self.reopen_ms,
+        }
+    }
+}
