@@ -53,13 +53,16 @@ impl ComponentCache {
         sha256_hex: &str,
     ) -> wasmtime::Result<(Component, Origin)> {
         let entry = self.entry(engine, sha256_hex);
-        if entry.exists() {
-            // SAFETY: wasmtime requires that deserialised artefacts were produced by a compatible
+        // Read into memory rather than map the file: a mapped entry that someone truncates or
+        // rewrites in place would crash the process (SIGBUS) when its code runs.
+        if let Ok(compiled) = std::fs::read(&entry) {
+            // SAFETY: wasmtime requires that deserialised bytes were produced by a compatible
             // `Component::serialize`. Entries in this directory are only written by `store` below,
-            // named by the engine's compatibility hash, and renamed into place only when complete.
-            // The directory belongs to the operator running storyline (see README "Plugins").
+            // named by the engine's compatibility hash, and renamed into place only when complete;
+            // wasmtime also checks the header and engine settings and rejects a mismatch. The
+            // directory belongs to the operator running storyline (see README "Plugins").
             #[allow(unsafe_code)]
-            let loaded = unsafe { Component::deserialize_file(engine, &entry) };
+            let loaded = unsafe { Component::deserialize(engine, &compiled) };
             match loaded {
                 Ok(component) => return Ok((component, Origin::Cached)),
                 Err(e) => tracing::warn!(

@@ -12,7 +12,7 @@
 //! | `alloc`       | allocates without bound                                          |
 //! | `fail`        | returns `Error::Failed` (a refusal, not a trap)                  |
 //! | `unknown-ids` | returns a story naming an event it was never given               |
-//! | `oversized`   | returns a story of about 40 MB                                   |
+//! | `oversized`   | returns a story of about 12 MB                                   |
 //! | `empty-id`    | returns a story with an empty id                                 |
 //! | `probe`       | reports what the sandbox lets it see: env, args, files, clock, randomness |
 //! | `chatty`      | logs far more than the host allows per call                      |
@@ -173,7 +173,7 @@ impl Correlator for Faulty {
             "oversized" => {
                 let mut stories = Self::one_story_per_event(bucket);
                 if let Some(s) = stories.first_mut() {
-                    s.fields.insert("blob".into(), "x".repeat(40 << 20).into());
+                    s.fields.insert("blob".into(), "x".repeat(12 << 20).into());
                 }
                 Ok(stories)
             }

@@ -1,1 +1,152 @@
-//! network-session
+//! network-session: one story per network session, across sensors.
+//!
+//! Firewalls, endpoint agents, DNS resolvers, HTTP proxies and TLS inspectors each report a piece
+//! of the same connection. This rule joins those pieces into one `network-session` story per
+//! connection, despite
+//!
+//! - **clock skew**: sensors' clocks may disagree by `skew_ms` (30 s);
+//! - **direction**: sessions are keyed by the Community ID (seed 0) of the 5-tuple, the
+//!   sensor's `network.community_id` when it gives one, so A→B and B→A are one key; client and
+//!   server are decided from the tuple (the higher, ephemeral port is the client) or, when the
+//!   tuple cannot tell, by the earliest report, never by arrival order;
+//! - **late records**: a flow record written when the connection ended reaches back over its
+//!   `event.duration`; a record arriving after publication reopens the story and publishes the
+//!   next revision of the same id (for `reopen_ms`, ten minutes);
+//! - **DNS**: a lookup has its own tuple (client → resolver:53) but joins the connection its
+//!   answer led to (same client, answered address, starting within `dns_window_ms`), whether it
+//!   arrives before or after that connection; one that finds none becomes a `dns-lookup` story.
+//!
+//! An event without usable network fields (or whose payload is not ECS JSON) becomes an
+//! `event` story of its own: every event lands in exactly one story. Stories carry `fields`
+//! with the community id, transport, client, server, sensors, event kinds, DNS names and
+//! answers, HTTP requests, TLS server names, processes, users and hosts.
+//!
+//! Routing sends every event to the shard of the connection's client address, so the DNS
+//! lookup the client made and every report of the connection meet in one instance.
+//!
+//! # Layout
+//! - `config`: the JSON configuration and its checks.
+//! - `observe`: what one event says (class, transport, client/server, facts) and its route;
+//!   pure functions shared by `process` and `route`.
+//! - `state`: the rule: how an event joins a story; the snapshot format.
+//! - `lookups`: DNS lookups waiting for their connection, indexed by address pair and deadline.
+//! - `pairs`: address pair → connection keys, with lazy pruning.
+//! - `story`: what a story accumulates and the published fields.
+//!
+//! Build: `cargo build --target wasm32-wasip2 --profile plugin -p network-session`; the sample
+//! in `sample/events.jsonl` shows every case above (see `sample/README.md`).
+
+mod config;
+mod lookups;
+mod observe;
+mod pairs;
+mod state;
+mod story;
+
+#[cfg(test)]
+mod tests;
+
+use storyline_sdk::ecs::EcsEvent;
+use storyline_sdk::{Bucket, Correlator, Error, Event, Level, Story, export_correlator};
+
+pub use config::Config;
+
+use state::State;
+
+/// The network-session correlator. Build it with [`Correlator::init`].
+#[derive(Debug)]
+pub struct NetworkSession {
+    /// Settings from `init`; they win over the ones a restored snapshot was taken with.
+    config: Config,
+    /// Everything kept across buckets, snapshotted as one value.
+    state: State,
+}
+
+impl Correlator for NetworkSession {
+    /// `config` is a JSON object of [`Config`] fields; `{}` (or empty text) keeps the defaults.
+    fn init(config: &str) -> Result<Self, Error> {
+        let config = Config::parse(config)?;
+        Ok(NetworkSession { config, state: State::new(&config) })
+    }
+
+    /// Adds every event to its story, turns DNS lookups whose wait is over into stories of
+    /// their own, then publishes the stories that closed at the bucket's watermark.
+    ///
+    /// Never fails: a payload that is not ECS JSON is read as an event without fields (and
+    /// logged once per bucket).
+    fn process(&mut self, bucket: &Bucket) -> Result<Vec<Story>, Error> {
+        let mut unreadable = Unreadable::default();
+        for event in &bucket.events {
+            let ecs = match EcsEvent::parse(&event.payload) {
+                Ok(ecs) => ecs,
+                Err(e) => {
+                    unreadable.note(event, &e);
+                    EcsEvent::default()
+                }
+            };
+            self.state.add(&self.config, event, &ecs, bucket.watermark);
+        }
+        unreadable.log(bucket);
+        self.state.expire_lookups(bucket.watermark);
+        self.state.sweep();
+        Ok(self.state.advance(bucket.watermark))
+    }
+
+    /// Publishes every story still open; lookups still waiting become `dns-lookup` stories.
+    fn drain(&mut self) -> Result<Vec<Story>, Error> {
+        Ok(self.state.drain())
+    }
+
+    /// The connection's client address (for DNS, the querying client), so that a connection
+    /// and the lookup that led to it share a shard. `None` for events without addresses.
+    fn route(&self, event: &Event) -> Option<String> {
+        observe::route(event)
+    }
+
+    /// Open and recently published sessions, waiting DNS lookups and the pair index.
+    fn snapshot(&self) -> Vec<u8> {
+        self.state.encode()
+    }
+
+    /// Replaces the state with a snapshot; an empty one is an empty state.
+    fn restore(&mut self, state: &[u8]) -> Result<(), Error> {
+        self.state = State::decode(state, &self.config)?;
+        Ok(())
+    }
+}
+
+export_correlator!(NetworkSession);
+
+/// Payloads of one bucket that are not ECS JSON, logged once (the host caps log records, and
+/// one bad sensor must not flood the log with one record per event).
+#[derive(Debug, Default)]
+struct Unreadable {
+    count: usize,
+    /// The first such event and why.
+    first: Option<(String, String)>,
+}
+
+impl Unreadable {
+    fn note(&mut self, event: &Event, error: &serde_json::Error) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some((event.id.clone(), error.to_string()));
+        }
+    }
+
+    fn log(self, bucket: &Bucket) {
+        let Some((event_id, error)) = self.first else { return };
+        let count = self.count.to_string();
+        let start = bucket.start.to_string();
+        storyline_sdk::log(
+            Level::Warn,
+            "payloads that are not ECS JSON objects were read as events without fields",
+            &[
+                ("count", &count),
+                ("first_event", &event_id),
+                ("error", &error),
+                ("bucket_start", &start),
+            ],
+        );
+    }
+}

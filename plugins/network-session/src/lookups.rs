@@ -1,0 +1,139 @@
+//! DNS lookups waiting for the connection they led to.
+//!
+//! A lookup has its own 5-tuple (client → resolver:53) but belongs to the connection its answer
+//! led to: from the same client to an answered address, starting shortly after. Sensors deliver
+//! the lookup before or after that connection's events, so a lookup that finds no connection
+//! yet waits here, indexed by (client, answer) pair, until a connection of that pair appears or
+//! the watermark passes its deadline (then it becomes a `dns-lookup` story of its own).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use storyline_sdk::TimestampMs;
+
+use crate::config::Config;
+use crate::observe::{Facts, Flow};
+use crate::story::Pair;
+
+/// One DNS lookup event with at least one answered address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lookup {
+    /// The event's id.
+    pub event_id: String,
+    /// Its time, by the resolver's clock.
+    pub time: TimestampMs,
+    /// The querying client.
+    pub client: IpAddr,
+    /// The answered addresses.
+    pub answers: Vec<IpAddr>,
+    /// The key of its own `dns-lookup` story, should it find no connection.
+    pub own_key: String,
+    /// Client and resolver, for that story.
+    pub flow: Option<Flow>,
+    /// The lookup's transport (explicit, or UDP by default).
+    pub transport: Option<(u8, bool)>,
+    /// What it adds to a story.
+    pub facts: Facts<'static>,
+}
+
+impl Lookup {
+    /// Whether a connection whose earliest event is at `first_seen`, and that may have started
+    /// as early as `start_lo` (an end-stamped flow record), can be the one this lookup led to:
+    /// it starts no earlier than the lookup and within `dns_window_ms` after it, give or take
+    /// `skew_ms` between the two sensors' clocks.
+    pub fn fits(&self, cfg: &Config, first_seen: TimestampMs, start_lo: TimestampMs) -> bool {
+        first_seen >= self.time.saturating_sub(cfg.skew_ms)
+            && start_lo <= self.time.saturating_add(cfg.dns_window_ms + cfg.skew_ms)
+    }
+
+    /// The address pairs it can belong to.
+    fn pairs(&self) -> impl Iterator<Item = Pair> + '_ {
+        self.answers.iter().map(|&a| Pair::new(self.client, a))
+    }
+}
+
+/// The lookups waiting, with the two indexes `process` needs: by address pair (a connection
+/// appears) and by deadline (the watermark advances). No operation scans all of them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lookups {
+    /// Lookup by event id, with its deadline.
+    by_id: BTreeMap<String, (TimestampMs, Lookup)>,
+    /// Event ids by (client, answer) pair.
+    by_pair: BTreeMap<Pair, BTreeSet<String>>,
+    /// (deadline, event id), earliest first.
+    by_deadline: BTreeSet<(TimestampMs, String)>,
+}
+
+impl Lookups {
+    /// Number of lookups waiting.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Keeps `lookup` until a connection of one of its pairs appears, or until the watermark
+    /// passes its deadline: its last activity (arrival, or its time if that is later by no more
+    /// than the skew) plus window, gap and skew.
+    pub fn insert(&mut self, cfg: &Config, lookup: Lookup, watermark: TimestampMs) {
+        if self.by_id.contains_key(&lookup.event_id) {
+            // The same event delivered twice: it is already waiting.
+            return;
+        }
+        let activity = lookup.time.max(watermark).min(watermark.saturating_add(cfg.skew_ms));
+        let deadline = activity.saturating_add(cfg.dns_window_ms + cfg.gap_ms + cfg.skew_ms);
+        for pair in lookup.pairs() {
+            self.by_pair.entry(pair).or_default().insert(lookup.event_id.clone());
+        }
+        self.by_deadline.insert((deadline, lookup.event_id.clone()));
+        self.by_id.insert(lookup.event_id.clone(), (deadline, lookup));
+    }
+
+    /// The lookups waiting for a connection of `pair`, in event-id order.
+    pub fn waiting_for(&self, pair: Pair) -> impl Iterator<Item = &Lookup> + '_ {
+        self.by_pair
+            .get(&pair)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
+            .map(|(_, l)| l)
+    }
+
+    /// Whether any lookup waits for `pair` (one map look-up: the common answer is no).
+    pub fn any_for(&self, pair: Pair) -> bool {
+        self.by_pair.contains_key(&pair)
+    }
+
+    /// Removes a lookup (it found its connection) and returns it.
+    pub fn take(&mut self, event_id: &str) -> Option<Lookup> {
+        let (deadline, lookup) = self.by_id.remove(event_id)?;
+        for pair in lookup.pairs() {
+            if let Some(ids) = self.by_pair.get_mut(&pair) {
+                ids.remove(event_id);
+                if ids.is_empty() {
+                    self.by_pair.remove(&pair);
+                }
+            }
+        }
+        self.by_deadline.remove(&(deadline, lookup.event_id.clone()));
+        Some(lookup)
+    }
+
+    /// Removes and returns the lookups whose deadline the watermark has reached, earliest first.
+    pub fn expire(&mut self, watermark: TimestampMs) -> Vec<Lookup> {
+        let mut out = Vec::new();
+        while let Some((deadline, id)) = self.by_deadline.first() {
+            if *deadline > watermark {
+                break;
+            }
+            let id = id.clone();
+            out.extend(self.take(&id));
+        }
+        out
+    }
+
+    /// Removes and returns every lookup, earliest deadline first: the input is over.
+    pub fn drain(&mut self) -> Vec<Lookup> {
+        self.expire(TimestampMs::MAX)
+    }
+}

@@ -1,0 +1,81 @@
+//! Which sessions connect two addresses: how a DNS lookup finds its connection without
+//! scanning every open session.
+//!
+//! Entries are added when a session first names both addresses and are never removed when the
+//! sessionizer forgets the session (it does not say when). Instead a stale entry is dropped
+//! when a look-up meets it, and the whole index is swept whenever it has doubled since the last
+//! sweep, so it stays within twice the live sessions at an amortised O(log n) per session.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use storyline_sdk::session::Sessionizer;
+
+use crate::story::Pair;
+
+/// Smallest index size that triggers a sweep: sweeping a small index buys nothing.
+const MIN_SWEEP: usize = 4096;
+
+/// Address pair → keys (community ids) of the sessions between those addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairIndex {
+    /// The entries.
+    keys: BTreeMap<Pair, BTreeSet<String>>,
+    /// Number of (pair, key) entries.
+    entries: usize,
+    /// Sweep when `entries` reaches this.
+    sweep_at: usize,
+}
+
+impl PairIndex {
+    /// Number of (pair, key) entries, stale ones included.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// Records that a session of `key` connects the addresses of `pair`.
+    pub fn insert(&mut self, pair: Pair, key: &str) {
+        let keys = self.keys.entry(pair).or_default();
+        if !keys.contains(key) {
+            keys.insert(key.to_owned());
+            self.entries += 1;
+        }
+    }
+
+    /// The keys recorded for `pair`, in order.
+    pub fn keys(&self, pair: Pair) -> impl Iterator<Item = &String> + '_ {
+        self.keys.get(&pair).into_iter().flatten()
+    }
+
+    /// Drops one entry (its sessions are gone).
+    pub fn remove(&mut self, pair: Pair, key: &str) {
+        if let Some(keys) = self.keys.get_mut(&pair) {
+            if keys.remove(key) {
+                self.entries -= 1;
+            }
+            if keys.is_empty() {
+                self.keys.remove(&pair);
+            }
+        }
+    }
+
+    /// Drops every entry whose key the sessionizer no longer keeps, when the index has grown
+    /// enough since the last sweep to pay for it.
+    pub fn sweep_if_due<D>(&mut self, sessions: &Sessionizer<D>) {
+        if self.entries < self.sweep_at.max(MIN_SWEEP) {
+            return;
+        }
+        self.keys.retain(|_, keys| {
+            keys.retain(|k| sessions.contains_key(k));
+            !keys.is_empty()
+        });
+        self.entries = self.keys.values().map(BTreeSet::len).sum();
+        self.sweep_at = self.entries * 2;
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        *self = PairIndex::default();
+    }
+}

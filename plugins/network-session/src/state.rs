@@ -1,0 +1,313 @@
+//! The rule itself: how each event joins a story, over state that survives snapshots.
+
+use serde::{Deserialize, Serialize};
+use storyline_sdk::ecs::EcsEvent;
+use storyline_sdk::session::Sessionizer;
+use storyline_sdk::{Error, Event, Story, TimestampMs};
+
+use crate::config::Config;
+use crate::lookups::{Lookup, Lookups};
+use crate::observe::{self, Class, Facts, Flow};
+use crate::pairs::PairIndex;
+use crate::story::{Kind, Pair, SessionData, story_of};
+
+/// Version of the snapshot format, its first byte. Bump it when [`State`] changes shape, and
+/// keep reading the older versions the host may still hold.
+const STATE_VERSION: u8 = 1;
+
+/// Everything kept across buckets. One value, so that a snapshot is consistent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Stories by key: connections by community id, lone lookups by `dns:<community id>`,
+    /// events without network fields by `event:<id>`.
+    sessions: Sessionizer<SessionData>,
+    /// DNS lookups waiting for their connection.
+    lookups: Lookups,
+    /// Address pair → connection keys, to find a lookup's connection.
+    pairs: PairIndex,
+}
+
+impl State {
+    /// Empty state.
+    pub fn new(config: &Config) -> State {
+        State {
+            sessions: Sessionizer::new(config.sessions()),
+            lookups: Lookups::default(),
+            pairs: PairIndex::default(),
+        }
+    }
+
+    /// Adds one event. `ecs` is its payload, parsed once (empty when unreadable).
+    pub fn add(&mut self, cfg: &Config, event: &Event, ecs: &EcsEvent<'_>, watermark: TimestampMs) {
+        let class = observe::class(&event.kind, ecs);
+        let transport = observe::transport(ecs, class);
+        let explicit = ecs.transport().is_some();
+        let flow = observe::flow(ecs, transport);
+        let facts = observe::facts(event, ecs);
+        if class == Class::Dns {
+            let own_key = match ecs.community_id(transport) {
+                Some(cid) => format!("dns:{cid}"),
+                None => format!("dns-event:{}", event.id),
+            };
+            let transport = transport.map(|t| (t, explicit));
+            let client = flow.map(|f| f.client.ip).or_else(|| ecs.source_addr().map(|(ip, _)| ip));
+            let answers = ecs.dns_answer_ips();
+            match client {
+                Some(client) if !answers.is_empty() => {
+                    let lookup = Lookup {
+                        event_id: event.id.clone(),
+                        time: event.event_time,
+                        client,
+                        answers,
+                        own_key,
+                        flow,
+                        transport,
+                        facts: facts.into_owned(),
+                    };
+                    self.add_lookup(cfg, lookup, watermark);
+                }
+                // No answered address (or no client) to find a connection by: a story of its
+                // own, joined by other records of the same lookup (query and response logged
+                // apart share the lookup's tuple).
+                _ => {
+                    let origin = Origin {
+                        key: &own_key,
+                        event_id: &event.id,
+                        time: event.event_time,
+                        flow: flow.as_ref(),
+                        transport,
+                    };
+                    self.add_lookup_story(&origin, &facts, watermark);
+                }
+            }
+            return;
+        }
+        match ecs.community_id(transport) {
+            Some(key) => {
+                let reach = ecs.duration_ms().min(cfg.max_span_ms);
+                let connection = Connection { event, flow, transport, explicit, reach };
+                self.add_connection(cfg, &key, &connection, &facts, watermark);
+            }
+            None => {
+                let key = format!("event:{}", event.id);
+                let session = self.sessions.add(&key, &event.id, event.event_time, 0, watermark);
+                session.data.kind = Kind::Event;
+                session.data.merge(&facts);
+                if let Some(f) = &flow {
+                    session.data.observe_sides(f, event.event_time, &event.id);
+                }
+            }
+        }
+    }
+
+    /// Adds an event that reports a connection, then attaches the DNS lookups that were
+    /// waiting for it.
+    fn add_connection(
+        &mut self,
+        cfg: &Config,
+        key: &str,
+        c: &Connection<'_>,
+        facts: &Facts<'_>,
+        watermark: TimestampMs,
+    ) {
+        let time = c.event.event_time;
+        let session = self.sessions.add(key, &c.event.id, time, c.reach, watermark);
+        let d = &mut session.data;
+        d.kind = Kind::Network;
+        d.merge(facts);
+        d.set_transport(c.transport, c.explicit);
+        d.observe_connection(time, c.reach);
+        if let Some(f) = &c.flow {
+            d.observe_sides(f, time, &c.event.id);
+        }
+        let Some(pair) = d.pair() else { return };
+        let newly_indexed = !std::mem::replace(&mut d.indexed, true);
+        let (first, last) = (session.first_seen, session.last_seen);
+        let start_lo = session.data.start_lo(first);
+        if newly_indexed {
+            self.pairs.insert(pair, key);
+        }
+        if !self.lookups.any_for(pair) {
+            return;
+        }
+        let fitting: Vec<String> = self
+            .lookups
+            .waiting_for(pair)
+            .filter(|l| l.fits(cfg, first, start_lo))
+            .map(|l| l.event_id.clone())
+            .collect();
+        for id in fitting {
+            if let Some(lookup) = self.lookups.take(&id) {
+                self.attach(key, first, last, &lookup, watermark);
+            }
+        }
+    }
+
+    /// Adds a DNS lookup to the connection it led to, if that connection is known (open, or
+    /// published and kept for late events); else keeps it waiting.
+    fn add_lookup(&mut self, cfg: &Config, lookup: Lookup, watermark: TimestampMs) {
+        // The best connection: the one starting closest to the lookup, then the smallest key.
+        let mut best: Option<(i64, String, TimestampMs, TimestampMs)> = None;
+        let mut stale = Vec::new();
+        for &answer in &lookup.answers {
+            let pair = Pair::new(lookup.client, answer);
+            for key in self.pairs.keys(pair) {
+                if !self.sessions.contains_key(key) {
+                    stale.push((pair, key.clone()));
+                    continue;
+                }
+                // The session of this key nearest the lookup; `reach` only widens the search.
+                let reach = cfg.dns_window_ms + cfg.skew_ms;
+                let Some(s) = self.sessions.find_mut(key, lookup.time, reach) else { continue };
+                if s.data.kind != Kind::Network
+                    || !lookup.fits(cfg, s.first_seen, s.data.start_lo(s.first_seen))
+                {
+                    continue;
+                }
+                let score = s.first_seen.abs_diff(lookup.time).min(i64::MAX as u64) as i64;
+                let better = best.as_ref().is_none_or(|(bs, bk, _, _)| (score, key) < (*bs, bk));
+                if better {
+                    best = Some((score, key.clone(), s.first_seen, s.last_seen));
+                }
+            }
+        }
+        for (pair, key) in stale {
+            self.pairs.remove(pair, &key);
+        }
+        match best {
+            Some((_, key, first, last)) => self.attach(&key, first, last, &lookup, watermark),
+            None => self.lookups.insert(cfg, lookup, watermark),
+        }
+    }
+
+    /// Adds `lookup` to the session of `key` spanning `first..=last`.
+    ///
+    /// The lookup is added at its time clamped into that span: the sessionizer then puts it in
+    /// exactly that session (distance 0) whatever the configured windows, and the lookup does
+    /// not stretch the session's own window for later traffic on the tuple. The story's first
+    /// and last seen still include the lookup's real time (see `SessionData::add_lookup_time`).
+    fn attach(
+        &mut self,
+        key: &str,
+        first: TimestampMs,
+        last: TimestampMs,
+        lookup: &Lookup,
+        watermark: TimestampMs,
+    ) {
+        let at = lookup.time.clamp(first, last);
+        let session = self.sessions.add(key, &lookup.event_id, at, 0, watermark);
+        session.data.merge(&lookup.facts);
+        session.data.add_lookup_time(lookup.time);
+    }
+
+    /// Adds a DNS lookup as (part of) a `dns-lookup` story keyed by its own tuple.
+    fn add_lookup_story(&mut self, o: &Origin<'_>, facts: &Facts<'_>, watermark: TimestampMs) {
+        let session = self.sessions.add(o.key, o.event_id, o.time, 0, watermark);
+        let d = &mut session.data;
+        d.kind = Kind::DnsLookup;
+        d.merge(facts);
+        if let Some((t, explicit)) = o.transport {
+            d.set_transport(Some(t), explicit);
+        }
+        if let Some(f) = o.flow {
+            d.observe_sides(f, o.time, o.event_id);
+        }
+    }
+
+    /// Turns the lookups whose wait is over into `dns-lookup` stories.
+    pub fn expire_lookups(&mut self, watermark: TimestampMs) {
+        for lookup in self.lookups.expire(watermark) {
+            self.add_lookup_story(&Origin::of(&lookup), &lookup.facts, watermark);
+        }
+    }
+
+    /// Housekeeping once per bucket.
+    pub fn sweep(&mut self) {
+        self.pairs.sweep_if_due(&self.sessions);
+    }
+
+    /// Publishes the sessions that closed at `watermark`.
+    pub fn advance(&mut self, watermark: TimestampMs) -> Vec<Story> {
+        self.sessions.advance(watermark, story_of)
+    }
+
+    /// Publishes everything: lookups still waiting become `dns-lookup` stories.
+    pub fn drain(&mut self) -> Vec<Story> {
+        for lookup in self.lookups.drain() {
+            self.add_lookup_story(&Origin::of(&lookup), &lookup.facts, lookup.time);
+        }
+        self.pairs.clear();
+        self.sessions.drain(story_of)
+    }
+
+    /// The state as bytes: a version byte, then postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        let out = vec![STATE_VERSION];
+        // Serialising maps, sets, strings and numbers into a Vec cannot fail; should it ever,
+        // the empty body makes `decode` refuse the snapshot instead of restoring half a state.
+        match postcard::to_extend(self, out) {
+            Ok(v) => v,
+            Err(_) => vec![STATE_VERSION],
+        }
+    }
+
+    /// State from [`State::encode`]. The configuration given to `init` replaces the one the
+    /// snapshot was taken with. An empty snapshot is an empty state.
+    pub fn decode(bytes: &[u8], config: &Config) -> Result<State, Error> {
+        let Some((&version, body)) = bytes.split_first() else {
+            return Ok(State::new(config));
+        };
+        if version != STATE_VERSION {
+            return Err(Error::InvalidState(format!(
+                "snapshot format version {version}; this network-session plugin reads version \
+                 {STATE_VERSION} (was the snapshot taken by a newer plugin?)"
+            )));
+        }
+        let mut state: State = postcard::from_bytes(body).map_err(|e| {
+            Error::InvalidState(format!(
+                "network-session snapshot of {} bytes is not readable: {e}",
+                bytes.len()
+            ))
+        })?;
+        state.sessions.set_config(config.sessions());
+        Ok(state)
+    }
+
+    /// Counts for tests: (sessions kept, lookups waiting, pair index entries).
+    #[cfg(test)]
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.sessions.len(), self.lookups.len(), self.pairs.len())
+    }
+}
+
+/// An event that reports a connection, with what `add` read from it.
+struct Connection<'a> {
+    event: &'a Event,
+    flow: Option<Flow>,
+    transport: Option<u8>,
+    /// Whether the transport was given by the sensor (not defaulted).
+    explicit: bool,
+    /// How far the record reaches from its time (`event.duration`, at most `max_span_ms`).
+    reach: i64,
+}
+
+/// Where a `dns-lookup` story comes from: its key and the lookup event's id, time and tuple.
+struct Origin<'a> {
+    key: &'a str,
+    event_id: &'a str,
+    time: TimestampMs,
+    flow: Option<&'a Flow>,
+    transport: Option<(u8, bool)>,
+}
+
+impl<'a> Origin<'a> {
+    fn of(lookup: &'a Lookup) -> Origin<'a> {
+        Origin {
+            key: &lookup.own_key,
+            event_id: &lookup.event_id,
+            time: lookup.time,
+            flow: lookup.flow.as_ref(),
+            transport: lookup.transport,
+        }
+    }
+}

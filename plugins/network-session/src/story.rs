@@ -1,0 +1,296 @@
+//! What a story accumulates (`SessionData`) and how it is published (`story_of`).
+//!
+//! Every collection is a `BTreeSet`/`BTreeMap`, so the published fields do not depend on the
+//! order events arrived in, and the whole value serialises (the sessionizer snapshots it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use storyline_sdk::community_id::proto;
+use storyline_sdk::session::Session;
+use storyline_sdk::{Story, TimestampMs};
+
+use crate::observe::{Endpoint, Facts, Flow};
+
+/// At most this many distinct values are kept per list of a story (the smallest, so the
+/// choice does not depend on arrival order). An analyst needs examples, not ten thousand URLs,
+/// and the host caps the size of a plugin's output.
+pub const MAX_VALUES: usize = 100;
+
+/// What a story tells.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A connection, keyed by its community id, with the DNS lookups that led to it.
+    #[default]
+    Network,
+    /// A DNS lookup that led to no connection seen in time.
+    DnsLookup,
+    /// An event without usable network fields.
+    Event,
+}
+
+impl Kind {
+    /// The story kind published.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Network => "network-session",
+            Kind::DnsLookup => "dns-lookup",
+            Kind::Event => "event",
+        }
+    }
+}
+
+/// The two addresses of a connection, in a fixed order: the key of the DNS and session
+/// indexes, the same whichever side a sensor reported first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Pair {
+    low: IpAddr,
+    high: IpAddr,
+}
+
+impl Pair {
+    /// The pair of `a` and `b`, in either order.
+    pub fn new(a: IpAddr, b: IpAddr) -> Pair {
+        if a <= b { Pair { low: a, high: b } } else { Pair { low: b, high: a } }
+    }
+}
+
+/// Client and server of a story, and what decided them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Sides {
+    client: Endpoint,
+    server: Endpoint,
+    /// The tuple decided (see [`Flow::by_tuple`]): every report agrees, nothing can change it.
+    /// Otherwise the earliest report by (time, event id) decides, so the result does not depend
+    /// on arrival order.
+    decided_by: Option<(TimestampMs, String)>,
+}
+
+/// One HTTP request, as published.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct HttpRecord {
+    method: Option<String>,
+    url: Option<String>,
+    domain: Option<String>,
+    status: Option<u16>,
+}
+
+/// One process, as published.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct ProcessRecord {
+    name: Option<String>,
+    pid: Option<i64>,
+}
+
+/// What the rule keeps per story, on top of the sessionizer's ids and times.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionData {
+    /// What the story tells; fixed by its key.
+    pub kind: Kind,
+    /// Whether the session's address pair is in the pair index (done once per session).
+    pub indexed: bool,
+    /// IANA transport number: the first explicit one, else the first default.
+    transport: Option<(u8, bool)>,
+    /// Client and server.
+    sides: Option<Sides>,
+    /// Earliest time the connection may have started: a flow record stamped at its end with
+    /// duration `d` says it started at `time - d`. Used to fit DNS lookups.
+    start_lo: Option<TimestampMs>,
+    /// Earliest and latest time of the DNS lookups attached. They are added to the sessionizer
+    /// at a time inside the session (so that the lookup cannot move the session's own window)
+    /// and widen the published first/last seen here instead.
+    lookups: Option<(TimestampMs, TimestampMs)>,
+    /// Sensors that reported an event.
+    sensors: BTreeSet<String>,
+    /// Event kinds seen.
+    event_kinds: BTreeSet<String>,
+    /// DNS question name → answers.
+    dns: BTreeMap<Option<String>, BTreeSet<String>>,
+    /// HTTP requests.
+    http: BTreeSet<HttpRecord>,
+    /// TLS server names.
+    tls_sni: BTreeSet<String>,
+    /// Processes.
+    processes: BTreeSet<ProcessRecord>,
+    /// User names.
+    users: BTreeSet<String>,
+    /// Host names.
+    hosts: BTreeSet<String>,
+}
+
+/// Inserts `value` unless present, allocating only when it is kept.
+fn insert_text(set: &mut BTreeSet<String>, value: &str) {
+    if set.contains(value) {
+        return;
+    }
+    if set.len() >= MAX_VALUES && set.last().is_some_and(|last| value > last.as_str()) {
+        return;
+    }
+    set.insert(value.to_owned());
+    cap(set);
+}
+
+fn cap<T: Ord>(set: &mut BTreeSet<T>) {
+    while set.len() > MAX_VALUES {
+        set.pop_last();
+    }
+}
+
+impl SessionData {
+    /// Adds what one event says to the story's fields.
+    pub fn merge(&mut self, facts: &Facts<'_>) {
+        insert_text(&mut self.sensors, &facts.sensor);
+        insert_text(&mut self.event_kinds, &facts.kind);
+        if let Some(d) = &facts.dns {
+            let name = d.name.as_deref().map(str::to_owned);
+            // Like every other list: when full, only a name smaller than the largest gets in.
+            let full = self.dns.len() >= MAX_VALUES && !self.dns.contains_key(&name);
+            if !(full && self.dns.last_key_value().is_some_and(|(last, _)| name > *last)) {
+                let answers = self.dns.entry(name).or_default();
+                for a in &d.answers {
+                    insert_text(answers, a);
+                }
+                while self.dns.len() > MAX_VALUES {
+                    self.dns.pop_last();
+                }
+            }
+        }
+        if let Some(h) = &facts.http {
+            self.http.insert(HttpRecord {
+                method: h.method.as_deref().map(str::to_owned),
+                url: h.url.as_deref().map(str::to_owned),
+                domain: h.domain.as_deref().map(str::to_owned),
+                status: h.status,
+            });
+            cap(&mut self.http);
+        }
+        if let Some(sni) = &facts.sni {
+            insert_text(&mut self.tls_sni, sni);
+        }
+        if let Some(p) = &facts.process {
+            self.processes
+                .insert(ProcessRecord { name: p.name.as_deref().map(str::to_owned), pid: p.pid });
+            cap(&mut self.processes);
+        }
+        if let Some(u) = &facts.user {
+            insert_text(&mut self.users, u);
+        }
+        if let Some(h) = &facts.host {
+            insert_text(&mut self.hosts, h);
+        }
+    }
+
+    /// Records the transport: an explicit one (from `network.transport`) wins over a default.
+    pub fn set_transport(&mut self, transport: Option<u8>, explicit: bool) {
+        let Some(t) = transport else { return };
+        match self.transport {
+            None => self.transport = Some((t, explicit)),
+            Some((_, false)) if explicit => self.transport = Some((t, true)),
+            _ => {}
+        }
+    }
+
+    /// Records client and server as one event at `time` reports them. Deterministic whatever
+    /// the arrival order: a decision by the tuple is final; otherwise the earliest report (by
+    /// time, then event id) decides.
+    pub fn observe_sides(&mut self, flow: &Flow, time: TimestampMs, event_id: &str) {
+        let replace = match &self.sides {
+            None => true,
+            Some(Sides { decided_by: None, .. }) => false,
+            Some(Sides { decided_by: Some((t, id)), .. }) => {
+                flow.by_tuple || (time, event_id) < (*t, id.as_str())
+            }
+        };
+        if replace {
+            self.sides = Some(Sides {
+                client: flow.client,
+                server: flow.server,
+                decided_by: (!flow.by_tuple).then(|| (time, event_id.to_owned())),
+            });
+        }
+    }
+
+    /// Records that the connection was seen at `time` by a record covering `reach_ms`.
+    pub fn observe_connection(&mut self, time: TimestampMs, reach_ms: i64) {
+        let start = time.saturating_sub(reach_ms);
+        self.start_lo = Some(self.start_lo.map_or(start, |s| s.min(start)));
+    }
+
+    /// The earliest time the connection may have started, given the session's first event.
+    pub fn start_lo(&self, first_seen: TimestampMs) -> TimestampMs {
+        self.start_lo.map_or(first_seen, |s| s.min(first_seen))
+    }
+
+    /// Records the time of an attached DNS lookup.
+    pub fn add_lookup_time(&mut self, time: TimestampMs) {
+        self.lookups = Some(self.lookups.map_or((time, time), |(a, b)| (a.min(time), b.max(time))));
+    }
+
+    /// The address pair of the connection, once an event named both addresses.
+    pub fn pair(&self) -> Option<Pair> {
+        self.sides.as_ref().map(|s| Pair::new(s.client.ip, s.server.ip))
+    }
+
+    /// The published fields. `key` is the session's key (the community id for a connection,
+    /// `dns:<community id>` for a lone lookup).
+    pub fn fields(&self, key: &str) -> Map<String, Value> {
+        let community_id = match self.kind {
+            Kind::Network => Some(key),
+            Kind::DnsLookup => key.strip_prefix("dns:"),
+            Kind::Event => None,
+        };
+        let endpoint = |e: &Endpoint| json!({"ip": e.ip.to_string(), "port": e.port});
+        let mut m = Map::new();
+        m.insert("community_id".into(), json!(community_id));
+        m.insert("transport".into(), json!(self.transport.map(|(t, _)| transport_name(t))));
+        m.insert("client".into(), self.sides.as_ref().map_or(Value::Null, |s| endpoint(&s.client)));
+        m.insert("server".into(), self.sides.as_ref().map_or(Value::Null, |s| endpoint(&s.server)));
+        m.insert("sensors".into(), json!(self.sensors));
+        m.insert("event_kinds".into(), json!(self.event_kinds));
+        let dns: Vec<Value> = self
+            .dns
+            .iter()
+            .map(|(name, answers)| json!({"name": name, "answers": answers}))
+            .collect();
+        m.insert("dns".into(), Value::Array(dns));
+        let http: Vec<Value> = self
+            .http
+            .iter()
+            .map(|h| json!({"method": h.method, "url": h.url, "domain": h.domain, "status": h.status}))
+            .collect();
+        m.insert("http".into(), Value::Array(http));
+        m.insert("tls_sni".into(), json!(self.tls_sni));
+        let processes: Vec<Value> =
+            self.processes.iter().map(|p| json!({"name": p.name, "pid": p.pid})).collect();
+        m.insert("processes".into(), Value::Array(processes));
+        m.insert("users".into(), json!(self.users));
+        m.insert("hosts".into(), json!(self.hosts));
+        m
+    }
+}
+
+/// `tcp`, `udp`, ... as ECS writes `network.transport`; other protocols by number.
+fn transport_name(t: u8) -> String {
+    match t {
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::ICMP => "icmp".into(),
+        proto::ICMPV6 => "ipv6-icmp".into(),
+        proto::SCTP => "sctp".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The story of a session, as published.
+pub fn story_of(session: &Session<SessionData>) -> Story {
+    let d = &session.data;
+    let mut story = session.story(d.kind.name());
+    if let Some((first, last)) = d.lookups {
+        story.first_seen = story.first_seen.min(first);
+        story.last_seen = story.last_seen.max(last);
+    }
+    story.fields = d.fields(&session.key);
+    story
+}

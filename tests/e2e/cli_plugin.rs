@@ -1,0 +1,123 @@
+//! `storyline plugin check` and `storyline plugin test`, run as a user runs them.
+
+use std::collections::BTreeMap;
+
+use crate::support::{Scratch, plugin, root, storyline};
+
+fn sample() -> String {
+    root().join("plugins/network-session/sample/events.jsonl").display().to_string()
+}
+
+#[test]
+fn plugin_check_prints_version_exports_size_and_hash() {
+    let scratch = Scratch::new("check");
+    let file = plugin("network-session");
+    let out = storyline(&[
+        "--data-dir",
+        &scratch.str("data"),
+        "plugin",
+        "check",
+        &file.display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(stdout.contains("world:    storyline:correlator/plugin@0.1.0 (supported)"), "{stdout}");
+    assert!(stdout.contains("exports:  storyline:correlator/correlator@0.1.0"), "{stdout}");
+    assert!(stdout.contains(&format!("size:     {size} bytes")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("sha256:   ") && l.len() == 10 + 64), "{stdout}");
+    // The second check loads the compiled component from the cache under --data-dir.
+    let again = storyline(&[
+        "--data-dir",
+        &scratch.str("data"),
+        "plugin",
+        "check",
+        &file.display().to_string(),
+    ]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("compile:  loaded from cache"));
+}
+
+#[test]
+fn plugin_check_of_a_wrong_file_exits_1_with_the_reason() {
+    let scratch = Scratch::new("check-bad");
+    std::fs::write(scratch.path("x.wasm"), "hello").unwrap();
+    let out =
+        storyline(&["--data-dir", &scratch.str("data"), "plugin", "check", &scratch.str("x.wasm")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("storyline: plugin "), "{stderr}");
+    assert!(stderr.contains("x.wasm: not a WebAssembly file"), "{stderr}");
+}
+
+#[test]
+fn plugin_test_puts_every_sample_event_in_exactly_one_story() {
+    let scratch = Scratch::new("ptest");
+    let file = plugin("network-session").display().to_string();
+    let out = storyline(&[
+        "--data-dir",
+        &scratch.str("data"),
+        "plugin",
+        "test",
+        &file,
+        "--events",
+        &sample(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut latest: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let story: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["id", "kind", "event_ids", "first_seen", "last_seen", "revision", "fields"] {
+            assert!(story.get(key).is_some(), "missing {key} in {line}");
+        }
+        let id = story["id"].as_str().unwrap().to_string();
+        let newer =
+            latest.get(&id).is_none_or(|old| old["revision"].as_u64() < story["revision"].as_u64());
+        if newer {
+            latest.insert(id, story);
+        }
+    }
+    let mut seen: Vec<String> = latest
+        .values()
+        .flat_map(|s| {
+            s["event_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string())
+        })
+        .collect();
+    seen.sort();
+    let mut expected: Vec<String> = std::fs::read_to_string(sample())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn plugin_test_names_the_bad_line_of_an_events_file() {
+    let scratch = Scratch::new("ptest-bad");
+    std::fs::write(
+        scratch.path("events.jsonl"),
+        "{\"source\":\"s\",\"kind\":\"k\",\"time\":1}\n{\"source\":\"s\",\"kind\":\"k\"}\n",
+    )
+    .unwrap();
+    let file = plugin("template").display().to_string();
+    let out = storyline(&[
+        "--data-dir",
+        &scratch.str("data"),
+        "plugin",
+        "test",
+        &file,
+        "--events",
+        &scratch.str("events.jsonl"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("events.jsonl line 2: missing field \"time\""), "{stderr}");
+    assert!(out.stdout.is_empty());
+}

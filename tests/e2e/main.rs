@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `storyline` binary and library, the real plugins built for
+//! wasm32-wasip2. One test binary, modules by area.
+
+mod support;
+
+mod cli_plugin;
+mod network_session;
+mod plugin_faults;
+mod plugin_loading;
+mod sandbox;

@@ -1,0 +1,1 @@
+//! network-session (written when the plugin lands)

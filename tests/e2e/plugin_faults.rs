@@ -1,0 +1,150 @@
+//! A faulty plugin fails with the exact typed error, and the host goes on serving.
+
+use std::time::Duration;
+
+use storyline::model::{BucketStart, ShardId, TenantId};
+use storyline::plugin::{BucketRef, Failure, GuestError, PluginInstance};
+
+use crate::support::{bucket, bucket_of_kind, instance, loaded, test_limits};
+
+fn faulty(mode: &str) -> PluginInstance {
+    instance("faulty", "acme", &format!(r#"{{"mode": "{mode}"}}"#))
+}
+
+fn no_earlier_events(_: &str) -> bool {
+    false
+}
+
+/// After a failure, a fresh instance of the same plugin for the same tenant serves normally.
+fn assert_a_new_instance_serves() {
+    let mut fresh = faulty("none");
+    let stories = fresh.process(&bucket("acme", 5000, &["x", "y"]), &no_earlier_events).unwrap();
+    assert_eq!(stories.len(), 2);
+}
+
+#[test]
+fn a_trap_names_tenant_plugin_bucket_and_panic_and_poisons_the_instance() {
+    let mut inst = faulty("trap");
+    let err = inst.process(&bucket("acme", 1000, &["a"]), &no_earlier_events).unwrap_err();
+    assert_eq!(err.tenant, TenantId::new("acme").unwrap());
+    assert_eq!(err.call, "process");
+    assert_eq!(err.bucket, Some(BucketRef { shard: ShardId(0), start: BucketStart(1000) }));
+    assert!(err.plugin.starts_with("faulty@"), "{}", err.plugin);
+    match &err.failure {
+        Failure::Trap { message, stderr } => {
+            assert!(message.contains("unreachable"), "{message}");
+            assert!(stderr.contains("deliberate trap in bucket starting at 1000"), "{stderr}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert!(inst.is_poisoned());
+    let again = inst.process(&bucket("acme", 2000, &["b"]), &no_earlier_events).unwrap_err();
+    assert_eq!(again.failure, Failure::Poisoned);
+    assert_a_new_instance_serves();
+}
+
+#[test]
+fn a_loop_is_stopped_at_the_deadline() {
+    let mut inst = faulty("loop");
+    let err = inst.process(&bucket("acme", 1000, &["a"]), &no_earlier_events).unwrap_err();
+    assert_eq!(err.failure, Failure::Timeout { limit: Duration::from_millis(500) });
+    assert!(err.to_string().contains("ran past its 500 ms deadline"), "{err}");
+    assert!(inst.is_poisoned());
+    assert_a_new_instance_serves();
+}
+
+#[test]
+fn unbounded_allocation_hits_the_memory_limit() {
+    let mut inst = faulty("alloc");
+    let err = inst.process(&bucket("acme", 1000, &["a"]), &no_earlier_events).unwrap_err();
+    assert_eq!(err.failure, Failure::MemoryLimit { limit: 64 << 20 });
+    assert!(inst.is_poisoned());
+    assert_a_new_instance_serves();
+}
+
+#[test]
+fn a_guest_error_is_a_refusal_not_a_trap_and_the_instance_goes_on() {
+    let mut inst = instance("faulty", "acme", r#"{"mode": "fail", "only_kind": "poison"}"#);
+    let err = inst
+        .process(&bucket_of_kind("acme", 1000, &["a"], "poison"), &no_earlier_events)
+        .unwrap_err();
+    assert_eq!(err.failure, Failure::Guest(GuestError::Failed("refusing bucket 1000".into())));
+    assert!(!inst.is_poisoned());
+    let ok = inst.process(&bucket("acme", 2000, &["b"]), &no_earlier_events).unwrap();
+    assert_eq!(ok[0].event_ids, vec!["b".to_string()]);
+}
+
+#[test]
+fn stories_naming_unknown_events_are_malformed_output() {
+    let mut inst = faulty("unknown-ids");
+    let err = inst.process(&bucket("acme", 1000, &["a"]), &no_earlier_events).unwrap_err();
+    match &err.failure {
+        Failure::Malformed { reason } => {
+            assert!(reason.contains("lists event \"no-such-event\""), "{reason}")
+        }
+        other => panic!("expected malformed output, got {other:?}"),
+    }
+    // Events of earlier buckets are accepted when the caller knows them.
+    let mut inst = faulty("unknown-ids");
+    let ok = inst.process(&bucket("acme", 1000, &["a"]), &|id| id == "no-such-event").unwrap();
+    assert_eq!(ok.len(), 2);
+}
+
+#[test]
+fn oversized_output_is_refused() {
+    let mut inst = faulty("oversized");
+    let err = inst.process(&bucket("acme", 1000, &["a"]), &no_earlier_events).unwrap_err();
+    match err.failure {
+        Failure::OutputTooLarge { bytes, limit } => {
+            assert_eq!(limit, 8 << 20);
+            assert!(bytes > 12 << 20, "{bytes}");
+        }
+        other => panic!("expected output too large, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_empty_story_id_is_malformed_output() {
+    let mut inst = faulty("empty-id");
+    let err = inst.process(&bucket("acme", 1000, &["a"]), &no_earlier_events).unwrap_err();
+    assert_eq!(
+        err.failure,
+        Failure::Malformed { reason: "a story id is 0 bytes; ids must be 1 to 256 bytes".into() }
+    );
+}
+
+#[test]
+fn a_bad_configuration_fails_init_with_the_plugins_message() {
+    let err = loaded("faulty")
+        .instantiate(&TenantId::new("acme").unwrap(), r#"{"mode": "bogus"}"#, test_limits())
+        .unwrap_err();
+    assert_eq!(err.call, "init");
+    match &err.failure {
+        Failure::Guest(GuestError::InvalidConfig(m)) => {
+            assert!(m.starts_with("unknown mode \"bogus\"; known modes: none, trap"), "{m}")
+        }
+        other => panic!("expected invalid config, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_chatty_plugin_is_capped_and_its_call_still_succeeds() {
+    let mut inst = faulty("chatty");
+    let stories = inst.process(&bucket("acme", 1000, &["a"]), &no_earlier_events).unwrap();
+    assert_eq!(stories.len(), 1);
+}
+
+#[test]
+fn a_looping_tenant_does_not_stop_another_tenant() {
+    let looping = std::thread::spawn(|| {
+        let mut inst = instance("faulty", "bad", r#"{"mode": "loop"}"#);
+        inst.process(&bucket("bad", 1000, &["a"]), &no_earlier_events).unwrap_err().failure
+    });
+    let mut good = instance("faulty", "good", "{}");
+    for i in 0..20 {
+        let id = format!("e{i}");
+        let stories = good.process(&bucket("good", i * 1000, &[&id]), &no_earlier_events).unwrap();
+        assert_eq!(stories[0].event_ids, vec![id]);
+    }
+    assert_eq!(looping.join().unwrap(), Failure::Timeout { limit: Duration::from_millis(500) });
+}

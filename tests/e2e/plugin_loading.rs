@@ -1,0 +1,123 @@
+//! Loading: real plugins pass; every kind of wrong file gets its own error; compiled
+//! components are cached on disk.
+
+use std::path::Path;
+
+use storyline::plugin::{LoadError, Origin, Runtime, SUPPORTED_VERSIONS};
+
+use crate::support::{Scratch, plugin, runtime};
+
+/// A component exporting one interface `name` with a single `init` function.
+fn component_exporting(name: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func $f (canon lift (core func $i "f")))
+            (instance $api (export "init" (func $f)))
+            (export "{name}" (instance $api)))"#
+    ))
+    .unwrap()
+}
+
+fn load(bytes: &[u8]) -> Result<storyline::plugin::Plugin, LoadError> {
+    runtime().load_bytes(Path::new("p.wasm"), bytes)
+}
+
+#[test]
+fn every_real_plugin_loads_and_reports_its_world() {
+    for name in ["network-session", "template", "faulty"] {
+        let p = runtime().load(&plugin(name)).unwrap_or_else(|e| panic!("{e}"));
+        let info = p.info();
+        assert_eq!(info.manifest.version, "0.1.0");
+        assert!(info.manifest.exports.contains(&"storyline:correlator/correlator@0.1.0".into()));
+        assert_eq!(info.sha256.len(), 64);
+        assert_eq!(info.name, name.replace('-', "_"));
+    }
+}
+
+#[test]
+fn an_empty_file_is_rejected_as_empty() {
+    let err = load(b"").err().unwrap();
+    assert!(matches!(err, LoadError::Empty { .. }), "got {err:?}");
+    assert!(err.to_string().contains("rename it into place"), "{err}");
+}
+
+#[test]
+fn a_text_file_is_not_webassembly() {
+    let err = load(b"#!/bin/sh\necho hi\n").err().unwrap();
+    assert!(matches!(err, LoadError::NotWasm { .. }), "got {err:?}");
+}
+
+#[test]
+fn a_core_module_is_told_to_build_a_component() {
+    let err = load(&wat::parse_str("(module)").unwrap()).err().unwrap();
+    assert!(matches!(err, LoadError::CoreModule { .. }), "got {err:?}");
+    assert!(err.to_string().contains("--target wasm32-wasip2"), "{err}");
+}
+
+#[test]
+fn a_truncated_plugin_is_corrupt() {
+    let bytes = std::fs::read(plugin("template")).unwrap();
+    for cut in [9, 100, bytes.len() / 2, bytes.len() - 1] {
+        let err = load(&bytes[..cut]).err().unwrap();
+        assert!(matches!(err, LoadError::Corrupt { .. }), "cut at {cut}: got {err:?}");
+    }
+}
+
+#[test]
+fn a_plugin_for_another_contract_version_names_both_versions() {
+    let err = load(&component_exporting("storyline:correlator/correlator@0.2.0")).err().unwrap();
+    match &err {
+        LoadError::WrongVersion { found, .. } => assert_eq!(found, "0.2.0"),
+        other => panic!("expected wrong version, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("built for storyline:correlator@0.2.0"), "{msg}");
+    assert!(
+        msg.contains(&format!("this host supports {}", SUPPORTED_VERSIONS.join(", "))),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_component_of_another_world_is_not_a_plugin() {
+    let err = load(&component_exporting("example:other/thing@1.0.0")).err().unwrap();
+    match &err {
+        LoadError::NotAPlugin { exports, .. } => {
+            assert_eq!(exports, &vec!["example:other/thing@1.0.0".to_string()])
+        }
+        other => panic!("expected not a plugin, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_component_claiming_the_version_with_the_wrong_shape_is_the_wrong_world() {
+    let err = load(&component_exporting("storyline:correlator/correlator@0.1.0")).err().unwrap();
+    assert!(
+        matches!(err, LoadError::WrongWorld { ref version, .. } if version == "0.1.0"),
+        "got {err:?}"
+    );
+}
+
+#[test]
+fn compiled_components_are_cached_and_a_bad_cache_entry_is_recompiled() {
+    let scratch = Scratch::new("cache");
+    let rt = Runtime::new(Some(scratch.path("cache"))).unwrap();
+    let first = rt.load(&plugin("template")).unwrap();
+    assert_eq!(first.info().origin, Origin::Compiled);
+    let second = rt.load(&plugin("template")).unwrap();
+    assert_eq!(second.info().origin, Origin::Cached);
+
+    let entries: Vec<_> = std::fs::read_dir(scratch.path("cache")).unwrap().flatten().collect();
+    assert_eq!(entries.len(), 1);
+    std::fs::write(entries[0].path(), b"not a compiled component").unwrap();
+    let third = rt.load(&plugin("template")).unwrap();
+    assert_eq!(third.info().origin, Origin::Compiled);
+    let mut inst = third
+        .instantiate(&"acme".parse().unwrap(), "{}", Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stories = inst.process(&crate::support::bucket("acme", 0, &["a"]), &|_| false).unwrap();
+    assert_eq!(stories.len(), 0, "template keeps the session open until it times out");
+    assert_eq!(inst.drain(&|_| true).unwrap().len(), 1);
+}

@@ -1,0 +1,152 @@
+//! Helpers shared by the end-to-end tests: the plugins (built once per run), the `storyline`
+//! binary, and scratch directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use storyline::model::{Bucket, Event, TenantId};
+use storyline::plugin::{Limits, Plugin, PluginInstance, Runtime};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+/// The directory holding `network_session.wasm`, `template.wasm` and `faulty.wasm`, built for
+/// wasm32-wasip2 the first time a test asks (once per test run; cargo skips unchanged crates).
+pub fn plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = root();
+        // A target directory of its own: the outer `cargo test` may hold the lock on target/.
+        let target = root.join("target").join("plugins");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--quiet", "--target", "wasm32-wasip2", "--profile", "plugin"])
+            .args(["-p", "network-session", "-p", "template", "-p", "faulty"])
+            .arg("--target-dir")
+            .arg(&target)
+            // Flags meant for the host build must not leak into the Wasm build.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
+            .status()
+            .expect("cannot run cargo to build the plugins");
+        assert!(
+            status.success(),
+            "building the plugins failed; is the target installed? `rustup target add wasm32-wasip2`"
+        );
+        target.join("wasm32-wasip2").join("plugin")
+    })
+}
+
+/// The path of a built plugin, e.g. `plugin("faulty")`.
+pub fn plugin(name: &str) -> PathBuf {
+    plugin_dir().join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// One runtime per test binary; it has no disk cache, so tests do not depend on each other.
+pub fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| Runtime::new(None).expect("runtime"))
+}
+
+/// A loaded plugin, compiled once per test binary.
+pub fn loaded(name: &str) -> Plugin {
+    static CACHE: OnceLock<std::sync::Mutex<Vec<(String, Plugin)>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = cache.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let p = runtime().load(&plugin(name)).unwrap_or_else(|e| panic!("{e}"));
+    cache.push((name.to_string(), p.clone()));
+    p
+}
+
+/// Instantiates a plugin for `tenant` with `config` and short limits.
+pub fn instance(name: &str, tenant: &str, config: &str) -> PluginInstance {
+    loaded(name)
+        .instantiate(&TenantId::new(tenant).unwrap(), config, test_limits())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Limits with a short deadline and a small memory cap, so fault tests end quickly.
+pub fn test_limits() -> Limits {
+    Limits {
+        call_timeout: std::time::Duration::from_millis(500),
+        memory_bytes: 64 << 20,
+        output_bytes: 8 << 20,
+        ..Limits::default()
+    }
+}
+
+/// A bucket of simple events `ids` at `start` (1 s long; watermark = end).
+pub fn bucket(tenant: &str, start: i64, ids: &[&str]) -> Bucket {
+    bucket_of_kind(tenant, start, ids, "flow")
+}
+
+/// Like [`bucket`] with a chosen event kind.
+pub fn bucket_of_kind(tenant: &str, start: i64, ids: &[&str], kind: &str) -> Bucket {
+    Bucket {
+        tenant: tenant.into(),
+        shard: 0,
+        start,
+        end: start + 1000,
+        watermark: start + 1000,
+        events: ids
+            .iter()
+            .map(|id| Event {
+                id: id.to_string(),
+                source: "test".into(),
+                kind: kind.into(),
+                event_time: start,
+                insert_time: start,
+                attributes: vec![],
+                payload: b"{}".to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// Runs the real `storyline` binary with `args`.
+pub fn storyline(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_storyline"))
+        .args(args)
+        .env_remove("STORYLINE_DATA_DIR")
+        .env_remove("STORYLINE_PLUGIN_DIR")
+        .output()
+        .expect("cannot run storyline")
+}
+
+/// A fresh scratch directory under target/, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = root().join("target").join("e2e-scratch").join(format!(
+            "{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn str(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
