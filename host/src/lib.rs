@@ -7,8 +7,10 @@
 //!   shared with plugins. Owns validation of ids; leaves the event format to the SDK.
 //! - [`plugin`]: the Wasm runtime: loading and checking components, the compiled-component
 //!   cache, per-tenant instances, limits, the sandbox. Knows nothing of stores or shards.
+//! - [`generate`]: a realistic multi-sensor event stream with ground truth (demo, tests, benches).
 //! - [`cli`]: the `storyline` command line; parses arguments and calls the modules above.
 
 pub mod cli;
+pub mod generate;
 pub mod model;
 pub mod plugin;

@@ -1,0 +1,107 @@
+//! Events per second through `process` for `network-session`: the Wasm component run by the
+//! host (with its limits on) against the same correlator compiled natively.
+//!
+//! Run: `cargo bench -p storyline --bench process` (`-- --events N` to change the size).
+//! Buckets hold 1,000 events in arrival order, as the worker reads them; payloads are the
+//! generator's ECS JSON (about 300 bytes).
+
+use std::time::{Duration, Instant};
+
+use storyline::generate::{GenConfig, generate};
+use storyline::model::{Bucket, Event, TenantId};
+use storyline::plugin::{Limits, Runtime};
+use storyline_sdk::Correlator;
+
+#[path = "../../tests/e2e/plugin_build.rs"]
+mod plugin_build;
+
+const BUCKET_EVENTS: usize = 1000;
+const ROUNDS: usize = 5;
+
+fn buckets(events: usize) -> Vec<Bucket> {
+    let generated = generate(&GenConfig { sessions: events / 4, ..GenConfig::default() });
+    let mut out = Vec::new();
+    for (n, chunk) in generated.chunks(BUCKET_EVENTS).enumerate() {
+        let mut evs: Vec<Event> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                storyline_sdk::format::parse_line(&g.line, i + 1)
+                    .expect("generated lines are valid")
+                    .into_event(|| unreachable!("generated events have ids"), g.arrival_ms)
+            })
+            .collect();
+        evs.sort_by(|a, b| a.id.cmp(&b.id));
+        let end = chunk.last().map_or(0, |g| g.arrival_ms + 1);
+        out.push(Bucket {
+            tenant: "bench".into(),
+            shard: 0,
+            start: chunk.first().map_or(0, |g| g.arrival_ms),
+            end,
+            watermark: end,
+            events: evs,
+        });
+        let _ = n;
+    }
+    out
+}
+
+fn best_of(rounds: usize, mut run: impl FnMut() -> (Duration, usize)) -> (Duration, usize) {
+    (0..rounds).map(|_| run()).min_by_key(|(d, _)| *d).expect("at least one round")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let events = args
+        .iter()
+        .position(|a| a == "--events")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000usize);
+    let buckets = buckets(events);
+    let total: usize = buckets.iter().map(|b| b.events.len()).sum();
+    let payload: usize = buckets.iter().flat_map(|b| &b.events).map(|e| e.payload.len()).sum();
+    println!(
+        "network-session process(): {total} events in {} buckets of {BUCKET_EVENTS}, mean payload {} bytes, best of {ROUNDS}",
+        buckets.len(),
+        payload / total.max(1)
+    );
+
+    let (native, native_stories) = best_of(ROUNDS, || {
+        let mut c = network_session::NetworkSession::init("{}").expect("init");
+        let started = Instant::now();
+        let mut stories = 0;
+        for b in &buckets {
+            stories += c.process(b).expect("process").len();
+        }
+        stories += c.drain().expect("drain").len();
+        (started.elapsed(), stories)
+    });
+
+    let runtime = Runtime::new(None).expect("runtime");
+    let plugin = runtime.load(&plugin_build::plugin("network-session")).expect("load plugin");
+    let tenant = TenantId::new("bench").expect("tenant");
+    let (wasm, wasm_stories) = best_of(ROUNDS, || {
+        let mut inst = plugin.instantiate(&tenant, "{}", Limits::default()).expect("instantiate");
+        let started = Instant::now();
+        let mut stories = 0;
+        for b in &buckets {
+            stories += inst.process(b, &|_| true).expect("process").len();
+        }
+        stories += inst.drain(&|_| true).expect("drain").len();
+        (started.elapsed(), stories)
+    });
+
+    assert_eq!(native_stories, wasm_stories, "native and Wasm must publish the same stories");
+    let rate = |d: Duration| total as f64 / d.as_secs_f64();
+    println!("  native  {:>10.0} events/s  ({:?})", rate(native), native);
+    println!(
+        "  wasm    {:>10.0} events/s  ({:?}, epoch deadline + memory limit + output checks)",
+        rate(wasm),
+        wasm
+    );
+    println!(
+        "  wasm/native time ratio: {:.2}x  ({native_stories} story publications)",
+        wasm.as_secs_f64() / native.as_secs_f64()
+    );
+}
