@@ -7,43 +7,20 @@
 
 use std::time::{Duration, Instant};
 
-use storyline::generate::{GenConfig, generate};
-use storyline::model::{Bucket, Event, TenantId};
+use storyline::generate::{GenConfig, arrival_buckets, generate};
+use storyline::model::{Bucket, TenantId};
 use storyline::plugin::{Limits, Runtime};
 use storyline_sdk::Correlator;
 
 #[path = "../../tests/e2e/plugin_build.rs"]
 mod plugin_build;
 
-const BUCKET_EVENTS: usize = 1000;
 const ROUNDS: usize = 5;
 
+/// About 1,000 events per bucket: the generator emits ~4 events per 50 ms session interval.
 fn buckets(events: usize) -> Vec<Bucket> {
     let generated = generate(&GenConfig { sessions: events / 4, ..GenConfig::default() });
-    let mut out = Vec::new();
-    for (n, chunk) in generated.chunks(BUCKET_EVENTS).enumerate() {
-        let mut evs: Vec<Event> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, g)| {
-                storyline_sdk::format::parse_line(&g.line, i + 1)
-                    .expect("generated lines are valid")
-                    .into_event(|| unreachable!("generated events have ids"), g.arrival_ms)
-            })
-            .collect();
-        evs.sort_by(|a, b| a.id.cmp(&b.id));
-        let end = chunk.last().map_or(0, |g| g.arrival_ms + 1);
-        out.push(Bucket {
-            tenant: "bench".into(),
-            shard: 0,
-            start: chunk.first().map_or(0, |g| g.arrival_ms),
-            end,
-            watermark: end,
-            events: evs,
-        });
-        let _ = n;
-    }
-    out
+    arrival_buckets(&generated, "bench", 12_500)
 }
 
 fn best_of(rounds: usize, mut run: impl FnMut() -> (Duration, usize)) -> (Duration, usize) {
@@ -62,8 +39,9 @@ fn main() {
     let total: usize = buckets.iter().map(|b| b.events.len()).sum();
     let payload: usize = buckets.iter().flat_map(|b| &b.events).map(|e| e.payload.len()).sum();
     println!(
-        "network-session process(): {total} events in {} buckets of {BUCKET_EVENTS}, mean payload {} bytes, best of {ROUNDS}",
+        "network-session process(): {total} events in {} buckets (mean {} events), mean payload {} bytes, best of {ROUNDS}",
         buckets.len(),
+        total / buckets.len().max(1),
         payload / total.max(1)
     );
 
