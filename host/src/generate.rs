@@ -293,6 +293,40 @@ pub fn generate(config: &GenConfig) -> Vec<GenEvent> {
     out
 }
 
+/// Cuts a generated stream into buckets by arrival time, as a worker reading insert-time
+/// buckets of `bucket_ms` sees it: events in id order, insert time = arrival, watermark = end.
+pub fn arrival_buckets(
+    events: &[GenEvent],
+    tenant: &str,
+    bucket_ms: i64,
+) -> Vec<crate::model::Bucket> {
+    let bucket_ms = bucket_ms.max(1);
+    let mut out: Vec<crate::model::Bucket> = Vec::new();
+    for (i, g) in events.iter().enumerate() {
+        let start = g.arrival_ms.div_euclid(bucket_ms) * bucket_ms;
+        if out.last().map(|b| b.start) != Some(start) {
+            out.push(crate::model::Bucket {
+                tenant: tenant.to_string(),
+                shard: 0,
+                start,
+                end: start + bucket_ms,
+                watermark: start + bucket_ms,
+                events: Vec::new(),
+            });
+        }
+        // Generated lines are valid by construction; a failure here is a generator bug.
+        let Ok(parsed) = storyline_sdk::format::parse_line(&g.line, i + 1) else { continue };
+        let id = g.id.clone();
+        if let Some(b) = out.last_mut() {
+            b.events.push(parsed.into_event(|| id, g.arrival_ms));
+        }
+    }
+    for b in &mut out {
+        b.events.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,38 +360,4 @@ mod tests {
         other.seed = 2;
         assert_ne!(generate(&other), events);
     }
-}
-
-/// Cuts a generated stream into buckets by arrival time, as a worker reading insert-time
-/// buckets of `bucket_ms` sees it: events in id order, insert time = arrival, watermark = end.
-pub fn arrival_buckets(
-    events: &[GenEvent],
-    tenant: &str,
-    bucket_ms: i64,
-) -> Vec<crate::model::Bucket> {
-    let bucket_ms = bucket_ms.max(1);
-    let mut out: Vec<crate::model::Bucket> = Vec::new();
-    for (i, g) in events.iter().enumerate() {
-        let start = g.arrival_ms.div_euclid(bucket_ms) * bucket_ms;
-        if out.last().map(|b| b.start) != Some(start) {
-            out.push(crate::model::Bucket {
-                tenant: tenant.to_string(),
-                shard: 0,
-                start,
-                end: start + bucket_ms,
-                watermark: start + bucket_ms,
-                events: Vec::new(),
-            });
-        }
-        // Generated lines are valid by construction; a failure here is a generator bug.
-        let Ok(parsed) = storyline_sdk::format::parse_line(&g.line, i + 1) else { continue };
-        let id = g.id.clone();
-        if let Some(b) = out.last_mut() {
-            b.events.push(parsed.into_event(|| id, g.arrival_ms));
-        }
-    }
-    for b in &mut out {
-        b.events.sort_by(|a, b| a.id.cmp(&b.id));
-    }
-    out
 }

@@ -55,7 +55,7 @@ impl HostState {
             .monotonic_clock(BucketClock(clock.clone()))
             .secure_random(wasmtime_wasi::Deterministic::new(seed.clone()))
             .insecure_random(wasmtime_wasi::Deterministic::new(seed))
-            .insecure_random_seed(0x5701_11e5_7011_e5)
+            .insecure_random_seed(0x0057_0111_e570_11e5)
             .stderr(stderr.clone())
             .build();
         HostState {
