@@ -53,6 +53,12 @@ impl Config {
     /// Parses and checks the text given to `init`; an empty text means `{}`.
     pub fn parse(text: &str) -> Result<Config, Error> {
         let text = if text.trim().is_empty() { "{}" } else { text };
+        // serde would also read a struct from a JSON array, by position: refuse that form.
+        if !text.trim_start().starts_with('{') {
+            return Err(Error::InvalidConfig(format!(
+                "the configuration must be a JSON object (values in ms), e.g. {EXAMPLE}"
+            )));
+        }
         let config: Config = serde_json::from_str(text).map_err(|e| {
             Error::InvalidConfig(format!(
                 "{e}; expected a JSON object with any of these fields (values in ms): {EXAMPLE}"
@@ -62,7 +68,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks that every value is within 0..=[`MAX_MS`]; the error names the first that is not.
+    /// Checks that every value is between 0 and 30 days; the error names the first that is not.
     pub fn validate(&self) -> Result<(), Error> {
         let fields = [
             ("gap_ms", self.gap_ms),

@@ -13,8 +13,12 @@
 //!   `event.duration`; a record arriving after publication reopens the story and publishes the
 //!   next revision of the same id (for `reopen_ms`, ten minutes);
 //! - **DNS**: a lookup has its own tuple (client → resolver:53) but joins the connection its
-//!   answer led to (same client, answered address, starting within `dns_window_ms`), whether it
-//!   arrives before or after that connection; one that finds none becomes a `dns-lookup` story.
+//!   answer led to (same client, answered address, starting within `dns_window_ms` after it,
+//!   give or take `skew_ms`), whether it arrives before or after that connection. A connection
+//!   takes one lookup; a lookup prefers a connection without one (a second lookup of the same
+//!   name usually precedes a second connection), then the first to start. A lookup that finds
+//!   no free connection waits (`dns_window_ms + gap_ms + skew_ms` of watermark), then joins the
+//!   best connection it fits even if taken, or becomes a `dns-lookup` story.
 //!
 //! An event without usable network fields (or whose payload is not ECS JSON) becomes an
 //! `event` story of its own: every event lands in exactly one story. Stories carry `fields`
@@ -69,13 +73,14 @@ impl Correlator for NetworkSession {
         Ok(NetworkSession { config, state: State::new(&config) })
     }
 
-    /// Adds every event to its story, turns DNS lookups whose wait is over into stories of
-    /// their own, then publishes the stories that closed at the bucket's watermark.
+    /// Adds every event to its story, settles the DNS lookups whose wait is over, then publishes
+    /// the stories that closed at the bucket's watermark.
     ///
     /// Never fails: a payload that is not ECS JSON is read as an event without fields (and
     /// logged once per bucket).
     fn process(&mut self, bucket: &Bucket) -> Result<Vec<Story>, Error> {
         let mut unreadable = Unreadable::default();
+        let watermark = state::sane_time(bucket.watermark);
         for event in &bucket.events {
             let ecs = match EcsEvent::parse(&event.payload) {
                 Ok(ecs) => ecs,
@@ -84,17 +89,17 @@ impl Correlator for NetworkSession {
                     EcsEvent::default()
                 }
             };
-            self.state.add(&self.config, event, &ecs, bucket.watermark);
+            self.state.add(&self.config, event, &ecs, watermark);
         }
         unreadable.log(bucket);
-        self.state.expire_lookups(bucket.watermark);
+        self.state.expire_lookups(&self.config, watermark);
         self.state.sweep();
-        Ok(self.state.advance(bucket.watermark))
+        Ok(self.state.advance(watermark))
     }
 
-    /// Publishes every story still open; lookups still waiting become `dns-lookup` stories.
+    /// Publishes every story still open, after settling the DNS lookups still waiting.
     fn drain(&mut self) -> Result<Vec<Story>, Error> {
-        Ok(self.state.drain())
+        Ok(self.state.drain(&self.config))
     }
 
     /// The connection's client address (for DNS, the querying client), so that a connection
@@ -117,6 +122,9 @@ impl Correlator for NetworkSession {
 
 export_correlator!(NetworkSession);
 
+/// Longest parse error logged, in bytes.
+const MAX_ERROR_BYTES: usize = 200;
+
 /// Payloads of one bucket that are not ECS JSON, logged once (the host caps log records, and
 /// one bad sensor must not flood the log with one record per event).
 #[derive(Debug, Default)]
@@ -130,7 +138,17 @@ impl Unreadable {
     fn note(&mut self, event: &Event, error: &serde_json::Error) {
         self.count += 1;
         if self.first.is_none() {
-            self.first = Some((event.id.clone(), error.to_string()));
+            // serde quotes the offending value, which may be a whole payload: keep the start.
+            let mut error = error.to_string();
+            if error.len() > MAX_ERROR_BYTES {
+                let mut cut = MAX_ERROR_BYTES;
+                while !error.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                error.truncate(cut);
+                error.push('…');
+            }
+            self.first = Some((event.id.clone(), error));
         }
     }
 

@@ -2,9 +2,10 @@
 //!
 //! A lookup has its own 5-tuple (client → resolver:53) but belongs to the connection its answer
 //! led to: from the same client to an answered address, starting shortly after. Sensors deliver
-//! the lookup before or after that connection's events, so a lookup that finds no connection
-//! yet waits here, indexed by (client, answer) pair, until a connection of that pair appears or
-//! the watermark passes its deadline (then it becomes a `dns-lookup` story of its own).
+//! the lookup before or after that connection's events, so a lookup that finds no free
+//! connection yet waits here, indexed by (client, answer) pair, until a connection of that pair
+//! appears or the watermark passes its deadline (then `State` settles it: the best connection
+//! it fits, or a `dns-lookup` story of its own).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -53,50 +54,50 @@ impl Lookup {
     }
 }
 
+/// Number of a waiting lookup, in arrival order: the indexes hold this instead of copies of
+/// the event id (one allocation fewer per index).
+pub type Ticket = u64;
+
 /// The lookups waiting, with the two indexes `process` needs: by address pair (a connection
 /// appears) and by deadline (the watermark advances). No operation scans all of them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Lookups {
-    /// Lookup by event id, with its deadline.
-    by_id: BTreeMap<String, (TimestampMs, Lookup)>,
-    /// Event ids by (client, answer) pair.
-    by_pair: BTreeMap<Pair, BTreeSet<String>>,
-    /// (deadline, event id), earliest first.
-    by_deadline: BTreeSet<(TimestampMs, String)>,
+    /// Lookup by ticket, with its deadline.
+    by_ticket: BTreeMap<Ticket, (TimestampMs, Lookup)>,
+    /// Tickets by (client, answer) pair.
+    by_pair: BTreeMap<Pair, BTreeSet<Ticket>>,
+    /// (deadline, ticket), earliest first.
+    by_deadline: BTreeSet<(TimestampMs, Ticket)>,
+    /// The next ticket.
+    next: Ticket,
 }
 
 impl Lookups {
     /// Number of lookups waiting.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.by_ticket.len()
     }
 
     /// Keeps `lookup` until a connection of one of its pairs appears, or until the watermark
     /// passes its deadline: its last activity (arrival, or its time if that is later by no more
     /// than the skew) plus window, gap and skew.
     pub fn insert(&mut self, cfg: &Config, lookup: Lookup, watermark: TimestampMs) {
-        if self.by_id.contains_key(&lookup.event_id) {
-            // The same event delivered twice: it is already waiting.
-            return;
-        }
+        let ticket = self.next;
+        self.next += 1;
         let activity = lookup.time.max(watermark).min(watermark.saturating_add(cfg.skew_ms));
         let deadline = activity.saturating_add(cfg.dns_window_ms + cfg.gap_ms + cfg.skew_ms);
         for pair in lookup.pairs() {
-            self.by_pair.entry(pair).or_default().insert(lookup.event_id.clone());
+            self.by_pair.entry(pair).or_default().insert(ticket);
         }
-        self.by_deadline.insert((deadline, lookup.event_id.clone()));
-        self.by_id.insert(lookup.event_id.clone(), (deadline, lookup));
+        self.by_deadline.insert((deadline, ticket));
+        self.by_ticket.insert(ticket, (deadline, lookup));
     }
 
-    /// The lookups waiting for a connection of `pair`, in event-id order.
-    pub fn waiting_for(&self, pair: Pair) -> impl Iterator<Item = &Lookup> + '_ {
-        self.by_pair
-            .get(&pair)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.by_id.get(id))
-            .map(|(_, l)| l)
+    /// The lookups waiting for a connection of `pair`, in arrival order.
+    pub fn waiting_for(&self, pair: Pair) -> impl Iterator<Item = (Ticket, &Lookup)> + '_ {
+        let tickets = self.by_pair.get(&pair).into_iter().flatten();
+        tickets.filter_map(|t| self.by_ticket.get(t).map(|(_, l)| (*t, l)))
     }
 
     /// Whether any lookup waits for `pair` (one map look-up: the common answer is no).
@@ -105,29 +106,28 @@ impl Lookups {
     }
 
     /// Removes a lookup (it found its connection) and returns it.
-    pub fn take(&mut self, event_id: &str) -> Option<Lookup> {
-        let (deadline, lookup) = self.by_id.remove(event_id)?;
+    pub fn take(&mut self, ticket: Ticket) -> Option<Lookup> {
+        let (deadline, lookup) = self.by_ticket.remove(&ticket)?;
         for pair in lookup.pairs() {
-            if let Some(ids) = self.by_pair.get_mut(&pair) {
-                ids.remove(event_id);
-                if ids.is_empty() {
+            if let Some(tickets) = self.by_pair.get_mut(&pair) {
+                tickets.remove(&ticket);
+                if tickets.is_empty() {
                     self.by_pair.remove(&pair);
                 }
             }
         }
-        self.by_deadline.remove(&(deadline, lookup.event_id.clone()));
+        self.by_deadline.remove(&(deadline, ticket));
         Some(lookup)
     }
 
     /// Removes and returns the lookups whose deadline the watermark has reached, earliest first.
     pub fn expire(&mut self, watermark: TimestampMs) -> Vec<Lookup> {
         let mut out = Vec::new();
-        while let Some((deadline, id)) = self.by_deadline.first() {
-            if *deadline > watermark {
+        while let Some(&(deadline, ticket)) = self.by_deadline.first() {
+            if deadline > watermark {
                 break;
             }
-            let id = id.clone();
-            out.extend(self.take(&id));
+            out.extend(self.take(ticket));
         }
         out
     }

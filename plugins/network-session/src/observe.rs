@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use storyline_sdk::Event;
-use storyline_sdk::community_id::proto;
+use storyline_sdk::community_id::{CommunityId, proto};
 use storyline_sdk::ecs::EcsEvent;
 
 /// What an event describes, as far as this rule cares.
@@ -136,12 +136,50 @@ pub fn route(event: &Event) -> Option<String> {
         };
         return Some(ip.to_string());
     }
-    if class == Class::Dns {
-        if let Some((ip, _)) = ecs.source_addr() {
-            return Some(ip.to_string());
-        }
+    if class == Class::Dns
+        && let Some((ip, _)) = ecs.source_addr()
+    {
+        return Some(ip.to_string());
     }
-    ecs.network.as_ref().and_then(|n| n.community_id.as_deref()).map(str::to_owned)
+    let given = ecs.network.as_ref().and_then(|n| n.community_id.as_deref());
+    given.filter(|id| !id.is_empty()).map(str::to_owned)
+}
+
+/// Length of a Community ID v1 in base64: `1:` and 28 characters.
+pub const COMMUNITY_ID_LEN: usize = 30;
+
+/// The community id of the event's flow: the sensor's `network.community_id` when it gives a
+/// non-empty one, else computed (seed 0) from the tuple, as `EcsEvent::community_id` does but
+/// written into `buf` instead of a new `String`: this runs once per event.
+pub fn community_id<'b>(
+    ecs: &'b EcsEvent<'_>,
+    transport: Option<u8>,
+    buf: &'b mut [u8; COMMUNITY_ID_LEN],
+) -> Option<&'b str> {
+    let given = ecs.network.as_ref().and_then(|n| n.community_id.as_deref());
+    if let Some(id) = given.filter(|id| !id.is_empty()) {
+        return Some(id);
+    }
+    let digest = CommunityId::default().digest(&ecs.flow_tuple(transport)?);
+    buf[..2].copy_from_slice(b"1:");
+    base64(&digest, &mut buf[2..]);
+    // Only ASCII was written.
+    std::str::from_utf8(buf).ok()
+}
+
+/// Standard base64 with padding of a 20-byte digest into 28 bytes.
+fn base64(digest: &[u8; 20], out: &mut [u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (chunk, o) in digest.chunks(3).zip(out.chunks_mut(4)) {
+        let b1 = chunk.get(1).copied().unwrap_or(0);
+        let b2 = chunk.get(2).copied().unwrap_or(0);
+        let n = u32::from(chunk[0]) << 16 | u32::from(b1) << 8 | u32::from(b2);
+        let sextet = |shift: u32| ALPHABET[(n >> shift) as usize & 63];
+        o[0] = sextet(18);
+        o[1] = sextet(12);
+        o[2] = if chunk.len() > 1 { sextet(6) } else { b'=' };
+        o[3] = if chunk.len() > 2 { sextet(0) } else { b'=' };
+    }
 }
 
 /// What one event adds to its story's fields, borrowed from the event while it is processed
@@ -315,6 +353,31 @@ mod tests {
         );
         let f = flow(&e, Some(proto::UDP)).unwrap();
         assert_eq!((f.client.ip.to_string(), f.by_tuple), ("10.0.0.9".to_string(), false));
+    }
+
+    #[test]
+    fn community_id_written_in_place_matches_the_sdk() {
+        let mut buf = [0u8; COMMUNITY_ID_LEN];
+        for (i, (src, dst)) in [("10.0.0.5", "93.184.216.34"), ("2001:db8::1", "2001:db8::2")]
+            .into_iter()
+            .cycle()
+            .take(400)
+            .enumerate()
+        {
+            let (sport, dport) = (1000 + i as u16 * 37, 80 + i as u16);
+            let p = format!(
+                r#"{{"source":{{"ip":"{src}","port":{sport}}},"destination":{{"ip":"{dst}","port":{dport}}}}}"#
+            );
+            let e = ecs(&p);
+            for t in [proto::TCP, proto::UDP, proto::ICMP, 47] {
+                let want = e.community_id(Some(t)).unwrap();
+                assert_eq!(community_id(&e, Some(t), &mut buf), Some(want.as_str()));
+            }
+        }
+        let given = ecs(r#"{"network":{"community_id":"1:abc"}}"#);
+        assert_eq!(community_id(&given, None, &mut buf), Some("1:abc"));
+        let empty = ecs(r#"{"network":{"community_id":""}}"#);
+        assert_eq!(community_id(&empty, None, &mut buf), None);
     }
 
     #[test]

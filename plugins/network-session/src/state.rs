@@ -15,6 +15,16 @@ use crate::story::{Kind, Pair, SessionData, story_of};
 /// keep reading the older versions the host may still hold.
 const STATE_VERSION: u8 = 1;
 
+/// Latest time the rule believes, ±: 9999-12-31T23:59:59.999Z. Times beyond it are clamped to
+/// it, so that the window sums of the sessionizer (`time ± gap + skew + reach`) cannot overflow
+/// on an absurd timestamp; such an event still lands in a story.
+const MAX_TIME: TimestampMs = 253_402_300_799_999;
+
+/// An event time or watermark clamped to ±[`MAX_TIME`].
+pub fn sane_time(t: TimestampMs) -> TimestampMs {
+    t.clamp(-MAX_TIME, MAX_TIME)
+}
+
 /// Everything kept across buckets. One value, so that a snapshot is consistent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
@@ -39,13 +49,15 @@ impl State {
 
     /// Adds one event. `ecs` is its payload, parsed once (empty when unreadable).
     pub fn add(&mut self, cfg: &Config, event: &Event, ecs: &EcsEvent<'_>, watermark: TimestampMs) {
+        let time = sane_time(event.event_time);
         let class = observe::class(&event.kind, ecs);
         let transport = observe::transport(ecs, class);
         let explicit = ecs.transport().is_some();
         let flow = observe::flow(ecs, transport);
         let facts = observe::facts(event, ecs);
         if class == Class::Dns {
-            let own_key = match ecs.community_id(transport) {
+            let mut buf = [0u8; observe::COMMUNITY_ID_LEN];
+            let own_key = match observe::community_id(ecs, transport, &mut buf) {
                 Some(cid) => format!("dns:{cid}"),
                 None => format!("dns-event:{}", event.id),
             };
@@ -56,7 +68,7 @@ impl State {
                 Some(client) if !answers.is_empty() => {
                     let lookup = Lookup {
                         event_id: event.id.clone(),
-                        time: event.event_time,
+                        time,
                         client,
                         answers,
                         own_key,
@@ -73,7 +85,7 @@ impl State {
                     let origin = Origin {
                         key: &own_key,
                         event_id: &event.id,
-                        time: event.event_time,
+                        time,
                         flow: flow.as_ref(),
                         transport,
                     };
@@ -82,19 +94,20 @@ impl State {
             }
             return;
         }
-        match ecs.community_id(transport) {
+        let mut buf = [0u8; observe::COMMUNITY_ID_LEN];
+        match observe::community_id(ecs, transport, &mut buf) {
             Some(key) => {
                 let reach = ecs.duration_ms().min(cfg.max_span_ms);
-                let connection = Connection { event, flow, transport, explicit, reach };
-                self.add_connection(cfg, &key, &connection, &facts, watermark);
+                let connection = Connection { event, time, flow, transport, explicit, reach };
+                self.add_connection(cfg, key, &connection, &facts, watermark);
             }
             None => {
                 let key = format!("event:{}", event.id);
-                let session = self.sessions.add(&key, &event.id, event.event_time, 0, watermark);
+                let session = self.sessions.add(&key, &event.id, time, 0, watermark);
                 session.data.kind = Kind::Event;
                 session.data.merge(&facts);
                 if let Some(f) = &flow {
-                    session.data.observe_sides(f, event.event_time, &event.id);
+                    session.data.observe_sides(f, time, &event.id);
                 }
             }
         }
@@ -110,7 +123,7 @@ impl State {
         facts: &Facts<'_>,
         watermark: TimestampMs,
     ) {
-        let time = c.event.event_time;
+        let time = c.time;
         let session = self.sessions.add(key, &c.event.id, time, c.reach, watermark);
         let d = &mut session.data;
         d.kind = Kind::Network;
@@ -122,32 +135,36 @@ impl State {
         }
         let Some(pair) = d.pair() else { return };
         let newly_indexed = !std::mem::replace(&mut d.indexed, true);
+        let has_lookup = d.has_lookup();
         let (first, last) = (session.first_seen, session.last_seen);
         let start_lo = session.data.start_lo(first);
         if newly_indexed {
             self.pairs.insert(pair, key);
         }
-        if !self.lookups.any_for(pair) {
+        // A connection follows one lookup: take the waiting one closest in time, and leave any
+        // other to a connection of its own that may still come (it falls back to this one when
+        // its wait is over, see `settle_lookup`).
+        if has_lookup || !self.lookups.any_for(pair) {
             return;
         }
-        let fitting: Vec<String> = self
+        let closest = self
             .lookups
             .waiting_for(pair)
-            .filter(|l| l.fits(cfg, first, start_lo))
-            .map(|l| l.event_id.clone())
-            .collect();
-        for id in fitting {
-            if let Some(lookup) = self.lookups.take(&id) {
-                self.attach(key, first, last, &lookup, watermark);
-            }
+            .filter(|(_, l)| l.fits(cfg, first, start_lo))
+            .min_by_key(|(ticket, l)| (l.time.abs_diff(first), *ticket))
+            .map(|(ticket, _)| ticket);
+        if let Some(lookup) = closest.and_then(|ticket| self.lookups.take(ticket)) {
+            self.attach(key, first, last, &lookup, watermark);
         }
     }
 
-    /// Adds a DNS lookup to the connection it led to, if that connection is known (open, or
-    /// published and kept for late events); else keeps it waiting.
-    fn add_lookup(&mut self, cfg: &Config, lookup: Lookup, watermark: TimestampMs) {
-        // The best connection: the one starting closest to the lookup, then the smallest key.
-        let mut best: Option<(i64, String, TimestampMs, TimestampMs)> = None;
+    /// The connection a lookup fits best (open, or published and kept for late events), if any.
+    ///
+    /// A connection without a lookup yet beats one that has one (a second lookup by the same
+    /// client for the same server usually precedes a second connection); then the first to
+    /// start (parallel connections share one cached answer); then the smallest key.
+    fn best_connection(&mut self, cfg: &Config, lookup: &Lookup) -> Option<Candidate> {
+        let mut best: Option<Candidate> = None;
         let mut stale = Vec::new();
         for &answer in &lookup.answers {
             let pair = Pair::new(lookup.client, answer);
@@ -164,19 +181,40 @@ impl State {
                 {
                     continue;
                 }
-                let score = s.first_seen.abs_diff(lookup.time).min(i64::MAX as u64) as i64;
-                let better = best.as_ref().is_none_or(|(bs, bk, _, _)| (score, key) < (*bs, bk));
-                if better {
-                    best = Some((score, key.clone(), s.first_seen, s.last_seen));
+                let has_lookup = s.data.has_lookup();
+                let rank = (has_lookup, s.first_seen, key.as_str());
+                if best.as_ref().is_none_or(|b| rank < (b.has_lookup, b.first, b.key.as_str())) {
+                    best = Some(Candidate {
+                        has_lookup,
+                        first: s.first_seen,
+                        last: s.last_seen,
+                        key: key.clone(),
+                    });
                 }
             }
         }
         for (pair, key) in stale {
             self.pairs.remove(pair, &key);
         }
-        match best {
-            Some((_, key, first, last)) => self.attach(&key, first, last, &lookup, watermark),
-            None => self.lookups.insert(cfg, lookup, watermark),
+        best
+    }
+
+    /// A DNS lookup has arrived: it joins the best connection that has no lookup yet, or waits
+    /// (for its connection to appear, or for its wait to end).
+    fn add_lookup(&mut self, cfg: &Config, lookup: Lookup, watermark: TimestampMs) {
+        match self.best_connection(cfg, &lookup) {
+            Some(c) if !c.has_lookup => self.attach(&c.key, c.first, c.last, &lookup, watermark),
+            _ => self.lookups.insert(cfg, lookup, watermark),
+        }
+    }
+
+    /// A lookup's wait is over: it joins the best connection it fits, even one that has a lookup
+    /// already (the client looked the name up again without connecting anew), or becomes a
+    /// `dns-lookup` story.
+    fn settle_lookup(&mut self, cfg: &Config, lookup: &Lookup, watermark: TimestampMs) {
+        match self.best_connection(cfg, lookup) {
+            Some(c) => self.attach(&c.key, c.first, c.last, lookup, watermark),
+            None => self.add_lookup_story(&Origin::of(lookup), &lookup.facts, watermark),
         }
     }
 
@@ -214,10 +252,10 @@ impl State {
         }
     }
 
-    /// Turns the lookups whose wait is over into `dns-lookup` stories.
-    pub fn expire_lookups(&mut self, watermark: TimestampMs) {
+    /// Settles the lookups whose wait is over.
+    pub fn expire_lookups(&mut self, cfg: &Config, watermark: TimestampMs) {
         for lookup in self.lookups.expire(watermark) {
-            self.add_lookup_story(&Origin::of(&lookup), &lookup.facts, watermark);
+            self.settle_lookup(cfg, &lookup, watermark);
         }
     }
 
@@ -231,10 +269,10 @@ impl State {
         self.sessions.advance(watermark, story_of)
     }
 
-    /// Publishes everything: lookups still waiting become `dns-lookup` stories.
-    pub fn drain(&mut self) -> Vec<Story> {
+    /// Publishes everything, after settling the lookups still waiting.
+    pub fn drain(&mut self, cfg: &Config) -> Vec<Story> {
         for lookup in self.lookups.drain() {
-            self.add_lookup_story(&Origin::of(&lookup), &lookup.facts, lookup.time);
+            self.settle_lookup(cfg, &lookup, lookup.time);
         }
         self.pairs.clear();
         self.sessions.drain(story_of)
@@ -283,6 +321,8 @@ impl State {
 /// An event that reports a connection, with what `add` read from it.
 struct Connection<'a> {
     event: &'a Event,
+    /// Its time, within [`sane_time`].
+    time: TimestampMs,
     flow: Option<Flow>,
     transport: Option<u8>,
     /// Whether the transport was given by the sensor (not defaulted).
@@ -310,4 +350,16 @@ impl<'a> Origin<'a> {
             transport: lookup.transport,
         }
     }
+}
+
+/// A connection a lookup may join (see `State::best_connection`).
+struct Candidate {
+    /// Whether a lookup is attached already.
+    has_lookup: bool,
+    /// Its session's first seen.
+    first: TimestampMs,
+    /// Its session's last seen.
+    last: TimestampMs,
+    /// Its key.
+    key: String,
 }

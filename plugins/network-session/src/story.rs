@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use storyline_sdk::community_id::proto;
 use storyline_sdk::session::Session;
 use storyline_sdk::{Story, TimestampMs};
@@ -228,6 +228,11 @@ impl SessionData {
         self.lookups = Some(self.lookups.map_or((time, time), |(a, b)| (a.min(time), b.max(time))));
     }
 
+    /// Whether a DNS lookup is attached.
+    pub fn has_lookup(&self) -> bool {
+        self.lookups.is_some()
+    }
+
     /// The address pair of the connection, once an event named both addresses.
     pub fn pair(&self) -> Option<Pair> {
         self.sides.as_ref().map(|s| Pair::new(s.client.ip, s.server.ip))
@@ -235,52 +240,78 @@ impl SessionData {
 
     /// The published fields. `key` is the session's key (the community id for a connection,
     /// `dns:<community id>` for a lone lookup).
+    ///
+    /// Built value by value rather than with `json!`/`to_value`, which go through serde's
+    /// serializer for every list: this runs for every publication.
     pub fn fields(&self, key: &str) -> Map<String, Value> {
         let community_id = match self.kind {
             Kind::Network => Some(key),
             Kind::DnsLookup => key.strip_prefix("dns:"),
             Kind::Event => None,
         };
-        let endpoint = |e: &Endpoint| json!({"ip": e.ip.to_string(), "port": e.port});
-        let mut m = Map::new();
-        m.insert("community_id".into(), json!(community_id));
-        m.insert("transport".into(), json!(self.transport.map(|(t, _)| transport_name(t))));
-        m.insert("client".into(), self.sides.as_ref().map_or(Value::Null, |s| endpoint(&s.client)));
-        m.insert("server".into(), self.sides.as_ref().map_or(Value::Null, |s| endpoint(&s.server)));
-        m.insert("sensors".into(), json!(self.sensors));
-        m.insert("event_kinds".into(), json!(self.event_kinds));
-        let dns: Vec<Value> = self
-            .dns
+        let endpoint = |e: &Endpoint| {
+            object([("ip", Value::String(e.ip.to_string())), ("port", number(e.port))])
+        };
+        let dns = self.dns.iter().map(|(name, answers)| {
+            object([("name", text(name.as_deref())), ("answers", texts(answers))])
+        });
+        let http = self.http.iter().map(|h| {
+            object([
+                ("method", text(h.method.as_deref())),
+                ("url", text(h.url.as_deref())),
+                ("domain", text(h.domain.as_deref())),
+                ("status", number(h.status)),
+            ])
+        });
+        let processes = self
+            .processes
             .iter()
-            .map(|(name, answers)| json!({"name": name, "answers": answers}))
-            .collect();
-        m.insert("dns".into(), Value::Array(dns));
-        let http: Vec<Value> = self
-            .http
-            .iter()
-            .map(|h| json!({"method": h.method, "url": h.url, "domain": h.domain, "status": h.status}))
-            .collect();
-        m.insert("http".into(), Value::Array(http));
-        m.insert("tls_sni".into(), json!(self.tls_sni));
-        let processes: Vec<Value> =
-            self.processes.iter().map(|p| json!({"name": p.name, "pid": p.pid})).collect();
-        m.insert("processes".into(), Value::Array(processes));
-        m.insert("users".into(), json!(self.users));
-        m.insert("hosts".into(), json!(self.hosts));
-        m
+            .map(|p| object([("name", text(p.name.as_deref())), ("pid", number(p.pid))]));
+        let sides = self.sides.as_ref();
+        let fields = [
+            ("community_id", text(community_id)),
+            ("transport", self.transport.map_or(Value::Null, |(t, _)| transport_name(t))),
+            ("client", sides.map_or(Value::Null, |s| endpoint(&s.client))),
+            ("server", sides.map_or(Value::Null, |s| endpoint(&s.server))),
+            ("sensors", texts(&self.sensors)),
+            ("event_kinds", texts(&self.event_kinds)),
+            ("dns", Value::Array(dns.collect())),
+            ("http", Value::Array(http.collect())),
+            ("tls_sni", texts(&self.tls_sni)),
+            ("processes", Value::Array(processes.collect())),
+            ("users", texts(&self.users)),
+            ("hosts", texts(&self.hosts)),
+        ];
+        fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 }
 
+fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Object(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+fn text(v: Option<&str>) -> Value {
+    v.map_or(Value::Null, |s| Value::String(s.to_owned()))
+}
+
+fn number<N: Into<serde_json::Number>>(v: Option<N>) -> Value {
+    v.map_or(Value::Null, |n| Value::Number(n.into()))
+}
+
+fn texts(set: &BTreeSet<String>) -> Value {
+    Value::Array(set.iter().map(|s| Value::String(s.clone())).collect())
+}
+
 /// `tcp`, `udp`, ... as ECS writes `network.transport`; other protocols by number.
-fn transport_name(t: u8) -> String {
-    match t {
+fn transport_name(t: u8) -> Value {
+    Value::String(match t {
         proto::TCP => "tcp".into(),
         proto::UDP => "udp".into(),
         proto::ICMP => "icmp".into(),
         proto::ICMPV6 => "ipv6-icmp".into(),
         proto::SCTP => "sctp".into(),
         other => other.to_string(),
-    }
+    })
 }
 
 /// The story of a session, as published.

@@ -1,2 +1,821 @@
+//! Behaviour of the rule, natively: the harness over the bundled sample, and hand-built buckets
+//! where arrival order (late records) matters.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+use storyline_sdk::community_id::{FlowTuple, community_id, proto};
+use storyline_sdk::format::{self, InputEvent};
+use storyline_sdk::testing::{Harness, latest_revisions};
+use storyline_sdk::{Bucket, Correlator, Error, Event, Story, TimestampMs};
+
+use crate::NetworkSession;
+
+const S: i64 = 1000;
+const MIN: i64 = 60 * S;
+/// 2026-03-02T09:00:00Z.
+const T0: TimestampMs = 1_772_442_000_000;
+
+const SAMPLE: &str = include_str!("../sample/events.jsonl");
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+fn event(id: &str, source: &str, kind: &str, time: TimestampMs, payload: &Value) -> Event {
+    Event {
+        id: id.into(),
+        source: source.into(),
+        kind: kind.into(),
+        event_time: time,
+        insert_time: time,
+        attributes: Vec::new(),
+        payload: payload.to_string().into_bytes(),
+    }
+}
+
+/// A one-second bucket ending at `watermark`, its events in id order as the host delivers them.
+fn bucket(watermark: TimestampMs, mut events: Vec<Event>) -> Bucket {
+    events.sort_by(|a, b| a.id.cmp(&b.id));
+    Bucket {
+        tenant: "test".into(),
+        shard: 0,
+        start: watermark - S,
+        end: watermark,
+        watermark,
+        events,
+    }
+}
+
+/// `source` → `destination` with ports, plus `extra` fields merged in.
+fn conn(src: &str, sport: u16, dst: &str, dport: u16, extra: Value) -> Value {
+    let mut v =
+        json!({"source": {"ip": src, "port": sport}, "destination": {"ip": dst, "port": dport}});
+    if let (Value::Object(base), Value::Object(more)) = (&mut v, extra) {
+        base.extend(more);
+    }
+    v
+}
+
+const CLIENT: &str = "10.0.0.5";
+const SERVER: &str = "93.184.216.34";
+const RESOLVER: &str = "10.0.0.2";
+
+fn dns_payload(client: &str, name: &str, answer: &str) -> Value {
+    conn(
+        client,
+        53001,
+        RESOLVER,
+        53,
+        json!({"dns": {"question": {"name": name}, "answers": [{"type": "A", "data": answer}]}}),
+    )
+}
+
+fn dns(id: &str, time: TimestampMs) -> Event {
+    event(id, "dns-1", "dns", time, &dns_payload(CLIENT, "www.example.com", SERVER))
+}
+
+/// A firewall record of the test connection, `duration_s` long.
+fn flow(id: &str, time: TimestampMs, duration_s: i64) -> Event {
+    let p = conn(
+        CLIENT,
+        51514,
+        SERVER,
+        443,
+        json!({"network": {"transport": "tcp"}, "event": {"duration": duration_s * 1_000_000_000}}),
+    );
+    event(id, "fw-1", "flow", time, &p)
+}
+
+/// A TLS inspector's record of the test connection, reported server → client, no transport.
+fn tls(id: &str, time: TimestampMs) -> Event {
+    let p = conn(
+        SERVER,
+        443,
+        CLIENT,
+        51514,
+        json!({"tls": {"client": {"server_name": "www.example.com"}}}),
+    );
+    event(id, "tls-1", "tls", time, &p)
+}
+
+/// A proxy's record of one request on the test connection, no transport.
+fn http(id: &str, time: TimestampMs) -> Event {
+    let p = conn(
+        CLIENT,
+        51514,
+        SERVER,
+        443,
+        json!({"http": {"request": {"method": "GET"}, "response": {"status_code": 200}},
+               "url": {"full": "https://www.example.com/", "domain": "www.example.com"}}),
+    );
+    event(id, "proxy-1", "http", time, &p)
+}
+
+/// An endpoint agent's record of the test connection.
+fn endpoint(id: &str, time: TimestampMs) -> Event {
+    let p = conn(
+        CLIENT,
+        51514,
+        SERVER,
+        443,
+        json!({"network": {"transport": "tcp"}, "process": {"name": "curl", "pid": 4242},
+               "user": {"name": "alice"}, "host": {"name": "ws-alice"}}),
+    );
+    event(id, "edr-1", "process", time, &p)
+}
+
+fn test_cid() -> String {
+    let t =
+        FlowTuple::new(CLIENT.parse().unwrap(), 51514, SERVER.parse().unwrap(), 443, proto::TCP);
+    community_id(&t)
+}
+
+fn init() -> NetworkSession {
+    NetworkSession::init("{}").unwrap()
+}
+
+/// Processes `buckets` in order, then drains; every story published.
+fn run(c: &mut NetworkSession, buckets: &[Bucket]) -> Vec<Story> {
+    let mut out = Vec::new();
+    for b in buckets {
+        out.extend(c.process(b).unwrap());
+    }
+    out.extend(c.drain().unwrap());
+    out
+}
+
+/// Each story's (kind, sorted event ids), latest revisions only, sorted.
+fn groups(stories: &[Story]) -> Vec<(String, Vec<String>)> {
+    let mut g: Vec<(String, Vec<String>)> = latest_revisions(stories.to_vec())
+        .into_iter()
+        .map(|s| {
+            let mut ids = s.event_ids;
+            ids.sort();
+            (s.kind, ids)
+        })
+        .collect();
+    g.sort_by(|a, b| a.1.cmp(&b.1));
+    g
+}
+
+/// Asserts that the latest revisions hold every id of `events` exactly once, and nothing else.
+fn assert_partition<'a>(events: impl IntoIterator<Item = &'a str>, stories: &[Story]) {
+    let want: BTreeSet<&str> = events.into_iter().collect();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for s in latest_revisions(stories.to_vec()) {
+        for id in &s.event_ids {
+            if let Some(other) = seen.insert(id.clone(), s.id.clone()) {
+                panic!("event {id} is in stories {other} and {}", s.id);
+            }
+        }
+    }
+    let got: BTreeSet<&str> = seen.keys().map(String::as_str).collect();
+    assert_eq!(got, want);
+}
+
+fn ids(s: &Story) -> Vec<&str> {
+    let mut v: Vec<&str> = s.event_ids.iter().map(String::as_str).collect();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Joining across sensors
+
 #[test]
-fn placeholder() {}
+fn skewed_clocks_and_reversed_reports_join_one_session_with_its_fields() {
+    let mut c = init();
+    // Real time T0: the lookup; the connection opens at T0 + 0.3 s. The proxy's clock is 10 s
+    // behind, the TLS inspector's 5 s ahead (and it reports server → client), the endpoint
+    // agent's 20 s ahead, the firewall's 15 s behind (its record is stamped at the start).
+    let buckets = [
+        bucket(T0 - 9 * S, vec![http("http-1", T0 - 9_700)]),
+        bucket(T0 + S, vec![dns("dns-1", T0)]),
+        bucket(T0 + 6 * S, vec![tls("tls-1", T0 + 5_300)]),
+        bucket(T0 + 21 * S, vec![endpoint("edr-1", T0 + 20_300)]),
+        bucket(T0 + 40 * S, vec![flow("fw-1", T0 - 14_700, 2)]),
+    ];
+    let out = run(&mut c, &buckets);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let s = &out[0];
+    assert_eq!(s.kind, "network-session");
+    assert_eq!(s.revision, 0);
+    assert_eq!(ids(s), ["dns-1", "edr-1", "fw-1", "http-1", "tls-1"]);
+    assert_eq!((s.first_seen, s.last_seen), (T0 - 14_700, T0 + 20_300));
+    let want = json!({
+        "community_id": test_cid(),
+        "transport": "tcp",
+        "client": {"ip": CLIENT, "port": 51514},
+        "server": {"ip": SERVER, "port": 443},
+        "sensors": ["dns-1", "edr-1", "fw-1", "proxy-1", "tls-1"],
+        "event_kinds": ["dns", "flow", "http", "process", "tls"],
+        "dns": [{"name": "www.example.com", "answers": [SERVER]}],
+        "http": [{"method": "GET", "url": "https://www.example.com/", "domain": "www.example.com", "status": 200}],
+        "tls_sni": ["www.example.com"],
+        "processes": [{"name": "curl", "pid": 4242}],
+        "users": ["alice"],
+        "hosts": ["ws-alice"],
+    });
+    assert_eq!(Value::Object(s.fields.clone()), want);
+}
+
+#[test]
+fn reports_in_either_direction_decide_client_and_server_alike() {
+    for reversed_first in [false, true] {
+        let mut c = init();
+        let (a, b) = (tls("tls-1", T0), http("http-1", T0 + S));
+        let (first, second) = if reversed_first { (a, b) } else { (b, a) };
+        let out = run(&mut c, &[bucket(T0 + S, vec![first]), bucket(T0 + 2 * S, vec![second])]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].fields["client"], json!({"ip": CLIENT, "port": 51514}));
+        assert_eq!(out[0].fields["server"], json!({"ip": SERVER, "port": 443}));
+    }
+}
+
+#[test]
+fn equal_ports_make_the_destination_of_the_earliest_report_the_server_whatever_the_arrival() {
+    let ntp = |id: &str, src: &str, dst: &str, time| {
+        let p = conn(src, 123, dst, 123, json!({"network": {"transport": "udp"}}));
+        event(id, "s", "flow", time, &p)
+    };
+    let earliest = ntp("b-early", "10.0.0.5", "162.159.200.123", T0);
+    let later = ntp("a-late", "162.159.200.123", "10.0.0.5", T0 + 2 * S);
+    let orders = [
+        vec![bucket(T0 + S, vec![earliest.clone()]), bucket(T0 + 3 * S, vec![later.clone()])],
+        vec![bucket(T0 + 3 * S, vec![later.clone()]), bucket(T0 + 4 * S, vec![earliest.clone()])],
+        vec![bucket(T0 + 3 * S, vec![later, earliest])],
+    ];
+    for buckets in orders {
+        let out = run(&mut init(), &buckets);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].fields["client"], json!({"ip": "10.0.0.5", "port": 123}));
+        assert_eq!(out[0].fields["server"], json!({"ip": "162.159.200.123", "port": 123}));
+    }
+}
+
+#[test]
+fn a_sensor_given_community_id_joins_the_computed_one() {
+    let mut c = init();
+    // An endpoint record with only the community id and process details.
+    let p = json!({"network": {"community_id": test_cid()}, "process": {"name": "curl", "pid": 1}});
+    let buckets = [
+        bucket(T0 + S, vec![flow("fw-1", T0, 1)]),
+        bucket(T0 + 2 * S, vec![event("edr-1", "edr-1", "process", T0 + S, &p)]),
+    ];
+    let out = run(&mut c, &buckets);
+    assert_eq!(groups(&out), [("network-session".into(), vec!["edr-1".into(), "fw-1".into()])]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DNS
+
+#[test]
+fn a_lookup_arriving_before_its_connection_joins_it() {
+    let mut c = init();
+    let buckets = [
+        bucket(T0 + S, vec![dns("dns-1", T0)]),
+        // The connection's records arrive 40 s later, inside the lookup's wait.
+        bucket(T0 + 41 * S, vec![flow("fw-1", T0 + 500, 1), endpoint("edr-1", T0 + 600)]),
+    ];
+    let out = run(&mut c, &buckets);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(ids(&out[0]), ["dns-1", "edr-1", "fw-1"]);
+    assert_eq!(out[0].first_seen, T0, "the story starts with the lookup");
+    assert_eq!(out[0].fields["dns"], json!([{"name": "www.example.com", "answers": [SERVER]}]));
+}
+
+#[test]
+fn a_lookup_arriving_after_its_connection_was_published_reopens_it() {
+    let mut c = init();
+    let first = run_without_drain(
+        &mut c,
+        &[bucket(T0 + 2 * S, vec![flow("fw-1", T0 + S, 1)]), bucket(T0 + 200 * S, vec![])],
+    );
+    assert_eq!(first.len(), 1);
+    assert_eq!(ids(&first[0]), ["fw-1"]);
+    // The resolver's log arrives five minutes late.
+    let second = run(&mut c, &[bucket(T0 + 300 * S, vec![dns("dns-1", T0)])]);
+    assert_eq!(second.len(), 1);
+    assert_eq!((second[0].id.as_str(), second[0].revision), (first[0].id.as_str(), 1));
+    assert_eq!(ids(&second[0]), ["dns-1", "fw-1"]);
+    assert_eq!(second[0].first_seen, T0);
+}
+
+fn run_without_drain(c: &mut NetworkSession, buckets: &[Bucket]) -> Vec<Story> {
+    buckets.iter().flat_map(|b| c.process(b).unwrap()).collect()
+}
+
+#[test]
+fn a_lookup_no_connection_follows_becomes_a_dns_lookup_story_after_its_wait() {
+    let mut c = init();
+    let mut out = run_without_drain(&mut c, &[bucket(T0 + S, vec![dns("dns-1", T0)])]);
+    // It waits window + gap + skew (2 min) after arrival, then closes like any story (gap + skew).
+    out.extend(run_without_drain(&mut c, &[bucket(T0 + 120 * S, vec![])]));
+    assert!(out.is_empty(), "{out:#?}");
+    assert_eq!(c.state.sizes().1, 1, "still waiting");
+    out.extend(run_without_drain(&mut c, &[bucket(T0 + 121 * S, vec![])]));
+    assert_eq!(c.state.sizes().1, 0, "no longer waiting");
+    out.extend(run_without_drain(&mut c, &[bucket(T0 + 211 * S, vec![])]));
+    assert_eq!(out.len(), 1);
+    let s = &out[0];
+    assert_eq!((s.kind.as_str(), ids(s)), ("dns-lookup", vec!["dns-1"]));
+    assert_eq!((s.first_seen, s.last_seen), (T0, T0));
+    assert_eq!(s.fields["client"], json!({"ip": CLIENT, "port": 53001}));
+    assert_eq!(s.fields["server"], json!({"ip": RESOLVER, "port": 53}));
+    assert_eq!(s.fields["transport"], json!("udp"));
+    assert!(s.fields["community_id"].as_str().is_some_and(|c| c.starts_with("1:")));
+    // A connection that shows up after that is a story of its own; the lookup stays put.
+    let late = run(&mut c, &[bucket(T0 + 212 * S, vec![flow("fw-1", T0 + 200 * S, 1)])]);
+    assert_eq!(groups(&late), [("network-session".into(), vec!["fw-1".into()])]);
+}
+
+#[test]
+fn unanswered_query_and_response_logged_apart_make_one_dns_lookup_story() {
+    let q = conn(CLIENT, 53001, RESOLVER, 53, json!({"dns": {"question": {"name": "wpad.corp"}}}));
+    let r = conn(RESOLVER, 53, CLIENT, 53001, json!({"dns": {"question": {"name": "wpad.corp"}}}));
+    let buckets = [bucket(
+        T0 + S,
+        vec![event("q", "dns-1", "dns", T0, &q), event("r", "dns-1", "dns", T0 + 4, &r)],
+    )];
+    let out = run(&mut init(), &buckets);
+    assert_eq!(groups(&out), [("dns-lookup".into(), vec!["q".into(), "r".into()])]);
+    assert_eq!(out[0].fields["dns"], json!([{"name": "wpad.corp", "answers": []}]));
+}
+
+#[test]
+fn a_lookup_without_a_client_address_is_a_dns_lookup_story() {
+    let p = json!({"dns": {"question": {"name": "x.example"}, "resolved_ip": [SERVER]}});
+    let out = run(&mut init(), &[bucket(T0 + S, vec![event("d", "edr", "dns", T0, &p)])]);
+    assert_eq!(groups(&out), [("dns-lookup".into(), vec!["d".into()])]);
+    assert_eq!(out[0].fields["community_id"], Value::Null);
+}
+
+#[test]
+fn a_lookup_does_not_join_a_connection_that_started_well_before_it() {
+    let mut c = init();
+    // The connection started 50 s before the lookup (beyond the 30 s skew): another lookup's.
+    let buckets = [
+        bucket(T0 + S, vec![flow("fw-1", T0, 1)]),
+        bucket(T0 + 51 * S, vec![dns("dns-1", T0 + 50 * S)]),
+    ];
+    let out = run(&mut c, &buckets);
+    let g = groups(&out);
+    assert_eq!(
+        g,
+        [
+            ("dns-lookup".into(), vec!["dns-1".into()]),
+            ("network-session".into(), vec!["fw-1".into()])
+        ]
+    );
+}
+
+#[test]
+fn a_lookup_followed_by_parallel_connections_joins_the_first() {
+    let second = |id: &str, time| {
+        let p = conn(CLIENT, 51600, SERVER, 443, json!({"network": {"transport": "tcp"}}));
+        event(id, "fw-1", "flow", time, &p)
+    };
+    for dns_first in [true, false] {
+        let mut buckets = vec![
+            bucket(T0 + 2 * S, vec![flow("fw-a", T0 + 1_500, 1)]),
+            bucket(T0 + 3 * S, vec![second("fw-b", T0 + 1_200)]),
+        ];
+        let lookup = bucket(if dns_first { T0 + S } else { T0 + 4 * S }, vec![dns("dns-1", T0)]);
+        if dns_first {
+            buckets.insert(0, lookup);
+        } else {
+            buckets.push(lookup);
+        }
+        let out = run(&mut init(), &buckets);
+        let g = groups(&out);
+        if dns_first {
+            // Waiting, it joins the first connection that appears.
+            assert!(g.contains(&("network-session".into(), vec!["dns-1".into(), "fw-a".into()])));
+        } else {
+            // Finding both, it joins the one that started first.
+            assert!(g.contains(&("network-session".into(), vec!["dns-1".into(), "fw-b".into()])));
+        }
+        assert_eq!(g.len(), 2, "{g:?}");
+    }
+}
+
+#[test]
+fn a_second_lookup_waits_for_its_own_connection() {
+    let second = |id: &str, time| {
+        let p = conn(CLIENT, 51600, SERVER, 443, json!({"network": {"transport": "tcp"}}));
+        event(id, "fw-1", "flow", time, &p)
+    };
+    let buckets = [
+        bucket(T0 + S, vec![dns("dns-1", T0), flow("fw-a", T0 + 500, 1)]),
+        // The same client looks the name up again: the first connection has its lookup, so
+        // this one waits for the connection it leads to.
+        bucket(T0 + 11 * S, vec![dns("dns-2", T0 + 10 * S)]),
+        bucket(T0 + 12 * S, vec![second("fw-b", T0 + 10_500)]),
+    ];
+    let out = run(&mut init(), &buckets);
+    assert_eq!(
+        groups(&out),
+        [
+            ("network-session".into(), vec!["dns-1".into(), "fw-a".into()]),
+            ("network-session".into(), vec!["dns-2".into(), "fw-b".into()])
+        ]
+    );
+}
+
+#[test]
+fn a_repeated_lookup_with_no_new_connection_joins_the_old_one_when_its_wait_ends() {
+    let mut c = init();
+    let mut out = run_without_drain(
+        &mut c,
+        &[
+            bucket(T0 + S, vec![dns("dns-1", T0), flow("fw-a", T0 + 500, 1)]),
+            bucket(T0 + 11 * S, vec![dns("dns-2", T0 + 10 * S)]),
+            bucket(T0 + 100 * S, vec![]),
+        ],
+    );
+    assert_eq!(c.state.sizes().1, 1, "dns-2 waits");
+    out.extend(run(&mut c, &[bucket(T0 + 131 * S, vec![])]));
+    assert_eq!(
+        groups(&out),
+        [("network-session".into(), vec!["dns-1".into(), "dns-2".into(), "fw-a".into()])]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Late records and revisions
+
+#[test]
+fn an_end_stamped_flow_record_minutes_late_reopens_the_session() {
+    let mut c = init();
+    let early = run_without_drain(
+        &mut c,
+        &[
+            bucket(T0 + S, vec![dns("dns-1", T0), tls("tls-1", T0 + 500)]),
+            bucket(T0 + 2 * S, vec![endpoint("edr-1", T0 + 1_000)]),
+            bucket(T0 + 100 * S, vec![]),
+        ],
+    );
+    assert_eq!(early.len(), 1);
+    assert_eq!(early[0].revision, 0);
+    // The connection lasted 5 minutes; the firewall wrote its record at the end, stamped then.
+    let late = run(&mut c, &[bucket(T0 + 302 * S, vec![flow("fw-1", T0 + 300 * S, 300)])]);
+    assert_eq!(late.len(), 1);
+    assert_eq!((late[0].id.as_str(), late[0].revision), (early[0].id.as_str(), 1));
+    assert_eq!(ids(&late[0]), ["dns-1", "edr-1", "fw-1", "tls-1"]);
+    assert_eq!((late[0].first_seen, late[0].last_seen), (T0, T0 + 300 * S));
+}
+
+#[test]
+fn an_http_log_eight_minutes_late_publishes_revision_1_of_the_same_id() {
+    let mut c = init();
+    let mut out = run_without_drain(
+        &mut c,
+        &[
+            bucket(T0 + S, vec![dns("dns-1", T0), flow("fw-1", T0 + 200, 2)]),
+            bucket(T0 + 2 * S, vec![tls("tls-1", T0 + 1_300)]),
+            bucket(T0 + 3 * MIN, vec![]),
+        ],
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(ids(&out[0]), ["dns-1", "fw-1", "tls-1"]);
+    // The proxy's log of the request, stamped in the session, arrives 8 minutes after the lookup.
+    out.extend(run_without_drain(
+        &mut c,
+        &[bucket(T0 + 8 * MIN, vec![http("http-1", T0 + S)]), bucket(T0 + 10 * MIN, vec![])],
+    ));
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!((out[1].id.as_str(), out[1].revision), (out[0].id.as_str(), 1));
+    assert_eq!(ids(&out[1]), ["dns-1", "fw-1", "http-1", "tls-1"]);
+    assert_eq!(out[1].fields["http"][0]["status"], json!(200));
+    assert!(c.drain().unwrap().is_empty(), "nothing left unpublished");
+}
+
+#[test]
+fn a_tuple_reused_long_after_is_a_new_session() {
+    let mut c = init();
+    let buckets = [
+        bucket(T0 + S, vec![flow("fw-1", T0, 10), endpoint("edr-1", T0 + 100)]),
+        bucket(T0 + 120 * MIN + S, vec![flow("fw-2", T0 + 120 * MIN, 10)]),
+        bucket(T0 + 120 * MIN + 2 * S, vec![endpoint("edr-2", T0 + 120 * MIN + 100)]),
+    ];
+    let out = run(&mut c, &buckets);
+    assert_eq!(
+        groups(&out),
+        [
+            ("network-session".into(), vec!["edr-1".into(), "fw-1".into()]),
+            ("network-session".into(), vec!["edr-2".into(), "fw-2".into()])
+        ]
+    );
+    assert_ne!(out[0].id, out[1].id);
+    assert_eq!(out[0].fields["community_id"], out[1].fields["community_id"]);
+    assert!(out.iter().all(|s| s.revision == 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad and fieldless input
+
+#[test]
+fn events_without_network_fields_and_bad_payloads_are_stories_of_their_own() {
+    let mut c = init();
+    let mut garbage = event("bad-1", "fw-1", "syslog", T0, &json!(null));
+    garbage.payload = b"<134> not json at all".to_vec();
+    let mut empty = event("empty-1", "fw-1", "heartbeat", T0, &json!(null));
+    empty.payload.clear();
+    let text = event("text-1", "fw-1", "syslog", T0, &json!("a JSON string, not an object"));
+    let mistyped = event("typed-1", "edr-1", "process", T0, &json!({"source": "10.0.0.5"}));
+    let login = event(
+        "login-1",
+        "edr-1",
+        "authentication",
+        T0,
+        &json!({"user": {"name": "bob"}, "host": {"name": "ws-bob"}}),
+    );
+    let events = vec![garbage, empty, text, mistyped, login, flow("fw-1", T0, 1)];
+    let out = run(&mut c, &[bucket(T0 + S, events)]);
+    let g = groups(&out);
+    let singles: Vec<&str> =
+        g.iter().filter(|(k, _)| k == "event").map(|(_, ids)| ids[0].as_str()).collect();
+    assert_eq!(singles, ["bad-1", "empty-1", "login-1", "text-1", "typed-1"]);
+    assert_eq!(g.iter().filter(|(k, _)| k == "network-session").count(), 1);
+    let login = out.iter().find(|s| s.event_ids == ["login-1"]).unwrap();
+    assert_eq!(login.fields["users"], json!(["bob"]));
+    assert_eq!(login.fields["hosts"], json!(["ws-bob"]));
+    assert_eq!(login.fields["client"], Value::Null);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+
+#[test]
+fn route_sends_a_lookup_and_every_report_of_its_connection_to_the_client() {
+    let c = init();
+    let events = [
+        dns("dns-1", T0),
+        flow("fw-1", T0, 1),
+        tls("tls-1", T0),
+        http("http-1", T0),
+        endpoint("edr-1", T0),
+    ];
+    for e in &events {
+        assert_eq!(c.route(e).as_deref(), Some(CLIENT), "{}", e.id);
+    }
+    let nothing = event("x", "s", "k", T0, &json!({"user": {"name": "bob"}}));
+    assert_eq!(c.route(&nothing), None);
+    let mut garbage = nothing.clone();
+    garbage.payload = b"\xff".to_vec();
+    assert_eq!(c.route(&garbage), None);
+}
+
+#[test]
+fn every_story_of_the_sample_routes_to_one_shard() {
+    let mut h = Harness::<NetworkSession>::new("{}").unwrap();
+    let stories = latest_revisions(h.run_jsonl(SAMPLE).unwrap());
+    let by_id: BTreeMap<String, Event> =
+        sample_events().into_iter().map(|e| (e.id.clone(), e)).collect();
+    let c = init();
+    for s in &stories {
+        let routes: BTreeSet<Option<String>> =
+            s.event_ids.iter().map(|id| c.route(&by_id[id])).collect();
+        assert_eq!(routes.len(), 1, "story {:?} spans routes {routes:?}", s.event_ids);
+        if s.kind != "event" {
+            assert!(routes.iter().all(Option::is_some), "{:?}", s.event_ids);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bundled sample
+
+fn sample_events() -> Vec<Event> {
+    format::parse_jsonl(SAMPLE)
+        .unwrap()
+        .into_iter()
+        .map(|e: InputEvent| {
+            let id = e.id.clone().unwrap();
+            let time = e.time;
+            e.into_event(|| id, time)
+        })
+        .collect()
+}
+
+/// The stories `sample/README.md` describes.
+fn sample_expected() -> Vec<(String, Vec<String>)> {
+    let g = |kind: &str, ids: &[&str]| {
+        let mut ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        ids.sort();
+        (kind.to_string(), ids)
+    };
+    let mut want = vec![
+        // A: alice → www.example.com, DNS first, reversed TLS, end-stamped firewall record.
+        g(
+            "network-session",
+            &[
+                "dns-0001",
+                "edr-alice-0001",
+                "fw-0001",
+                "proxy-0001",
+                "proxy-0002",
+                "proxy-0003",
+                "tls-0001",
+            ],
+        ),
+        // B: bob → api.github.com, DNS after the session, proxy log late.
+        g("network-session", &["dns-0002", "edr-bob-0002", "proxy-0005", "tls-0002", "zeek-0001"]),
+        // C: alice → updates.example.org, firewall reversed.
+        g("network-session", &["dns-0003", "edr-alice-0002", "fw-0003", "proxy-0004"]),
+        // D: one 5-tuple, two sessions two hours apart.
+        g("network-session", &["edr-bob-0003", "fw-0004"]),
+        g("network-session", &["edr-bob-0004", "fw-0005"]),
+        // E: a lookup no connection follows.
+        g("dns-lookup", &["dns-0004"]),
+        // F: NTP, equal ports.
+        g("network-session", &["edr-alice-0003", "fw-0006"]),
+        // G, H, N: no network fields; a payload that is not ECS JSON.
+        g("event", &["edr-bob-0001"]),
+        g("event", &["fw-0002"]),
+        g("event", &["edr-alice-0005"]),
+        // K: alice → app.slack.com, zeek with community id.
+        g("network-session", &["dns-0007", "edr-alice-0004", "tls-0003", "zeek-0002"]),
+        // J: one lookup, two parallel connections: the lookup joins the first.
+        g("network-session", &["dns-0008", "edr-bob-0005", "fw-0007", "tls-0004"]),
+        g("network-session", &["edr-bob-0006", "fw-0008", "tls-0005"]),
+        // L: unanswered lookup, query and response.
+        g("dns-lookup", &["dns-0005", "dns-0006"]),
+        // M: ping, request and reply.
+        g("network-session", &["fw-0009", "zeek-0003"]),
+    ];
+    want.sort_by(|a, b| a.1.cmp(&b.1));
+    want
+}
+
+#[test]
+fn the_sample_groups_as_its_readme_says() {
+    let mut h = Harness::<NetworkSession>::new("{}").unwrap();
+    let out = h.run_jsonl(SAMPLE).unwrap();
+    assert_eq!(groups(&out), sample_expected());
+    assert_partition(sample_events().iter().map(|e| e.id.as_str()), &out);
+    // The firewall's end-stamped record of A arrives after A was published: revision 1.
+    let latest = latest_revisions(out);
+    let a = latest.iter().find(|s| s.event_ids.contains(&"fw-0001".to_string())).unwrap();
+    assert_eq!(a.revision, 1);
+    let ntp = latest.iter().find(|s| s.event_ids.contains(&"fw-0006".to_string())).unwrap();
+    assert_eq!(ntp.fields["server"], json!({"ip": "162.159.200.123", "port": 123}));
+    let ping = latest.iter().find(|s| s.event_ids.contains(&"fw-0009".to_string())).unwrap();
+    assert_eq!(ping.fields["client"], json!({"ip": "10.20.0.23", "port": null}));
+    assert_eq!(ping.fields["transport"], json!("icmp"));
+}
+
+/// The sample as the host would deliver it: in file order (the listed order is arrival
+/// order), one-second buckets by arrival, a record never arriving before its own time.
+fn sample_by_arrival() -> Vec<Bucket> {
+    let mut arrival = TimestampMs::MIN;
+    let mut buckets: Vec<Bucket> = Vec::new();
+    for mut e in sample_events() {
+        arrival = arrival.max(e.event_time);
+        let end = arrival.div_euclid(S) * S + S;
+        e.insert_time = arrival;
+        match buckets.last_mut() {
+            Some(b) if b.end == end => b.events.push(e),
+            _ => buckets.push(bucket(end, vec![e])),
+        }
+    }
+    for b in &mut buckets {
+        b.events.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    buckets
+}
+
+#[test]
+fn the_sample_delivered_late_groups_alike_and_the_late_log_revises_its_story() {
+    let buckets = sample_by_arrival();
+    let out = run(&mut init(), &buckets);
+    assert_eq!(groups(&out), sample_expected());
+    assert_partition(sample_events().iter().map(|e| e.id.as_str()), &out);
+    // B was published before its proxy log arrived (8.5 minutes late): same id, next revision.
+    let b: Vec<&Story> =
+        out.iter().filter(|s| s.event_ids.contains(&"zeek-0001".to_string())).collect();
+    assert_eq!(b.len(), 2, "{b:#?}");
+    assert_eq!((b[0].id.as_str(), b[0].revision), (b[1].id.as_str(), 0));
+    assert_eq!(b[1].revision, 1);
+    assert!(!b[0].event_ids.contains(&"proxy-0005".to_string()));
+    assert!(b[1].event_ids.contains(&"proxy-0005".to_string()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+#[test]
+fn snapshot_and_restore_at_any_bucket_give_the_uninterrupted_output() {
+    let buckets = sample_by_arrival();
+    let whole = run(&mut init(), &buckets);
+    for cut in 0..=buckets.len() {
+        let mut first = init();
+        let mut out = run_without_drain(&mut first, &buckets[..cut]);
+        let bytes = first.snapshot();
+        let mut second = init();
+        second.restore(&bytes).unwrap();
+        assert_eq!(second.snapshot(), bytes, "restore then snapshot is the identity (cut {cut})");
+        out.extend(run(&mut second, &buckets[cut..]));
+        assert_eq!(out, whole, "cut before bucket {cut}");
+    }
+}
+
+#[test]
+fn a_snapshot_carries_waiting_lookups_and_the_pair_index() {
+    let mut c = init();
+    run_without_drain(&mut c, &[bucket(T0 + S, vec![dns("dns-1", T0), flow("fw-9", T0, 1)])]);
+    // fw-9 is the test tuple: the lookup joined it; now a lookup that waits.
+    let other = event("dns-2", "dns-1", "dns", T0, &dns_payload(CLIENT, "b.example", "192.0.2.7"));
+    run_without_drain(&mut c, &[bucket(T0 + 2 * S, vec![other])]);
+    assert_eq!(c.state.sizes(), (1, 1, 1));
+    let mut restored = init();
+    restored.restore(&c.snapshot()).unwrap();
+    assert_eq!(restored.state.sizes(), (1, 1, 1));
+    let p = conn(CLIENT, 40000, "192.0.2.7", 443, json!({"network": {"transport": "tcp"}}));
+    let out = run(
+        &mut restored,
+        &[bucket(T0 + 3 * S, vec![event("fw-2", "fw-1", "flow", T0 + 2 * S, &p)])],
+    );
+    assert!(
+        groups(&out).contains(&("network-session".into(), vec!["dns-2".into(), "fw-2".into()]))
+    );
+}
+
+#[test]
+fn restore_refuses_what_it_cannot_read_and_takes_empty_as_fresh() {
+    let mut c = init();
+    assert!(matches!(c.restore(b"\x01\xff\xff\xff\xff\xff"), Err(Error::InvalidState(_))));
+    let err = c.restore(b"\x09abc").unwrap_err();
+    assert!(err.to_string().contains("version 9"), "{err}");
+    c.restore(&[]).unwrap();
+    assert_eq!(c.state.sizes(), (0, 0, 0));
+}
+
+#[test]
+fn stale_pair_index_entries_are_dropped_when_met() {
+    let mut c = init();
+    run_without_drain(
+        &mut c,
+        &[bucket(T0 + S, vec![flow("fw-1", T0, 1)]), bucket(T0 + 30 * MIN, vec![])],
+    );
+    // The session was published and forgotten; its pair entry lingers until met.
+    assert_eq!(c.state.sizes(), (0, 0, 1));
+    run_without_drain(&mut c, &[bucket(T0 + 30 * MIN + S, vec![dns("dns-1", T0 + 30 * MIN)])]);
+    assert_eq!(c.state.sizes(), (0, 1, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+#[test]
+fn configuration_defaults_and_errors_say_what_to_fix() {
+    let c = NetworkSession::init("{}").unwrap();
+    assert_eq!(c.config, crate::Config::default());
+    assert_eq!(NetworkSession::init("").unwrap().config, crate::Config::default());
+    let c = NetworkSession::init(r#"{"dns_window_ms": 5000, "skew_ms": 0}"#).unwrap();
+    assert_eq!((c.config.dns_window_ms, c.config.skew_ms, c.config.gap_ms), (5000, 0, 60_000));
+
+    let err = NetworkSession::init(r#"{"dns_window": 1}"#).unwrap_err();
+    let Error::InvalidConfig(msg) = err else { panic!("got {err:?}") };
+    assert!(msg.contains("unknown field `dns_window`") && msg.contains("dns_window_ms"), "{msg}");
+    let err = NetworkSession::init(r#"{"skew_ms": -1}"#).unwrap_err();
+    assert_eq!(
+        err,
+        Error::InvalidConfig(
+            "skew_ms is -1; it must be between 0 and 2592000000 (30 days), in milliseconds".into()
+        )
+    );
+    assert!(matches!(NetworkSession::init("[1]"), Err(Error::InvalidConfig(_))));
+    assert!(matches!(NetworkSession::init(r#"{"gap_ms": "1"}"#), Err(Error::InvalidConfig(_))));
+}
+
+#[test]
+fn a_smaller_dns_window_keeps_a_slow_connection_apart() {
+    let mut c = NetworkSession::init(r#"{"dns_window_ms": 1000, "skew_ms": 0}"#).unwrap();
+    let buckets = [
+        bucket(T0 + S, vec![dns("dns-1", T0)]),
+        bucket(T0 + 6 * S, vec![flow("fw-1", T0 + 5 * S, 1)]),
+    ];
+    let out = run(&mut c, &buckets);
+    assert_eq!(
+        groups(&out),
+        [
+            ("dns-lookup".into(), vec!["dns-1".into()]),
+            ("network-session".into(), vec!["fw-1".into()])
+        ]
+    );
+}
+
+#[test]
+fn absurd_event_times_do_not_fail_the_bucket() {
+    let far = |e: Event, t: TimestampMs| Event { event_time: t, ..e };
+    let events = vec![
+        far(flow("fw-max", 0, 1), i64::MAX),
+        far(flow("fw-min", 0, 1), i64::MIN),
+        far(dns("dns-max", 0), i64::MAX),
+        far(dns("dns-min", 0), i64::MIN),
+    ];
+    let out = run(&mut init(), &[bucket(T0 + S, events)]);
+    assert_partition(["dns-max", "dns-min", "fw-max", "fw-min"], &out);
+    assert!(out.iter().all(|s| s.first_seen <= s.last_seen));
+}
