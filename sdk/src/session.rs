@@ -114,23 +114,33 @@ impl<D> Session<D> {
         }
     }
 
+    // Saturating arithmetic throughout: event times come from sensors and may be absurd.
     fn matches(&self, time: TimestampMs, reach: i64, cfg: &SessionConfig) -> bool {
-        let slack = cfg.gap_ms + cfg.skew_ms + reach.max(self.reach_ms);
-        let within = time >= self.first_seen - slack && time <= self.last_seen + slack;
-        let span = self.last_seen.max(time) - self.first_seen.min(time);
-        within && span <= cfg.max_span_ms + cfg.skew_ms
+        let slack = cfg.gap_ms.saturating_add(cfg.skew_ms).saturating_add(reach.max(self.reach_ms));
+        let within = time >= self.first_seen.saturating_sub(slack)
+            && time <= self.last_seen.saturating_add(slack);
+        let span = self.last_seen.max(time).saturating_sub(self.first_seen.min(time));
+        within && span <= cfg.max_span_ms.saturating_add(cfg.skew_ms)
     }
 
     fn distance(&self, time: TimestampMs) -> i64 {
-        if time < self.first_seen { self.first_seen - time } else { (time - self.last_seen).max(0) }
+        if time < self.first_seen {
+            self.first_seen.saturating_sub(time)
+        } else {
+            time.saturating_sub(self.last_seen).max(0)
+        }
     }
 
     /// When the session closes: its last activity plus gap and skew. Last activity is the later
     /// of its last event time and the watermark it was last touched at, except that an event
     /// stamped in the future (a fast clock) is believed only up to `skew`.
     fn deadline(&self, cfg: &SessionConfig) -> TimestampMs {
-        let activity = self.last_seen.max(self.touched).min(self.touched + cfg.skew_ms);
-        activity + cfg.gap_ms + cfg.skew_ms + self.reach_ms
+        let activity =
+            self.last_seen.max(self.touched).min(self.touched.saturating_add(cfg.skew_ms));
+        activity
+            .saturating_add(cfg.gap_ms)
+            .saturating_add(cfg.skew_ms)
+            .saturating_add(self.reach_ms)
     }
 }
 
@@ -206,7 +216,11 @@ impl<D> Sessionizer<D> {
         D: Default,
     {
         let cfg = self.config;
-        let list = self.sessions.entry(key.to_string()).or_default();
+        // Look the key up before allocating it: most events join a key that exists.
+        if !self.sessions.contains_key(key) {
+            self.sessions.insert(key.to_string(), Vec::new());
+        }
+        let Some(list) = self.sessions.get_mut(key) else { unreachable!("inserted above") };
         let best = list
             .iter()
             .enumerate()
@@ -426,6 +440,15 @@ mod tests {
         s.add("k", "flow", 400 * S, 300 * S, 400 * S);
         let out = s.drain(|x| x.story("t"));
         assert_eq!(ids(&out), vec![vec!["dns", "flow"]]);
+    }
+
+    #[test]
+    fn absurd_event_times_do_not_overflow() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "a", i64::MAX, i64::MAX, 0);
+        s.add("k", "b", i64::MIN, 0, 0);
+        s.add("k", "c", 0, 0, i64::MAX);
+        assert!(!s.advance(i64::MAX, |x| x.story("t")).is_empty());
     }
 
     #[test]

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use storyline::generate::{GenConfig, arrival_buckets, generate};
+use storyline::model::latest_revisions;
 use storyline::model::{Bucket, Story};
 use storyline_sdk::Correlator;
-use storyline_sdk::testing::{Harness, latest_revisions};
+use storyline_sdk::testing::Harness;
 
 use crate::support::instance;
 
@@ -37,7 +38,10 @@ fn the_component_publishes_exactly_what_the_native_build_publishes() {
     let native = Harness::<network_session::NetworkSession>::new("{}")
         .unwrap()
         .run_buckets(buckets.clone())
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(Story::from)
+        .collect::<Vec<_>>();
     assert_eq!(run_wasm(&buckets), native);
 }
 

@@ -11,7 +11,7 @@ fn probe_fields(tenant: &str, starts: &[i64]) -> Vec<serde_json::Map<String, Val
         .iter()
         .map(|start| {
             let stories = inst.process(&bucket(tenant, *start, &["a"]), &|_| false).unwrap();
-            stories[0].fields.clone()
+            serde_json::from_str(stories[0].fields.get()).unwrap()
         })
         .collect()
 }

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use storyline_sdk::format::{self, format_rfc3339};
+use storyline_sdk::format;
 
-use crate::model::{Story, TenantId};
+use crate::model::{Story, TenantId, latest_revisions};
 use crate::plugin::{Limits, Origin, Runtime};
 
 fn runtime(data_dir: &Path) -> anyhow::Result<Runtime> {
@@ -106,7 +106,7 @@ pub fn test(
     published.extend(stories);
     let elapsed = started.elapsed();
     let publications = published.len();
-    let latest_stories = storyline_sdk::testing::latest_revisions(published);
+    let latest_stories = latest_revisions(published);
     if latest {
         emit(&mut out, &latest_stories, false)?;
     }
@@ -126,21 +126,8 @@ fn emit(out: &mut impl Write, stories: &[Story], suppress: bool) -> anyhow::Resu
         return Ok(());
     }
     for s in stories {
-        serde_json::to_writer(&mut *out, &story_json(s))?;
+        out.write_all(s.to_json().as_bytes())?;
         out.write_all(b"\n")?;
     }
     Ok(())
-}
-
-/// The JSON form of a story, as printed and (later) published.
-pub fn story_json(s: &Story) -> serde_json::Value {
-    serde_json::json!({
-        "id": s.id,
-        "revision": s.revision,
-        "kind": s.kind,
-        "event_ids": s.event_ids,
-        "first_seen": format_rfc3339(s.first_seen),
-        "last_seen": format_rfc3339(s.last_seen),
-        "fields": s.fields,
-    })
 }

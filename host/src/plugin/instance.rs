@@ -2,6 +2,10 @@
 
 use std::sync::Arc;
 
+use std::collections::HashSet;
+
+use serde_json::value::RawValue;
+use wasmtime::component::{ComponentType, Func, Instance, Lower};
 use wasmtime::{Store, Trap};
 
 use super::bindings::v0_1_0::storyline::correlator::types as wit;
@@ -29,6 +33,8 @@ pub struct PluginInstance {
     store: Store<HostState>,
     /// Typed access to the guest's exports.
     bindings: v0_1_0::Plugin,
+    /// `process`, called with borrowed arguments so that events are not copied twice.
+    process_func: Func,
     /// Set after a trap or limit: the guest's state is undefined, only re-creation helps.
     poisoned: bool,
     /// Bytes of guest stderr already reported.
@@ -67,7 +73,12 @@ impl Plugin {
             bucket: None,
             failure,
         };
-        let bindings = match self.pre.instantiate(&mut store) {
+        let instantiated = self.pre.instance_pre().instantiate(&mut store).and_then(|instance| {
+            let bindings = v0_1_0::Plugin::new(&mut store, &instance)?;
+            let process_func = process_func(&mut store, &instance)?;
+            Ok((bindings, process_func))
+        });
+        let (bindings, process_func) = match instantiated {
             Ok(b) => b,
             Err(e) => {
                 let limit_hit = store.data().limiter.hit;
@@ -80,6 +91,7 @@ impl Plugin {
             limits,
             store,
             bindings,
+            process_func,
             poisoned: false,
             stderr_seen: 0,
             watermark: 0,
@@ -121,18 +133,30 @@ impl PluginInstance {
     ) -> Result<Vec<Story>, CallError> {
         let at = Some(BucketRef { shard: ShardId(bucket.shard), start: BucketStart(bucket.start) });
         self.watermark = bucket.watermark;
-        let wit_bucket = wit::Bucket {
-            tenant: bucket.tenant.clone(),
+        let borrowed = BucketArg {
+            tenant: &bucket.tenant,
             shard: bucket.shard,
             start: bucket.start,
             end: bucket.end,
             watermark: bucket.watermark,
-            events: bucket.events.iter().map(to_wit_event).collect(),
+            events: bucket.events.iter().map(EventArg::from).collect(),
         };
-        let out = self.call("process", at, |api, store| api.call_process(store, &wit_bucket))?;
+        let func = self.process_func;
+        let out = self.call("process", at, |_, store| {
+            let typed = func.typed::<(BucketArg<'_>,), (ProcessResult,)>(&*store)?;
+            typed.call(store, (borrowed,)).map(|(r,)| r)
+        })?;
         let stories = out.map_err(|e| self.error("process", at, Failure::Guest(guest_error(e))))?;
-        let in_bucket = |id: &str| bucket.events.iter().any(|e| e.id == id) || known_event(id);
-        self.check_output(stories, &in_bucket).map_err(|f| self.error("process", at, f))
+        // Most stories close buckets after their events arrived: ask the caller first and build
+        // the set of this bucket's ids only if some id is not known to it.
+        let bucket_ids: std::cell::OnceCell<HashSet<&str>> = std::cell::OnceCell::new();
+        let known = |id: &str| {
+            known_event(id)
+                || bucket_ids
+                    .get_or_init(|| bucket.events.iter().map(|e| e.id.as_str()).collect())
+                    .contains(id)
+        };
+        self.check_output(stories, &known).map_err(|f| self.error("process", at, f))
     }
 
     /// Closes every open session and returns its story (the input is over).
@@ -255,8 +279,9 @@ impl PluginInstance {
             if s.first_seen > s.last_seen {
                 return Err(malformed(format!("story {} has first_seen after last_seen", s.id)));
             }
-            let fields = match serde_json::from_str::<serde_json::Value>(&s.fields) {
-                Ok(serde_json::Value::Object(map)) => map,
+            let is_object = s.fields.trim_start().starts_with('{');
+            let fields = match RawValue::from_string(s.fields) {
+                Ok(raw) if is_object => raw,
                 Ok(_) | Err(_) => {
                     return Err(malformed(format!("story {}: fields is not a JSON object", s.id)));
                 }
@@ -285,6 +310,62 @@ fn to_wit_event(e: &Event) -> wit::Event {
         attributes: e.attributes.clone(),
         payload: e.payload.clone(),
     }
+}
+
+/// What `process` returns, as the generated bindings type it.
+type ProcessResult = Result<Vec<wit::Story>, wit::Error>;
+
+/// The WIT `bucket`, borrowing from the host's bucket: lowered straight into guest memory.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct BucketArg<'a> {
+    tenant: &'a str,
+    shard: u32,
+    start: i64,
+    end: i64,
+    watermark: i64,
+    events: Vec<EventArg<'a>>,
+}
+
+/// The WIT `event`, borrowing from the host's event.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct EventArg<'a> {
+    id: &'a str,
+    source: &'a str,
+    kind: &'a str,
+    #[component(name = "event-time")]
+    event_time: i64,
+    #[component(name = "insert-time")]
+    insert_time: i64,
+    attributes: &'a [(String, String)],
+    payload: &'a [u8],
+}
+
+impl<'a> From<&'a Event> for EventArg<'a> {
+    fn from(e: &'a Event) -> Self {
+        EventArg {
+            id: &e.id,
+            source: &e.source,
+            kind: &e.kind,
+            event_time: e.event_time,
+            insert_time: e.insert_time,
+            attributes: &e.attributes,
+            payload: &e.payload,
+        }
+    }
+}
+
+/// The `process` export of an instance, checked against the borrowed argument types above at
+/// every call (a cheap comparison of type descriptions).
+fn process_func(store: &mut Store<HostState>, instance: &Instance) -> wasmtime::Result<Func> {
+    let iface = format!("{}{}", super::EXPORT_PREFIX, "0.1.0");
+    let missing = || wasmtime::format_err!("the component does not export {iface}#process");
+    let iface_index = instance.get_export_index(&mut *store, None, &iface).ok_or_else(missing)?;
+    let func_index = instance
+        .get_export_index(&mut *store, Some(&iface_index), "process")
+        .ok_or_else(missing)?;
+    instance.get_func(&mut *store, func_index).ok_or_else(missing)
 }
 
 fn guest_error(e: wit::Error) -> GuestError {

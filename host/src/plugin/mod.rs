@@ -91,6 +91,10 @@ impl Runtime {
         config.epoch_interruption(true);
         // A guest recursing without bound traps on its stack, not the host's.
         config.max_wasm_stack(1 << 20);
+        // `STORYLINE_PERFMAP=1` names JIT code for `perf` (writes /tmp/perf-<pid>.map).
+        if std::env::var_os("STORYLINE_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         spawn_epoch_ticker(&engine);
 
