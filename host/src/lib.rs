@@ -7,6 +7,8 @@
 //!   shared with plugins. Owns validation of ids; leaves the event format to the SDK.
 //! - [`plugin`]: the Wasm runtime: loading and checking components, the compiled-component
 //!   cache, per-tenant instances, limits, the sandbox. Knows nothing of stores or shards.
+//! - [`store`]: the [`store::Store`] trait (events by shard and bucket, offsets with plugin
+//!   state, leases, stories, dead letters) and its embedded implementation.
 //! - [`generate`]: a realistic multi-sensor event stream with ground truth (demo, tests, benches).
 //! - [`cli`]: the `storyline` command line; parses arguments and calls the modules above.
 
@@ -14,3 +16,4 @@ pub mod cli;
 pub mod generate;
 pub mod model;
 pub mod plugin;
+pub mod store;

@@ -8,3 +8,4 @@ mod network_session;
 mod plugin_faults;
 mod plugin_loading;
 mod sandbox;
+mod store_contract;

@@ -1,0 +1,635 @@
+//! The embedded store: a durable, pure-Rust LSM store (fjall), one directory per tenant.
+//!
+//! What it is: the default store, needing nothing installed; for a laptop, a small tenant, the
+//! demo and the tests. A write acknowledged to a producer has been fdatasync'ed and survives
+//! kill -9 of the process. What it is not: shared between processes. One process owns a
+//! tenant's directory (fjall locks it), so leases here only order the workers of one process;
+//! several hosts share shards through the ScyllaDB store.
+//!
+//! Layout of a tenant directory `<data-dir>/tenants/<tenant>/`, one keyspace each:
+//!
+//! | keyspace      | key                                  | value                                  |
+//! |---------------|--------------------------------------|----------------------------------------|
+//! | `events`      | shard, bucket, event id              | the event (source, kind, times, ...)   |
+//! | `buckets`     | shard, bucket                        | events written (the non-empty index)   |
+//! | `offsets`     | shard                                | committed bucket, epoch, state digest  |
+//! | `state`       | shard                                | plugin snapshot (rewritten on change)  |
+//! | `leases`      | shard                                | owner, epoch, expiry                   |
+//! | `stories`     | story id, revision                   | published time, story JSON             |
+//! | `latest`      | story id                             | latest revision                        |
+//! | `dead`        | shard, bucket                        | dead letter                            |
+//! | `meta`        | `layout`                             | shards, bucket length                  |
+//!
+//! Integers in keys are big-endian (bucket starts with the sign bit flipped) so that byte order
+//! is numeric order and a range scan walks buckets in time order.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Checkpoint, DeadLetter, Layout, Lease, NewEvent, Store, StoreError, StoredStory};
+use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
+
+const BACKEND: &str = "embedded";
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend { backend: BACKEND, message: e.to_string() }
+}
+
+fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { backend: BACKEND, what, message: e.to_string() }
+}
+
+/// The embedded store rooted at a data directory.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    root: PathBuf,
+    /// Open tenants. A std mutex: held only to look up or insert, never across an await.
+    tenants: Arc<Mutex<HashMap<TenantId, Arc<TenantDb>>>>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
+/// One tenant's database and keyspaces.
+struct TenantDb {
+    db: Database,
+    events: Keyspace,
+    buckets: Keyspace,
+    offsets: Keyspace,
+    state: Keyspace,
+    leases: Keyspace,
+    stories: Keyspace,
+    latest: Keyspace,
+    dead: Keyspace,
+    meta: Keyspace,
+    /// Serialises read-modify-write sequences (bucket counts, leases, fenced commits) of this
+    /// tenant. A std mutex: the sections are short and never await.
+    write: Mutex<()>,
+}
+
+impl EmbeddedStore {
+    /// A store under `root` (created when the first tenant is opened).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        EmbeddedStore { root: root.into(), tenants: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// The directory of a tenant.
+    pub fn tenant_dir(&self, tenant: &TenantId) -> PathBuf {
+        self.root.join("tenants").join(tenant.as_str())
+    }
+
+    fn tenant(&self, tenant: &TenantId) -> Result<Arc<TenantDb>, StoreError> {
+        let mut open = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = open.get(tenant) {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(TenantDb::open(&self.tenant_dir(tenant))?);
+        open.insert(tenant.clone(), db.clone());
+        Ok(db)
+    }
+
+    /// Runs blocking storage work off the async threads.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        tenant: &TenantId,
+        f: impl FnOnce(&TenantDb) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let db = self.tenant(tenant)?;
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| backend(format!("storage task failed: {e}")))?
+    }
+}
+
+impl TenantDb {
+    fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = Database::builder(dir).open().map_err(|e| {
+            backend(format!("cannot open {}: {e} (is another storyline using it?)", dir.display()))
+        })?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(backend);
+        Ok(TenantDb {
+            events: ks("events")?,
+            buckets: ks("buckets")?,
+            offsets: ks("offsets")?,
+            state: ks("state")?,
+            leases: ks("leases")?,
+            stories: ks("stories")?,
+            latest: ks("latest")?,
+            dead: ks("dead")?,
+            meta: ks("meta")?,
+            db,
+            write: Mutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn layout(&self) -> Result<Option<Layout>, StoreError> {
+        match self.meta.get("layout").map_err(backend)? {
+            None => Ok(None),
+            Some(v) => {
+                let (shards, bucket_ms): (u32, i64) =
+                    postcard::from_bytes(&v).map_err(|e| corrupt("meta", e))?;
+                Ok(Some(Layout { shards, bucket_ms }))
+            }
+        }
+    }
+
+    fn lease(&self, shard: ShardId) -> Result<Option<Lease>, StoreError> {
+        match self.leases.get(shard.0.to_be_bytes()).map_err(backend)? {
+            None => Ok(None),
+            Some(v) => {
+                let (owner, epoch, expires_ms): (String, u64, i64) =
+                    postcard::from_bytes(&v).map_err(|e| corrupt("leases", e))?;
+                Ok(Some(Lease { shard, owner, epoch, expires_ms }))
+            }
+        }
+    }
+
+    fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let value = encode(&(&lease.owner, lease.epoch, lease.expires_ms));
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.leases, lease.shard.0.to_be_bytes(), value);
+        batch.commit().map_err(backend)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain data into a Vec: postcard cannot fail here.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+/// Bucket start as 8 bytes whose byte order is numeric order.
+fn bucket_bytes(b: BucketStart) -> [u8; 8] {
+    ((b.0 as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn bucket_from(bytes: &[u8]) -> Option<BucketStart> {
+    let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(BucketStart((u64::from_be_bytes(arr) ^ (1 << 63)) as i64))
+}
+
+fn partition_key(shard: ShardId, bucket: BucketStart) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&shard.0.to_be_bytes());
+    k[4..].copy_from_slice(&bucket_bytes(bucket));
+    k
+}
+
+/// The stored form of an event (its id is in the key).
+#[derive(Serialize, Deserialize)]
+struct EventValue<'a> {
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    event_time: i64,
+    insert_time: i64,
+    attributes: Vec<(String, String)>,
+    #[serde(borrow)]
+    payload: std::borrow::Cow<'a, [u8]>,
+}
+
+/// The stored form of a commit.
+#[derive(Serialize, Deserialize)]
+struct OffsetValue {
+    bucket: i64,
+    epoch: u64,
+}
+
+/// The stored form of a published story revision.
+#[derive(Serialize, Deserialize)]
+struct StoryValue {
+    published_ms: i64,
+    kind: String,
+    event_ids: Vec<String>,
+    first_seen: i64,
+    last_seen: i64,
+    fields: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeadValue {
+    plugin: String,
+    reason: String,
+    attempts: u32,
+    at_ms: i64,
+}
+
+impl Store for EmbeddedStore {
+    async fn layout(&self, tenant: &TenantId) -> Result<Option<Layout>, StoreError> {
+        self.blocking(tenant, |db| db.layout()).await
+    }
+
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        layout: Layout,
+        events: &[NewEvent],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Encode on the caller's thread; the blocking section only writes.
+        let mut counts: Vec<([u8; 12], u64)> = Vec::new();
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(events.len());
+        for e in events {
+            if e.shard.0 >= layout.shards {
+                return Err(StoreError::Layout {
+                    tenant: tenant.clone(),
+                    message: format!("shard {} is outside 0..{}", e.shard, layout.shards),
+                });
+            }
+            let pk = partition_key(e.shard, e.bucket);
+            match counts.iter_mut().find(|(k, _)| *k == pk) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((pk, 1)),
+            }
+            let mut key = Vec::with_capacity(12 + e.event.id.len());
+            key.extend_from_slice(&pk);
+            key.extend_from_slice(e.event.id.as_bytes());
+            let value = encode(&EventValue {
+                source: e.event.source.as_str().into(),
+                kind: e.event.kind.as_str().into(),
+                event_time: e.event.event_time,
+                insert_time: e.event.insert_time,
+                attributes: e.event.attributes.clone(),
+                payload: e.event.payload.as_slice().into(),
+            });
+            rows.push((key, value));
+        }
+        let tenant_id = tenant.clone();
+        self.blocking(tenant, move |db| {
+            let _guard = db.lock();
+            match db.layout()? {
+                Some(existing) if existing != layout => {
+                    return Err(StoreError::Layout {
+                        tenant: tenant_id,
+                        message: format!(
+                            "it was created with {} shards and {} ms buckets; this write uses {} shards and {} ms buckets (pass the same --shards and --bucket-ms, or use a new tenant)",
+                            existing.shards, existing.bucket_ms, layout.shards, layout.bucket_ms
+                        ),
+                    });
+                }
+                _ => {}
+            }
+            let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
+            batch.insert(&db.meta, "layout", encode(&(layout.shards, layout.bucket_ms)));
+            for (pk, n) in counts {
+                let old = match db.buckets.get(pk).map_err(backend)? {
+                    Some(v) => u64::from_le_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+                    None => 0,
+                };
+                batch.insert(&db.buckets, pk, (old + n).to_le_bytes());
+            }
+            for (k, v) in rows {
+                batch.insert(&db.events, k, v);
+            }
+            batch.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn next_bucket(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        after: Option<BucketStart>,
+    ) -> Result<Option<BucketStart>, StoreError> {
+        self.blocking(tenant, move |db| {
+            let from = match after {
+                Some(b) if b.0 == i64::MAX => return Ok(None),
+                Some(b) => partition_key(shard, BucketStart(b.0 + 1)),
+                None => partition_key(shard, BucketStart(i64::MIN)),
+            };
+            let to = partition_key(shard, BucketStart(i64::MAX));
+            match db.buckets.range(from..=to).next() {
+                None => Ok(None),
+                Some(guard) => {
+                    let key = guard.key().map_err(backend)?;
+                    Ok(bucket_from(key.get(4..).unwrap_or_default()))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn read_bucket(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        bucket: BucketStart,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.blocking(tenant, move |db| {
+            let pk = partition_key(shard, bucket);
+            let mut out = Vec::new();
+            for guard in db.events.prefix(pk) {
+                let (key, value) = guard.into_inner().map_err(backend)?;
+                let id = std::str::from_utf8(key.get(12..).unwrap_or_default())
+                    .map_err(|e| corrupt("events", e))?
+                    .to_string();
+                let v: EventValue<'_> =
+                    postcard::from_bytes(&value).map_err(|e| corrupt("events", e))?;
+                out.push(Event {
+                    id,
+                    source: v.source.into_owned(),
+                    kind: v.kind.into_owned(),
+                    event_time: v.event_time,
+                    insert_time: v.insert_time,
+                    attributes: v.attributes,
+                    payload: v.payload.into_owned(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn pending_events(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        after: Option<BucketStart>,
+    ) -> Result<u64, StoreError> {
+        self.blocking(tenant, move |db| {
+            let from = match after {
+                Some(b) if b.0 == i64::MAX => return Ok(0),
+                Some(b) => partition_key(shard, BucketStart(b.0 + 1)),
+                None => partition_key(shard, BucketStart(i64::MIN)),
+            };
+            let to = partition_key(shard, BucketStart(i64::MAX));
+            let mut total = 0u64;
+            for guard in db.buckets.range(from..=to) {
+                let v = guard.value().map_err(backend)?;
+                total += u64::from_le_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            }
+            Ok(total)
+        })
+        .await
+    }
+
+    async fn load_checkpoint(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        self.blocking(tenant, move |db| {
+            let key = shard.0.to_be_bytes();
+            let Some(v) = db.offsets.get(key).map_err(backend)? else { return Ok(None) };
+            let o: OffsetValue = postcard::from_bytes(&v).map_err(|e| corrupt("offsets", e))?;
+            let state = db.state.get(key).map_err(backend)?.map(|s| s.to_vec()).unwrap_or_default();
+            Ok(Some(Checkpoint { bucket: BucketStart(o.bucket), state, epoch: o.epoch }))
+        })
+        .await
+    }
+
+    async fn commit(
+        &self,
+        tenant: &TenantId,
+        lease: &Lease,
+        bucket: BucketStart,
+        state: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        let state = state.map(<[u8]>::to_vec);
+        let tenant_id = tenant.clone();
+        self.blocking(tenant, move |db| {
+            let _guard = db.lock();
+            let current = db.lease(lease.shard)?.map_or(0, |l| l.epoch);
+            if current != lease.epoch {
+                return Err(StoreError::Fenced {
+                    tenant: tenant_id,
+                    shard: lease.shard,
+                    held: lease.epoch,
+                    current,
+                });
+            }
+            let key = lease.shard.0.to_be_bytes();
+            // Offset and state in one atomic batch: recovery sees both or neither.
+            let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
+            batch.insert(
+                &db.offsets,
+                key,
+                encode(&OffsetValue { bucket: bucket.0, epoch: lease.epoch }),
+            );
+            if let Some(state) = state {
+                batch.insert(&db.state, key, state);
+            }
+            batch.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        owner: &str,
+        ttl_ms: i64,
+        now: TimestampMs,
+    ) -> Result<Option<Lease>, StoreError> {
+        let owner = owner.to_string();
+        self.blocking(tenant, move |db| {
+            let _guard = db.lock();
+            let current = db.lease(shard)?;
+            let epoch = match &current {
+                Some(l) if l.owner == owner => l.epoch,
+                Some(l) if l.expires_ms > now => return Ok(None),
+                Some(l) => l.epoch + 1,
+                None => 1,
+            };
+            let lease = Lease { shard, owner, epoch, expires_ms: now + ttl_ms };
+            db.put_lease(&lease)?;
+            Ok(Some(lease))
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        tenant: &TenantId,
+        lease: &Lease,
+        ttl_ms: i64,
+        now: TimestampMs,
+    ) -> Result<Option<Lease>, StoreError> {
+        let held = lease.clone();
+        self.blocking(tenant, move |db| {
+            let _guard = db.lock();
+            match db.lease(held.shard)? {
+                Some(l) if l.owner == held.owner && l.epoch == held.epoch => {
+                    let renewed = Lease { expires_ms: now + ttl_ms, ..l };
+                    db.put_lease(&renewed)?;
+                    Ok(Some(renewed))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn release_lease(&self, tenant: &TenantId, lease: &Lease) -> Result<(), StoreError> {
+        let held = lease.clone();
+        self.blocking(tenant, move |db| {
+            let _guard = db.lock();
+            match db.lease(held.shard)? {
+                // Keep the epoch so the next owner's is higher; only the expiry goes.
+                Some(l) if l.owner == held.owner && l.epoch == held.epoch => {
+                    db.put_lease(&Lease { expires_ms: i64::MIN, ..l })
+                }
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn lease(&self, tenant: &TenantId, shard: ShardId) -> Result<Option<Lease>, StoreError> {
+        self.blocking(tenant, move |db| db.lease(shard)).await
+    }
+
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        stories: &[Story],
+        now: TimestampMs,
+    ) -> Result<(), StoreError> {
+        if stories.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, u32, Vec<u8>)> = stories
+            .iter()
+            .map(|s| {
+                let v = StoryValue {
+                    published_ms: now,
+                    kind: s.kind.clone(),
+                    event_ids: s.event_ids.clone(),
+                    first_seen: s.first_seen,
+                    last_seen: s.last_seen,
+                    fields: s.fields.get().to_string(),
+                };
+                (s.id.clone(), s.revision, encode(&v))
+            })
+            .collect();
+        self.blocking(tenant, move |db| {
+            let _guard = db.lock();
+            let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
+            for (id, revision, value) in rows {
+                let mut key = Vec::with_capacity(id.len() + 5);
+                key.extend_from_slice(id.as_bytes());
+                key.push(0);
+                key.extend_from_slice(&revision.to_be_bytes());
+                batch.insert(&db.stories, key, value);
+                let newer = match db.latest.get(id.as_bytes()).map_err(backend)? {
+                    Some(v) => {
+                        u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4])) < revision
+                    }
+                    None => true,
+                };
+                if newer {
+                    batch.insert(&db.latest, id.as_bytes(), revision.to_be_bytes());
+                }
+            }
+            batch.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn stories(
+        &self,
+        tenant: &TenantId,
+        all_revisions: bool,
+    ) -> Result<Vec<StoredStory>, StoreError> {
+        self.blocking(tenant, move |db| {
+            let mut out: Vec<StoredStory> = Vec::new();
+            for guard in db.stories.iter() {
+                let (key, value) = guard.into_inner().map_err(backend)?;
+                let split =
+                    key.len().checked_sub(5).ok_or_else(|| corrupt("stories", "short key"))?;
+                let id = std::str::from_utf8(&key[..split]).map_err(|e| corrupt("stories", e))?;
+                let revision = u32::from_be_bytes(
+                    key[split + 1..].try_into().map_err(|_| corrupt("stories", "bad revision"))?,
+                );
+                let v: StoryValue =
+                    postcard::from_bytes(&value).map_err(|e| corrupt("stories", e))?;
+                let fields = RawValue::from_string(v.fields).map_err(|e| corrupt("stories", e))?;
+                let stored = StoredStory {
+                    story: Story {
+                        id: id.to_string(),
+                        revision,
+                        kind: v.kind,
+                        event_ids: v.event_ids,
+                        first_seen: v.first_seen,
+                        last_seen: v.last_seen,
+                        fields,
+                    },
+                    published_ms: v.published_ms,
+                };
+                // Keys are ordered by id then revision: the last of an id is its latest.
+                match out.last_mut() {
+                    Some(prev) if !all_revisions && prev.story.id == stored.story.id => {
+                        *prev = stored
+                    }
+                    _ => out.push(stored),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_dead_letter(
+        &self,
+        tenant: &TenantId,
+        letter: &DeadLetter,
+    ) -> Result<(), StoreError> {
+        let key = partition_key(letter.shard, letter.bucket);
+        let value = encode(&DeadValue {
+            plugin: letter.plugin.clone(),
+            reason: letter.reason.clone(),
+            attempts: letter.attempts,
+            at_ms: letter.at_ms,
+        });
+        self.blocking(tenant, move |db| {
+            let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
+            batch.insert(&db.dead, key, value);
+            batch.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, tenant: &TenantId) -> Result<Vec<DeadLetter>, StoreError> {
+        self.blocking(tenant, |db| {
+            let mut out = Vec::new();
+            for guard in db.dead.iter() {
+                let (key, value) = guard.into_inner().map_err(backend)?;
+                let shard = ShardId(u32::from_be_bytes(
+                    key.get(..4)
+                        .and_then(|k| k.try_into().ok())
+                        .ok_or_else(|| corrupt("dead", "short key"))?,
+                ));
+                let bucket = bucket_from(key.get(4..).unwrap_or_default())
+                    .ok_or_else(|| corrupt("dead", "short key"))?;
+                let v: DeadValue = postcard::from_bytes(&value).map_err(|e| corrupt("dead", e))?;
+                out.push(DeadLetter {
+                    shard,
+                    bucket,
+                    plugin: v.plugin,
+                    reason: v.reason,
+                    attempts: v.attempts,
+                    at_ms: v.at_ms,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

@@ -1,0 +1,259 @@
+//! Where events, offsets, leases, stories and dead letters live: one trait, [`Store`], holding
+//! exactly what the loop needs, with an embedded implementation ([`embedded`], the default).
+//!
+//! The shape follows "ScyllaDB as the queue": events are written only into partitions keyed by
+//! `(shard, insert-time bucket)` with the event id as clustering key; a worker keeps, per shard,
+//! the last bucket it consumed (the offset) together with its plugin's state, and moves it only
+//! forward, under a lease whose epoch fences out a worker that lost the shard.
+
+pub mod embedded;
+
+use std::future::Future;
+
+use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
+
+/// An event ready to be stored: the producer has chosen its shard and bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The shard its routing key maps to.
+    pub shard: ShardId,
+    /// The insert-time bucket.
+    pub bucket: BucketStart,
+    /// The event, with `insert_time` set.
+    pub event: Event,
+}
+
+/// What a worker committed for a shard: the last bucket consumed, and the plugin state that
+/// goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Every bucket up to and including this one has been processed and its stories published.
+    pub bucket: BucketStart,
+    /// The plugin's snapshot after that bucket.
+    pub state: Vec<u8>,
+    /// The lease epoch under which it was committed.
+    pub epoch: u64,
+}
+
+/// A worker's claim on a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The shard.
+    pub shard: ShardId,
+    /// Who holds it (`host:pid` by default).
+    pub owner: String,
+    /// Incremented at every change of owner: the fencing token of commits.
+    pub epoch: u64,
+    /// When it lapses unless renewed, epoch ms.
+    pub expires_ms: TimestampMs,
+}
+
+/// A published story, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredStory {
+    /// The story.
+    pub story: Story,
+    /// When this revision was published, epoch ms.
+    pub published_ms: TimestampMs,
+}
+
+/// A bucket a plugin could not process, kept for replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The shard.
+    pub shard: ShardId,
+    /// The bucket.
+    pub bucket: BucketStart,
+    /// The plugin (name and hash) that failed.
+    pub plugin: String,
+    /// Why, as the error said it.
+    pub reason: String,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// When it was recorded, epoch ms.
+    pub at_ms: TimestampMs,
+}
+
+/// How a tenant's stream is cut; fixed when the tenant's first event is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Number of shards.
+    pub shards: u32,
+    /// Bucket length, ms.
+    pub bucket_ms: i64,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout { shards: 4, bucket_ms: 1000 }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine or the cluster failed; nothing of the operation was applied.
+    #[error("store {backend}: {message}")]
+    Backend {
+        /// `embedded` or `scylla`.
+        backend: &'static str,
+        /// What failed, with the engine's message.
+        message: String,
+    },
+    /// A commit under a lease epoch that is no longer current: another worker owns the shard.
+    #[error(
+        "tenant {tenant}, shard {shard}: commit refused, the lease moved to epoch {current} (this worker held epoch {held}); the shard belongs to another worker now"
+    )]
+    Fenced {
+        /// The tenant.
+        tenant: TenantId,
+        /// The shard.
+        shard: ShardId,
+        /// The epoch the committer held.
+        held: u64,
+        /// The epoch now current.
+        current: u64,
+    },
+    /// A write that does not fit the tenant's layout.
+    #[error("tenant {tenant}: {message}")]
+    Layout {
+        /// The tenant.
+        tenant: TenantId,
+        /// What does not fit and what to do.
+        message: String,
+    },
+    /// Stored data that cannot be decoded.
+    #[error("store {backend}: corrupt record in {what}: {message}")]
+    Corrupt {
+        /// `embedded` or `scylla`.
+        backend: &'static str,
+        /// Which table or keyspace.
+        what: &'static str,
+        /// The decoder's message.
+        message: String,
+    },
+}
+
+/// What the loop needs from storage. Every method is about one tenant; tenants never share
+/// data. Writes are durable when the future resolves `Ok`.
+pub trait Store: Send + Sync + 'static {
+    /// The tenant's layout, or `None` before its first event.
+    fn layout(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Option<Layout>, StoreError>> + Send;
+
+    /// Appends events atomically: all are durable, or none is. Fails with
+    /// [`StoreError::Layout`] if `layout` differs from the tenant's.
+    fn append(
+        &self,
+        tenant: &TenantId,
+        layout: Layout,
+        events: &[NewEvent],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The first non-empty bucket of `shard` after `after` (from the start when `None`).
+    /// Empty buckets cost nothing: the store keeps an index of non-empty ones.
+    fn next_bucket(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        after: Option<BucketStart>,
+    ) -> impl Future<Output = Result<Option<BucketStart>, StoreError>> + Send;
+
+    /// Every event of one `(shard, bucket)` partition, in event-id order.
+    fn read_bucket(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        bucket: BucketStart,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// Events written to `shard` in buckets after `after`: the lag in events.
+    fn pending_events(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        after: Option<BucketStart>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The shard's last commit.
+    fn load_checkpoint(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> impl Future<Output = Result<Option<Checkpoint>, StoreError>> + Send;
+
+    /// Moves the shard's offset to `bucket` with the plugin state (`None`: unchanged since the
+    /// last commit), only if `lease` is still current; otherwise [`StoreError::Fenced`].
+    fn commit(
+        &self,
+        tenant: &TenantId,
+        lease: &Lease,
+        bucket: BucketStart,
+        state: Option<&[u8]>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes the shard for `owner` until `now + ttl_ms` if it is free, expired or already
+    /// `owner`'s. A change of owner increments the epoch. `None`: someone else holds it.
+    fn acquire_lease(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        owner: &str,
+        ttl_ms: i64,
+        now: TimestampMs,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
+
+    /// Extends a held lease; `None` if it was lost (expired and taken, or released).
+    fn renew_lease(
+        &self,
+        tenant: &TenantId,
+        lease: &Lease,
+        ttl_ms: i64,
+        now: TimestampMs,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
+
+    /// Gives a lease up so another worker can take the shard at once.
+    fn release_lease(
+        &self,
+        tenant: &TenantId,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The current lease of a shard, if any (for status).
+    fn lease(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
+
+    /// Publishes stories. Idempotent: publishing the same `(id, revision)` again overwrites it.
+    fn publish(
+        &self,
+        tenant: &TenantId,
+        stories: &[Story],
+        now: TimestampMs,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Published stories: the latest revision of each (or every revision), ordered by id and
+    /// revision.
+    fn stories(
+        &self,
+        tenant: &TenantId,
+        all_revisions: bool,
+    ) -> impl Future<Output = Result<Vec<StoredStory>, StoreError>> + Send;
+
+    /// Records a bucket that could not be processed (overwrites the record of the same bucket).
+    fn put_dead_letter(
+        &self,
+        tenant: &TenantId,
+        letter: &DeadLetter,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Dead letters, by shard and bucket.
+    fn dead_letters(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, StoreError>> + Send;
+}

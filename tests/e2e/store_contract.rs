@@ -1,0 +1,248 @@
+//! One contract for every store: the embedded store always; others when configured (see
+//! `scylla` below).
+
+use storyline::model::{BucketStart, Event, ShardId, Story, TenantId};
+use storyline::store::{DeadLetter, Layout, NewEvent, Store, StoreError};
+
+fn event(id: &str, t: i64) -> Event {
+    Event {
+        id: id.into(),
+        source: "fw-1".into(),
+        kind: "flow".into(),
+        event_time: t,
+        insert_time: t + 5,
+        attributes: vec![("site".into(), "paris".into())],
+        payload: format!(r#"{{"n":"{id}"}}"#).into_bytes(),
+    }
+}
+
+fn new_event(shard: u32, bucket: i64, id: &str) -> NewEvent {
+    NewEvent { shard: ShardId(shard), bucket: BucketStart(bucket), event: event(id, bucket) }
+}
+
+fn story(id: &str, revision: u32, events: &[&str]) -> Story {
+    Story::from(storyline_sdk::Story {
+        id: id.into(),
+        revision,
+        kind: "k".into(),
+        event_ids: events.iter().map(|e| e.to_string()).collect(),
+        first_seen: 1,
+        last_seen: 2,
+        fields: serde_json::from_str(r#"{"a":1}"#).unwrap(),
+    })
+}
+
+const LAYOUT: Layout = Layout { shards: 4, bucket_ms: 1000 };
+
+pub async fn appended_events_read_back_by_partition_in_id_order(s: &impl Store, t: &TenantId) {
+    let events = [
+        new_event(1, 2000, "c"),
+        new_event(1, 2000, "a"),
+        new_event(1, 3000, "b"),
+        new_event(2, 2000, "d"),
+    ];
+    s.append(t, LAYOUT, &events).await.unwrap();
+    let read = s.read_bucket(t, ShardId(1), BucketStart(2000)).await.unwrap();
+    assert_eq!(read.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+    assert_eq!(read[0], event("a", 2000));
+    assert!(s.read_bucket(t, ShardId(3), BucketStart(2000)).await.unwrap().is_empty());
+    assert_eq!(s.layout(t).await.unwrap(), Some(LAYOUT));
+}
+
+pub async fn next_bucket_walks_non_empty_buckets_only(s: &impl Store, t: &TenantId) {
+    let events = [new_event(0, 1000, "a"), new_event(0, 5_000_000, "b"), new_event(1, 2000, "c")];
+    s.append(t, LAYOUT, &events).await.unwrap();
+    let sh = ShardId(0);
+    assert_eq!(s.next_bucket(t, sh, None).await.unwrap(), Some(BucketStart(1000)));
+    assert_eq!(
+        s.next_bucket(t, sh, Some(BucketStart(1000))).await.unwrap(),
+        Some(BucketStart(5_000_000))
+    );
+    assert_eq!(s.next_bucket(t, sh, Some(BucketStart(5_000_000))).await.unwrap(), None);
+    assert_eq!(s.pending_events(t, sh, None).await.unwrap(), 2);
+    assert_eq!(s.pending_events(t, sh, Some(BucketStart(1000))).await.unwrap(), 1);
+    // Negative bucket starts (before 1970) sort before positive ones.
+    s.append(t, LAYOUT, &[new_event(0, -5000, "z")]).await.unwrap();
+    assert_eq!(s.next_bucket(t, sh, None).await.unwrap(), Some(BucketStart(-5000)));
+}
+
+pub async fn a_write_with_another_layout_is_refused_and_changes_nothing(
+    s: &impl Store,
+    t: &TenantId,
+) {
+    s.append(t, LAYOUT, &[new_event(0, 1000, "a")]).await.unwrap();
+    let other = Layout { shards: 8, bucket_ms: 1000 };
+    let err = s.append(t, other, &[new_event(0, 1000, "b")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Layout { .. }), "got {err:?}");
+    assert!(err.to_string().contains("created with 4 shards"), "{err}");
+    let read = s.read_bucket(t, ShardId(0), BucketStart(1000)).await.unwrap();
+    assert_eq!(read.len(), 1);
+    let err = s.append(t, LAYOUT, &[new_event(9, 1000, "c")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Layout { .. }), "got {err:?}");
+}
+
+pub async fn checkpoints_keep_offset_and_state_together(s: &impl Store, t: &TenantId) {
+    let sh = ShardId(2);
+    assert_eq!(s.load_checkpoint(t, sh).await.unwrap(), None);
+    let lease = s.acquire_lease(t, sh, "w1", 10_000, 0).await.unwrap().unwrap();
+    s.commit(t, &lease, BucketStart(1000), Some(b"state-1")).await.unwrap();
+    let cp = s.load_checkpoint(t, sh).await.unwrap().unwrap();
+    assert_eq!(
+        (cp.bucket, cp.state.as_slice(), cp.epoch),
+        (BucketStart(1000), &b"state-1"[..], lease.epoch)
+    );
+    // An unchanged state is not rewritten, and is still there.
+    s.commit(t, &lease, BucketStart(2000), None).await.unwrap();
+    let cp = s.load_checkpoint(t, sh).await.unwrap().unwrap();
+    assert_eq!((cp.bucket, cp.state.as_slice()), (BucketStart(2000), &b"state-1"[..]));
+}
+
+pub async fn leases_exclude_other_owners_until_they_expire(s: &impl Store, t: &TenantId) {
+    let sh = ShardId(0);
+    let a = s.acquire_lease(t, sh, "a", 1000, 0).await.unwrap().unwrap();
+    assert_eq!(s.acquire_lease(t, sh, "b", 1000, 500).await.unwrap(), None);
+    let a2 = s.renew_lease(t, &a, 1000, 900).await.unwrap().unwrap();
+    assert_eq!((a2.epoch, a2.expires_ms), (a.epoch, 1900));
+    assert_eq!(s.acquire_lease(t, sh, "b", 1000, 1500).await.unwrap(), None);
+    let b = s.acquire_lease(t, sh, "b", 1000, 2000).await.unwrap().unwrap();
+    assert!(b.epoch > a.epoch, "a new owner gets a higher epoch");
+    assert_eq!(
+        s.renew_lease(t, &a2, 1000, 2100).await.unwrap(),
+        None,
+        "a lost lease cannot be renewed"
+    );
+    assert_eq!(s.lease(t, sh).await.unwrap().unwrap().owner, "b");
+    s.release_lease(t, &b).await.unwrap();
+    let c = s.acquire_lease(t, sh, "c", 1000, 2200).await.unwrap().unwrap();
+    assert!(c.epoch > b.epoch);
+}
+
+pub async fn a_commit_under_a_stale_epoch_is_fenced(s: &impl Store, t: &TenantId) {
+    let sh = ShardId(1);
+    let old = s.acquire_lease(t, sh, "stalled", 1000, 0).await.unwrap().unwrap();
+    s.commit(t, &old, BucketStart(1000), Some(b"old")).await.unwrap();
+    let new = s.acquire_lease(t, sh, "fresh", 1000, 5000).await.unwrap().unwrap();
+    s.commit(t, &new, BucketStart(2000), Some(b"new")).await.unwrap();
+    let err = s.commit(t, &old, BucketStart(3000), Some(b"stale")).await.unwrap_err();
+    match err {
+        StoreError::Fenced { held, current, .. } => {
+            assert_eq!((held, current), (old.epoch, new.epoch))
+        }
+        other => panic!("expected fenced, got {other:?}"),
+    }
+    let cp = s.load_checkpoint(t, sh).await.unwrap().unwrap();
+    assert_eq!((cp.bucket, cp.state.as_slice()), (BucketStart(2000), &b"new"[..]));
+}
+
+pub async fn publishing_is_idempotent_and_latest_revision_wins(s: &impl Store, t: &TenantId) {
+    s.publish(t, &[story("s1", 0, &["a"]), story("s2", 0, &["b"])], 10).await.unwrap();
+    s.publish(t, &[story("s1", 1, &["a", "c"])], 20).await.unwrap();
+    // Re-publishing after a crash overwrites with the same content.
+    s.publish(t, &[story("s1", 0, &["a"]), story("s1", 1, &["a", "c"])], 30).await.unwrap();
+    let latest = s.stories(t, false).await.unwrap();
+    let summary: Vec<(&str, u32, usize)> = latest
+        .iter()
+        .map(|s| (s.story.id.as_str(), s.story.revision, s.story.event_ids.len()))
+        .collect();
+    assert_eq!(summary, [("s1", 1, 2), ("s2", 0, 1)]);
+    assert_eq!(latest[0].story, story("s1", 1, &["a", "c"]));
+    assert_eq!(s.stories(t, true).await.unwrap().len(), 3);
+}
+
+pub async fn dead_letters_are_kept_per_bucket(s: &impl Store, t: &TenantId) {
+    let mut letter = DeadLetter {
+        shard: ShardId(3),
+        bucket: BucketStart(7000),
+        plugin: "p@abc".into(),
+        reason: "plugin trapped".into(),
+        attempts: 1,
+        at_ms: 99,
+    };
+    s.put_dead_letter(t, &letter).await.unwrap();
+    letter.attempts = 3;
+    s.put_dead_letter(t, &letter).await.unwrap();
+    assert_eq!(s.dead_letters(t).await.unwrap(), vec![letter]);
+}
+
+pub async fn tenants_do_not_see_each_other(s: &impl Store, a: &TenantId, b: &TenantId) {
+    s.append(a, LAYOUT, &[new_event(0, 1000, "x")]).await.unwrap();
+    s.publish(a, &[story("s", 0, &["x"])], 1).await.unwrap();
+    assert_eq!(s.next_bucket(b, ShardId(0), None).await.unwrap(), None);
+    assert!(s.stories(b, true).await.unwrap().is_empty());
+    assert_eq!(s.layout(b).await.unwrap(), None);
+}
+
+/// Instantiates every contract test for one store. `$make` is an async expression giving a
+/// fresh store (tests run concurrently; each gets its own tenants).
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some((store, _guard)) = fresh_store(stringify!($name)).await else { return };
+                let t = storyline::model::TenantId::new("acme").unwrap();
+                crate::store_contract::$name(&store, &t).await;
+            }
+        )*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn tenants_do_not_see_each_other() {
+            let Some((store, _guard)) = fresh_store("isolation").await else { return };
+            let a = storyline::model::TenantId::new("acme").unwrap();
+            let b = storyline::model::TenantId::new("globex").unwrap();
+            crate::store_contract::tenants_do_not_see_each_other(&store, &a, &b).await;
+        }
+    };
+}
+
+macro_rules! all_contract_tests {
+    () => {
+        contract_tests!(
+            appended_events_read_back_by_partition_in_id_order,
+            next_bucket_walks_non_empty_buckets_only,
+            a_write_with_another_layout_is_refused_and_changes_nothing,
+            checkpoints_keep_offset_and_state_together,
+            leases_exclude_other_owners_until_they_expire,
+            a_commit_under_a_stale_epoch_is_fenced,
+            publishing_is_idempotent_and_latest_revision_wins,
+            dead_letters_are_kept_per_bucket,
+        );
+    };
+}
+
+mod embedded {
+    use storyline::store::embedded::EmbeddedStore;
+
+    use crate::support::Scratch;
+
+    async fn fresh_store(name: &str) -> Option<(EmbeddedStore, Scratch)> {
+        let scratch = Scratch::new(&format!("store-{name}"));
+        Some((EmbeddedStore::new(scratch.path("data")), scratch))
+    }
+
+    all_contract_tests!();
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledged_writes_survive_reopening_the_directory() {
+        use storyline::store::Store;
+        let scratch = crate::support::Scratch::new("store-reopen");
+        let t = storyline::model::TenantId::new("acme").unwrap();
+        {
+            let s = EmbeddedStore::new(scratch.path("data"));
+            s.append(&t, super::LAYOUT, &[super::new_event(0, 1000, "a")]).await.unwrap();
+            let lease = s
+                .acquire_lease(&t, storyline::model::ShardId(0), "w", 1000, 0)
+                .await
+                .unwrap()
+                .unwrap();
+            s.commit(&t, &lease, storyline::model::BucketStart(1000), Some(b"st")).await.unwrap();
+        }
+        let s = EmbeddedStore::new(scratch.path("data"));
+        let events = s
+            .read_bucket(&t, storyline::model::ShardId(0), storyline::model::BucketStart(1000))
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        let cp = s.load_checkpoint(&t, storyline::model::ShardId(0)).await.unwrap().unwrap();
+        assert_eq!(cp.state, b"st");
+    }
+}
