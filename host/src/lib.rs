@@ -9,6 +9,8 @@
 //!   cache, per-tenant instances, limits, the sandbox. Knows nothing of stores or shards.
 //! - [`store`]: the [`store::Store`] trait (events by shard and bucket, offsets with plugin
 //!   state, leases, stories, dead letters) and its embedded implementation.
+//! - [`producer`]: validation, shard choice by routing key, insert-time buckets, batches.
+//! - [`worker`]: the per-shard loop: lease, offset, wait, read, plugin, publish, commit.
 //! - [`generate`]: a realistic multi-sensor event stream with ground truth (demo, tests, benches).
 //! - [`cli`]: the `storyline` command line; parses arguments and calls the modules above.
 
@@ -16,4 +18,6 @@ pub mod cli;
 pub mod generate;
 pub mod model;
 pub mod plugin;
+pub mod producer;
 pub mod store;
+pub mod worker;

@@ -1,11 +1,18 @@
 //! The `storyline` command line. Each subcommand lives in its own module; this one holds the
 //! argument definitions and the dispatch.
 
+mod generate_cmd;
+mod ingest_cmd;
 mod plugin_cmd;
+mod run_cmd;
+mod stories_cmd;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+use crate::model::TenantId;
 
 /// Turns events from many sensors into stories, with per-tenant correlation rules as Wasm
 /// components.
@@ -16,7 +23,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "STORYLINE_DATA_DIR", default_value = "./storyline-data")]
     pub data_dir: PathBuf,
 
-    /// Plugin directory: a tenant's plugins live in DIR/<tenant>/*.wasm.
+    /// Plugin directory: a tenant's plugin lives in DIR/<tenant>/<name>.wasm, with an optional
+    /// DIR/<tenant>/<name>.json beside it passed to the plugin's init.
     #[arg(long, global = true, env = "STORYLINE_PLUGIN_DIR", default_value = "./plugins")]
     pub plugin_dir: PathBuf,
 
@@ -32,6 +40,74 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Read event JSONL (a file or stdin), validate it and write it to the store.
+    Ingest {
+        /// The tenant the events belong to.
+        #[arg(long)]
+        tenant: String,
+        /// Events file; `-` or nothing for stdin.
+        file: Option<PathBuf>,
+        /// Shards of a new tenant (an existing tenant keeps its own).
+        #[arg(long)]
+        shards: Option<u32>,
+        /// Bucket length of a new tenant, ms (an existing tenant keeps its own).
+        #[arg(long)]
+        bucket_ms: Option<i64>,
+        /// Events per durable batch.
+        #[arg(long, default_value_t = crate::producer::DEFAULT_BATCH)]
+        batch: usize,
+    },
+    /// Run the workers: every shard of every tenant in the plugin directory (or of --tenant).
+    Run {
+        /// Only these tenants (repeatable).
+        #[arg(long)]
+        tenant: Vec<String>,
+        /// Read a bucket once it ended this many ms ago.
+        #[arg(long, default_value_t = 2000)]
+        delay_ms: i64,
+        /// Stop (exit 0) once caught up and idle for a bucket, after draining open sessions.
+        #[arg(long)]
+        exit_when_idle: bool,
+        /// Also write stories as JSONL to this file (`-` for stdout).
+        #[arg(long)]
+        stories_out: Option<PathBuf>,
+    },
+    /// Print published stories as JSONL: the latest revision of each.
+    Stories {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Every revision, not only the latest.
+        #[arg(long)]
+        all: bool,
+        /// Keep printing stories as they are published.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Show per shard: owner, committed bucket, lag, dead letters.
+    Status {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Print a realistic multi-sensor event stream (JSONL) with skew, reversals and late events.
+    Generate {
+        /// Number of network sessions (about 4 events each).
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Seed: the same seed gives the same stream.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Share of HTTP/TLS logs that arrive 1 to 8 minutes late.
+        #[arg(long, default_value_t = 0.05)]
+        late_share: f64,
+        /// Largest sensor clock skew, ms.
+        #[arg(long, default_value_t = 20_000)]
+        max_skew_ms: i64,
+        /// Mean time between session starts, ms.
+        #[arg(long, default_value_t = 50)]
+        interval_ms: i64,
+    },
     /// Check or try out a plugin component.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -71,8 +147,22 @@ pub enum PluginCommand {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(&cli.log);
+    let dirs = Dirs { data: cli.data_dir, plugins: cli.plugin_dir };
     match cli.command {
-        Command::Plugin(PluginCommand::Check { file }) => plugin_cmd::check(&cli.data_dir, &file),
+        Command::Ingest { tenant, file, shards, bucket_ms, batch } => {
+            ingest_cmd::ingest(&dirs, &tenant, file.as_deref(), shards, bucket_ms, batch)
+        }
+        Command::Run { tenant, delay_ms, exit_when_idle, stories_out } => {
+            run_cmd::run(&dirs, &tenant, delay_ms, exit_when_idle, stories_out.as_deref())
+        }
+        Command::Stories { tenant, all, follow } => {
+            stories_cmd::stories(&dirs, &tenant, all, follow)
+        }
+        Command::Status { tenant } => stories_cmd::status(&dirs, &tenant),
+        Command::Generate { sessions, seed, late_share, max_skew_ms, interval_ms } => {
+            generate_cmd::generate(sessions, seed, late_share, max_skew_ms, interval_ms)
+        }
+        Command::Plugin(PluginCommand::Check { file }) => plugin_cmd::check(&dirs.data, &file),
         Command::Plugin(PluginCommand::Test {
             file,
             events,
@@ -80,15 +170,89 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             tenant,
             latest,
-        }) => plugin_cmd::test(&cli.data_dir, &file, &events, bucket_ms, &config, &tenant, latest),
+        }) => plugin_cmd::test(&dirs.data, &file, &events, bucket_ms, &config, &tenant, latest),
     }
 }
 
+/// The directories every command works in.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// `--data-dir`.
+    pub data: PathBuf,
+    /// `--plugin-dir`.
+    pub plugins: PathBuf,
+}
+
+impl Dirs {
+    /// The compiled-component cache.
+    pub fn cache(&self) -> PathBuf {
+        self.data.join("cache").join("components")
+    }
+
+    /// The tenant's plugin file and its configuration (`{}` when it has no `.json` beside it),
+    /// or `None` when the tenant has no plugin directory or no `.wasm` in it.
+    pub fn tenant_plugin(&self, tenant: &TenantId) -> anyhow::Result<Option<(PathBuf, String)>> {
+        let dir = self.plugins.join(tenant.as_str());
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(None) };
+        let mut wasm: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        wasm.sort();
+        let Some(path) = wasm.into_iter().next() else { return Ok(None) };
+        let config_path = path.with_extension("json");
+        let config = if config_path.exists() {
+            std::fs::read_to_string(&config_path).with_context(|| {
+                format!("cannot read plugin configuration {}", config_path.display())
+            })?
+        } else {
+            "{}".to_string()
+        };
+        Ok(Some((path, config)))
+    }
+
+    /// Tenants that have a directory in the plugin directory.
+    pub fn tenants(&self) -> anyhow::Result<Vec<TenantId>> {
+        let entries = std::fs::read_dir(&self.plugins)
+            .with_context(|| format!("cannot read plugin directory {}", self.plugins.display()))?;
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                match TenantId::new(&name) {
+                    Ok(t) => out.push(t),
+                    Err(err) => tracing::warn!("skipping {}: {err}", e.path().display()),
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// A runtime for commands that talk to a store.
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn tenant_arg(name: &str) -> anyhow::Result<TenantId> {
+    Ok(TenantId::new(name)?)
+}
+
+fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
 fn init_logging(filter: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // A second initialisation (tests running several commands in one process) is harmless.
-    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

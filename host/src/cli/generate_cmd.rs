@@ -1,0 +1,37 @@
+//! `storyline generate`.
+
+use std::io::Write;
+
+use crate::generate::{GenConfig, generate as gen_stream};
+use crate::producer::now_ms;
+
+/// Prints a generated stream whose sessions end about now.
+pub fn generate(
+    sessions: usize,
+    seed: u64,
+    late_share: f64,
+    max_skew_ms: i64,
+    interval_ms: i64,
+) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&late_share) {
+        anyhow::bail!("--late-share must be between 0 and 1, got {late_share}");
+    }
+    let interval_ms = interval_ms.max(1);
+    let span = sessions as i64 * interval_ms;
+    let config = GenConfig {
+        sessions,
+        start_ms: now_ms() - span - 120_000,
+        interval_ms,
+        max_skew_ms: max_skew_ms.max(0),
+        late_share,
+        seed,
+        ..GenConfig::default()
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for e in gen_stream(&config) {
+        out.write_all(e.line.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}

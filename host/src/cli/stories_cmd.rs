@@ -1,0 +1,82 @@
+//! `storyline stories` and `storyline status`.
+
+use std::collections::HashSet;
+use std::io::Write;
+
+use super::{Dirs, tenant_arg, tokio_runtime};
+use crate::model::ShardId;
+use crate::producer::now_ms;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use storyline_sdk::format::format_rfc3339;
+
+/// Prints the tenant's published stories.
+pub fn stories(dirs: &Dirs, tenant: &str, all: bool, follow: bool) -> anyhow::Result<()> {
+    let tenant = tenant_arg(tenant)?;
+    let rt = tokio_runtime()?;
+    let store = EmbeddedStore::new(&dirs.data);
+    let mut printed: HashSet<(String, u32)> = HashSet::new();
+    loop {
+        let stories = rt.block_on(store.stories(&tenant, all || follow))?;
+        let mut out = std::io::stdout().lock();
+        for s in stories {
+            if printed.insert((s.story.id.clone(), s.story.revision)) {
+                out.write_all(s.story.to_json().as_bytes())?;
+                out.write_all(b"\n")?;
+            }
+        }
+        out.flush()?;
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Prints the tenant's shards: owner, committed bucket, lag, dead letters.
+pub fn status(dirs: &Dirs, tenant: &str) -> anyhow::Result<()> {
+    let tenant = tenant_arg(tenant)?;
+    let rt = tokio_runtime()?;
+    let store = EmbeddedStore::new(&dirs.data);
+    let Some(layout) = rt.block_on(store.layout(&tenant))? else {
+        anyhow::bail!("tenant {tenant} has no events in {}", dirs.data.display());
+    };
+    let dead = rt.block_on(store.dead_letters(&tenant))?;
+    let now = now_ms();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "tenant {tenant}: {} shards, {} ms buckets", layout.shards, layout.bucket_ms)?;
+    writeln!(
+        out,
+        "{:<6} {:<28} {:<25} {:>10} {:>12}  last error",
+        "shard", "owner (epoch)", "committed bucket", "lag s", "lag events"
+    )?;
+    for shard in (0..layout.shards).map(ShardId) {
+        let lease = rt.block_on(store.lease(&tenant, shard))?;
+        let cp = rt.block_on(store.load_checkpoint(&tenant, shard))?;
+        let offset = cp.as_ref().map(|c| c.bucket);
+        let pending = rt.block_on(store.pending_events(&tenant, shard, offset))?;
+        let oldest = rt.block_on(store.next_bucket(&tenant, shard, offset))?;
+        // Lag: how old the oldest unconsumed bucket is; 0 when nothing waits.
+        let lag_s = oldest.map_or(0.0, |b| (now - b.0 - layout.bucket_ms).max(0) as f64 / 1000.0);
+        let owner = match lease {
+            Some(l) if l.expires_ms > now => format!("{} ({})", l.owner, l.epoch),
+            Some(l) => format!("free ({})", l.epoch),
+            None => "free".into(),
+        };
+        let committed = offset.map_or("-".to_string(), |b| format_rfc3339(b.0));
+        let last_error = dead
+            .iter()
+            .filter(|d| d.shard == shard)
+            .max_by_key(|d| d.at_ms)
+            .map_or(String::new(), |d| {
+                format!("dead letter {}: {}", format_rfc3339(d.bucket.0), d.reason)
+            });
+        writeln!(
+            out,
+            "{:<6} {:<28} {:<25} {:>10.1} {:>12}  {last_error}",
+            shard.0, owner, committed, lag_s, pending
+        )?;
+    }
+    writeln!(out, "dead letters: {}", dead.len())?;
+    Ok(())
+}

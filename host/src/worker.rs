@@ -1,0 +1,438 @@
+//! The worker loop, one per shard it can lease:
+//!
+//! lease → offset and plugin state → wait until the next non-empty bucket ends before
+//! `now - delay` → read the whole partition → plugin `process` → publish → commit (offset and
+//! state, fenced by the lease epoch).
+//!
+//! Each shard runs on its own OS thread: a guest that computes for a long time occupies that
+//! thread only (and is stopped by its deadline), never the async runtime that serves the store.
+//! Store calls are made through a runtime handle.
+//!
+//! When no bucket is pending the plugin still hears of time passing: every `tick_ms` it gets an
+//! empty bucket (the latest ready one) so that sessions seen by one sensor close on their
+//! timeout. That bucket is committed like any other.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+
+use crate::model::{Bucket, BucketStart, ShardId, Story, TenantId, TimestampMs};
+use crate::plugin::{CallError, Limits, Plugin, PluginInstance};
+use crate::producer::now_ms;
+use crate::store::{DeadLetter, Layout, Lease, Store, StoreError};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// A bucket is read once it ended this long ago, so producers with slightly late clocks are
+    /// not overtaken. Default 2 000 ms.
+    pub delay_ms: i64,
+    /// Sleep between polls when nothing is ready. Default 100 ms.
+    pub poll_ms: u64,
+    /// Lease lifetime; renewed at a third of it. Default 10 000 ms.
+    pub lease_ttl_ms: i64,
+    /// Time passes for the plugin at least this often when idle. Default 1 000 ms.
+    pub tick_ms: i64,
+    /// Stop when caught up and nothing new arrived for a bucket; drain the plugin first.
+    pub exit_when_idle: bool,
+    /// Lease owner name.
+    pub owner: String,
+    /// Plugin configuration given to `init`.
+    pub plugin_config: String,
+    /// Limits of each plugin call.
+    pub limits: Limits,
+    /// Attempts at a failing bucket before it is dead-lettered. Default 3.
+    pub attempts: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            delay_ms: 2000,
+            poll_ms: 100,
+            lease_ttl_ms: 10_000,
+            tick_ms: 1000,
+            exit_when_idle: false,
+            owner: format!("{}:{}", hostname(), std::process::id()),
+            plugin_config: "{}".into(),
+            limits: Limits::default(),
+            attempts: 3,
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "host".into())
+}
+
+/// Counters shared by the shard threads of a run.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Events handed to the plugin.
+    pub events: AtomicU64,
+    /// Buckets processed (including empty ticks).
+    pub buckets: AtomicU64,
+    /// Stories published (each revision counts).
+    pub stories: AtomicU64,
+    /// Buckets dead-lettered.
+    pub dead_letters: AtomicU64,
+}
+
+/// Where stories go besides the store.
+pub type StorySink = Arc<dyn Fn(&[Story]) + Send + Sync>;
+
+/// What the shards of a run share: an extra story sink, counters, and the stop flag.
+#[derive(Clone, Default)]
+#[allow(missing_debug_implementations)] // holds a closure
+pub struct Shared {
+    /// Extra destination for published stories (JSONL output).
+    pub sink: Option<StorySink>,
+    /// Counters.
+    pub progress: Arc<Progress>,
+    /// Set to stop every shard after its current bucket.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// Why a shard stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The plugin could not be set up for the shard (init or restore failed).
+    #[error(transparent)]
+    Plugin(#[from] CallError),
+    /// The tenant has no events yet, so no layout.
+    #[error("tenant {0} has no events yet; ingest some first (storyline ingest --tenant {0})")]
+    NoLayout(TenantId),
+}
+
+/// Runs every shard of `tenant` until `shutdown` is set (or, with `exit_when_idle`, until all
+/// shards are caught up). Returns when every shard thread has finished its current bucket,
+/// committed and released its lease.
+pub fn run_tenant<S: Store + Clone>(
+    handle: &Handle,
+    store: &S,
+    tenant: &TenantId,
+    plugin: &Plugin,
+    config: &WorkerConfig,
+    shared: &Shared,
+) -> Result<(), WorkerError> {
+    let layout = handle
+        .block_on(store.layout(tenant))?
+        .ok_or_else(|| WorkerError::NoLayout(tenant.clone()))?;
+    let mut threads = Vec::new();
+    for shard in 0..layout.shards {
+        let name = format!("shard-{tenant}-{shard}");
+        let worker = ShardWorker {
+            handle: handle.clone(),
+            store: store.clone(),
+            tenant: tenant.clone(),
+            shard: ShardId(shard),
+            layout,
+            plugin: plugin.clone(),
+            config: config.clone(),
+            sink: shared.sink.clone(),
+            progress: shared.progress.clone(),
+            shutdown: shared.shutdown.clone(),
+        };
+        let spawned = std::thread::Builder::new().name(name).spawn(move || worker.run());
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                return Err(WorkerError::Store(StoreError::Backend {
+                    backend: "worker",
+                    message: format!("cannot start a shard thread: {e}"),
+                }));
+            }
+        }
+    }
+    let mut first_error = None;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(%tenant, "shard stopped: {e}");
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert(WorkerError::Store(StoreError::Backend {
+                    backend: "worker",
+                    message: "a shard thread panicked".into(),
+                }));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// One shard's loop and everything it needs.
+struct ShardWorker<S> {
+    /// Runtime handle for store calls.
+    handle: Handle,
+    /// The store.
+    store: S,
+    /// The tenant.
+    tenant: TenantId,
+    /// The shard served.
+    shard: ShardId,
+    /// The tenant's layout (bucket length).
+    layout: Layout,
+    /// The plugin; this shard has its own instance of it.
+    plugin: Plugin,
+    /// Settings.
+    config: WorkerConfig,
+    /// Extra destination for stories.
+    sink: Option<StorySink>,
+    /// Shared counters.
+    progress: Arc<Progress>,
+    /// Set to stop after the current bucket.
+    shutdown: Arc<AtomicBool>,
+}
+
+/// The running state of a shard: lease, offset, plugin instance.
+struct Cursor {
+    /// The lease held; commits are fenced by its epoch.
+    lease: Lease,
+    /// The last committed bucket.
+    offset: Option<BucketStart>,
+    /// The plugin instance holding the shard's open sessions.
+    instance: PluginInstance,
+    /// Digest of the last committed state: an unchanged state is not rewritten.
+    state_digest: u64,
+    /// When the lease was last renewed.
+    renewed_at: TimestampMs,
+    /// When time last passed for the plugin.
+    last_tick: TimestampMs,
+}
+
+impl<S: Store> ShardWorker<S> {
+    fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.handle.block_on(f)
+    }
+
+    fn run(self) -> Result<(), WorkerError> {
+        let Some(mut cursor) = self.start()? else { return Ok(()) };
+        let result = self.serve(&mut cursor);
+        let released = self.block(self.store.release_lease(&self.tenant, &cursor.lease));
+        result?;
+        released?;
+        Ok(())
+    }
+
+    /// Takes the lease (waiting while another worker holds it), restores offset and state.
+    fn start(&self) -> Result<Option<Cursor>, WorkerError> {
+        let lease = loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let now = now_ms();
+            let got = self.block(self.store.acquire_lease(
+                &self.tenant,
+                self.shard,
+                &self.config.owner,
+                self.config.lease_ttl_ms,
+                now,
+            ))?;
+            match got {
+                Some(lease) => break lease,
+                None if self.config.exit_when_idle => return Ok(None),
+                None => std::thread::sleep(Duration::from_millis(self.config.poll_ms * 5)),
+            }
+        };
+        let checkpoint = self.block(self.store.load_checkpoint(&self.tenant, self.shard))?;
+        let mut instance = self.plugin.instantiate(
+            &self.tenant,
+            &self.config.plugin_config,
+            self.config.limits,
+        )?;
+        let (offset, state) = match checkpoint {
+            Some(cp) => (Some(cp.bucket), cp.state),
+            None => (None, Vec::new()),
+        };
+        if !state.is_empty() {
+            instance.restore(&state)?;
+        }
+        tracing::info!(tenant = %self.tenant, shard = %self.shard, epoch = lease.epoch, ?offset, "shard started");
+        let now = now_ms();
+        Ok(Some(Cursor {
+            lease,
+            offset,
+            instance,
+            state_digest: digest(&state),
+            renewed_at: now,
+            last_tick: now,
+        }))
+    }
+
+    fn serve(&self, c: &mut Cursor) -> Result<(), WorkerError> {
+        let bucket_ms = self.layout.bucket_ms;
+        let mut idle_since: Option<TimestampMs> = None;
+        loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let now = now_ms();
+            if now - c.renewed_at >= self.config.lease_ttl_ms / 3 {
+                match self.block(self.store.renew_lease(
+                    &self.tenant,
+                    &c.lease,
+                    self.config.lease_ttl_ms,
+                    now,
+                ))? {
+                    Some(l) => {
+                        c.lease = l;
+                        c.renewed_at = now;
+                    }
+                    None => {
+                        tracing::warn!(tenant = %self.tenant, shard = %self.shard, "lease lost; stopping this shard");
+                        return Ok(());
+                    }
+                }
+            }
+            let ready_before = now - self.config.delay_ms;
+            match self.block(self.store.next_bucket(&self.tenant, self.shard, c.offset))? {
+                Some(b) if b.0 + bucket_ms <= ready_before => {
+                    idle_since = None;
+                    let events = self.block(self.store.read_bucket(&self.tenant, self.shard, b))?;
+                    self.process(c, b, events)?;
+                }
+                Some(b) => {
+                    idle_since = None;
+                    let wait =
+                        (b.0 + bucket_ms - ready_before).clamp(1, self.config.poll_ms as i64);
+                    std::thread::sleep(Duration::from_millis(wait as u64));
+                }
+                None => {
+                    // Let time pass for the plugin: process the latest ready bucket, empty.
+                    let latest_ready =
+                        BucketStart((ready_before.div_euclid(bucket_ms) - 1) * bucket_ms);
+                    if now - c.last_tick >= self.config.tick_ms
+                        && c.offset.is_none_or(|o| o < latest_ready)
+                    {
+                        self.process(c, latest_ready, Vec::new())?;
+                    }
+                    if self.config.exit_when_idle {
+                        let since = *idle_since.get_or_insert(now);
+                        if now - since >= bucket_ms + self.config.delay_ms {
+                            return self.drain(c);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(self.config.poll_ms));
+                }
+            }
+        }
+    }
+
+    /// Process → publish → commit one bucket. A bucket the plugin keeps failing on is
+    /// dead-lettered and the shard goes on.
+    fn process(
+        &self,
+        c: &mut Cursor,
+        start: BucketStart,
+        events: Vec<crate::model::Event>,
+    ) -> Result<(), WorkerError> {
+        let bucket_ms = self.layout.bucket_ms;
+        let n = events.len() as u64;
+        let bucket = Bucket {
+            tenant: self.tenant.to_string(),
+            shard: self.shard.0,
+            start: start.0,
+            end: start.0 + bucket_ms,
+            watermark: start.0 + bucket_ms,
+            events,
+        };
+        let mut attempt = 0;
+        let stories = loop {
+            attempt += 1;
+            // Stories may name events of earlier buckets, which this loop does not keep;
+            // ids within the bucket are checked by the runtime.
+            match c.instance.process(&bucket, &|_| true) {
+                Ok(stories) => break Some(stories),
+                Err(err) => {
+                    tracing::warn!(attempt, "{err}");
+                    if err.failure.poisons() {
+                        c.instance = self.reinstantiate()?;
+                    }
+                    if attempt >= self.config.attempts {
+                        let letter = DeadLetter {
+                            shard: self.shard,
+                            bucket: start,
+                            plugin: c.instance.info().label(),
+                            reason: err.to_string(),
+                            attempts: attempt,
+                            at_ms: now_ms(),
+                        };
+                        self.block(self.store.put_dead_letter(&self.tenant, &letter))?;
+                        self.progress.dead_letters.fetch_add(1, Ordering::Relaxed);
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
+                }
+            }
+        };
+        let stories = stories.unwrap_or_default();
+        if !stories.is_empty() {
+            self.block(self.store.publish(&self.tenant, &stories, now_ms()))?;
+            if let Some(sink) = &self.sink {
+                sink(&stories);
+            }
+        }
+        self.commit(c, start)?;
+        c.last_tick = now_ms();
+        self.progress.events.fetch_add(n, Ordering::Relaxed);
+        self.progress.buckets.fetch_add(1, Ordering::Relaxed);
+        self.progress.stories.fetch_add(stories.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A fresh instance restored from the last committed state (the poisoned one's state is
+    /// undefined).
+    fn reinstantiate(&self) -> Result<PluginInstance, WorkerError> {
+        let mut instance = self.plugin.instantiate(
+            &self.tenant,
+            &self.config.plugin_config,
+            self.config.limits,
+        )?;
+        let checkpoint = self.block(self.store.load_checkpoint(&self.tenant, self.shard))?;
+        if let Some(cp) = checkpoint.filter(|cp| !cp.state.is_empty()) {
+            instance.restore(&cp.state)?;
+        }
+        Ok(instance)
+    }
+
+    fn commit(&self, c: &mut Cursor, bucket: BucketStart) -> Result<(), WorkerError> {
+        let state = c.instance.snapshot()?;
+        let d = digest(&state);
+        let changed = (d != c.state_digest).then_some(state.as_slice());
+        self.block(self.store.commit(&self.tenant, &c.lease, bucket, changed))?;
+        c.state_digest = d;
+        c.offset = Some(bucket);
+        Ok(())
+    }
+
+    /// The input is over: close every open session, publish, commit the emptied state.
+    fn drain(&self, c: &mut Cursor) -> Result<(), WorkerError> {
+        let stories = c.instance.drain(&|_| true)?;
+        if !stories.is_empty() {
+            self.block(self.store.publish(&self.tenant, &stories, now_ms()))?;
+            if let Some(sink) = &self.sink {
+                sink(&stories);
+            }
+            self.progress.stories.fetch_add(stories.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(offset) = c.offset {
+            self.commit(c, offset)?;
+        }
+        tracing::info!(tenant = %self.tenant, shard = %self.shard, "drained");
+        Ok(())
+    }
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    crate::producer::fnv1a(bytes) ^ bytes.len() as u64
+}
