@@ -1,21 +1,55 @@
 #!/usr/bin/env bash
-# The demo: build the host and the network-session plugin, check the plugin, and run it over
-# the bundled multi-sensor sample. Stories go to stdout as JSONL, the summary to stderr.
+# The demo: a realistic multi-sensor stream (firewall, endpoint, DNS, HTTP, TLS; skewed clocks,
+# reversed directions, late records) goes through the whole loop on the embedded store:
+# generate -> ingest -> run (network-session plugin) -> stories, then a summary.
+# SESSIONS=N changes the size (default 50000 sessions, about 200000 events).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+sessions=${SESSIONS:-50000}
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
 cargo build --release --quiet -p storyline
 cargo build --quiet --target wasm32-wasip2 --profile plugin -p network-session
 
 bin=./target/release/storyline
-plugin=target/wasm32-wasip2/plugin/network_session.wasm
-data=$(mktemp -d)
-trap 'rm -rf "$data"' EXIT
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/plugins/acme"
+cp target/wasm32-wasip2/plugin/network_session.wasm "$work/plugins/acme/"
+sl() { "$bin" --data-dir "$work/data" --plugin-dir "$work/plugins" "$@"; }
 
-echo "== storyline plugin check $plugin"
-"$bin" --data-dir "$data" plugin check "$plugin"
-echo
-echo "== storyline plugin test $plugin --events plugins/network-session/sample/events.jsonl --latest"
-"$bin" --data-dir "$data" plugin test "$plugin" \
-    --events plugins/network-session/sample/events.jsonl --latest
+echo "== plugin"
+sl plugin check "$work/plugins/acme/network_session.wasm" | sed -n '1,4p'
+
+echo "== generate: $sessions sessions seen by firewall, endpoint, DNS, HTTP and TLS sensors"
+sl generate --sessions "$sessions" > "$work/events.jsonl"
+echo "$(wc -l < "$work/events.jsonl") events"
+
+echo "== ingest"
+sl ingest --tenant acme "$work/events.jsonl"
+
+echo "== run (until caught up and idle)"
+sl run --exit-when-idle --delay-ms 1000
+
+echo "== status"
+sl status --tenant acme
+
+echo "== three stories"
+sl stories --tenant acme > "$work/stories.jsonl"
+grep '"network-session"' "$work/stories.jsonl" | grep '"dns"' | head -n 3
+
+echo "== summary"
+python3 - "$work/events.jsonl" "$work/stories.jsonl" <<'PY'
+import json, sys, collections
+truth = {}
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    truth[e["id"]] = e["attributes"]["gen.session"]
+stories = [json.loads(l) for l in open(sys.argv[2])]
+kinds = collections.Counter(s["kind"] for s in stories)
+exact = sum(1 for s in stories if len({truth[i] for i in s["event_ids"]}) == 1)
+sessions = len(set(truth.values()))
+covered = sum(len(s["event_ids"]) for s in stories)
+print(f"events in: {len(truth)}; stories out: {len(stories)} {dict(kinds)}")
+print(f"sessions generated: {sessions}; stories made of one session: {exact}; events in stories: {covered}")
+PY

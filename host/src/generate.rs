@@ -140,7 +140,7 @@ pub fn generate(config: &GenConfig) -> Vec<GenEvent> {
                     extra_delay: i64,
                     payload: serde_json::Value| {
         seq += 1;
-        let id = format!("{}-{seq:08}", s.name);
+        let id = format!("{}-{:x}-{seq:08}", s.name, config.seed);
         let stamped = true_time + s.skew_ms;
         let arrival = true_time + rng.range(s.delay_ms.0, s.delay_ms.1) + extra_delay;
         let mut payload = payload;

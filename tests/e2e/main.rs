@@ -7,5 +7,6 @@ mod cli_plugin;
 mod network_session;
 mod plugin_faults;
 mod plugin_loading;
+mod run_loop;
 mod sandbox;
 mod store_contract;

@@ -1,0 +1,181 @@
+//! The whole loop with the real binary, the real plugin and the embedded store:
+//! generate → ingest → run → stories.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Output;
+
+use crate::support::{Scratch, plugin, storyline};
+
+/// A data directory and a plugin directory holding network-session for tenant `acme`.
+struct Site {
+    scratch: Scratch,
+}
+
+impl Site {
+    fn new(name: &str) -> Self {
+        let scratch = Scratch::new(name);
+        std::fs::create_dir_all(scratch.path("plugins/acme")).unwrap();
+        std::fs::copy(plugin("network-session"), scratch.path("plugins/acme/network_session.wasm"))
+            .unwrap();
+        Site { scratch }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let data = self.scratch.str("data");
+        let plugins = self.scratch.str("plugins");
+        let mut all = vec!["--data-dir", &data, "--plugin-dir", &plugins];
+        all.extend_from_slice(args);
+        storyline(&all)
+    }
+
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "storyline {args:?} failed: {stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    }
+
+    fn generate(&self, file: &str, sessions: usize, seed: u64) -> String {
+        let (stdout, _) = self.ok(&[
+            "generate",
+            "--sessions",
+            &sessions.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ]);
+        std::fs::write(self.scratch.path(file), &stdout).unwrap();
+        self.scratch.str(file)
+    }
+
+    /// Latest revision of every story: id → event ids.
+    fn stories(&self) -> BTreeMap<String, Vec<String>> {
+        let (stdout, _) = self.ok(&["stories", "--tenant", "acme"]);
+        stdout
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let ids = v["event_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_str().unwrap().to_string())
+                    .collect();
+                (v["id"].as_str().unwrap().to_string(), ids)
+            })
+            .collect()
+    }
+}
+
+/// event id → ground-truth session, from a generated file.
+fn truth(path: &str) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            // Session names restart in every generated file: qualify them with the file.
+            let session = v["attributes"]["gen.session"].as_str().unwrap();
+            (v["id"].as_str().unwrap().to_string(), format!("{path}#{session}"))
+        })
+        .collect()
+}
+
+fn processed(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("processed "))
+        .unwrap_or_else(|| panic!("no summary in {stderr}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn assert_one_story_per_session(
+    stories: &BTreeMap<String, Vec<String>>,
+    truth: &BTreeMap<String, String>,
+) {
+    let mut seen = BTreeSet::new();
+    let mut sessions_seen = BTreeSet::new();
+    for (id, events) in stories {
+        let sessions: BTreeSet<&String> = events.iter().map(|e| &truth[e]).collect();
+        assert_eq!(sessions.len(), 1, "story {id} mixes sessions {sessions:?}");
+        assert!(
+            sessions_seen.insert(sessions.into_iter().next().unwrap().clone()),
+            "a session is split"
+        );
+        for e in events {
+            assert!(seen.insert(e.clone()), "event {e} is in two stories");
+        }
+    }
+    assert_eq!(seen.len(), truth.len(), "every event is in a story");
+}
+
+#[test]
+fn every_generated_event_lands_in_exactly_one_story() {
+    let site = Site::new("loop");
+    let file = site.generate("events.jsonl", 300, 7);
+    let (_, ingest) = site.ok(&["ingest", "--tenant", "acme", &file]);
+    assert!(ingest.contains("accepted 1200 events"), "{ingest}");
+    let (_, run) = site.ok(&["run", "--exit-when-idle", "--delay-ms", "300"]);
+    assert_eq!(processed(&run), 1200, "{run}");
+    assert_one_story_per_session(&site.stories(), &truth(&file));
+}
+
+#[test]
+fn offsets_advance_and_a_restart_resumes_from_the_offset() {
+    let site = Site::new("resume");
+    let first = site.generate("first.jsonl", 100, 1);
+    let second = site.generate("second.jsonl", 100, 2);
+    site.ok(&["ingest", "--tenant", "acme", &first]);
+    let (_, run1) = site.ok(&["run", "--exit-when-idle", "--delay-ms", "300"]);
+    assert_eq!(processed(&run1), 400);
+    let (status, _) = site.ok(&["status", "--tenant", "acme"]);
+    for line in status.lines().filter(|l| l.starts_with(char::is_numeric)) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_ne!(cols[3], "-", "every shard committed an offset: {status}");
+        assert_eq!(cols[cols.len() - 1], "0", "no lag after the run: {status}");
+    }
+    site.ok(&["ingest", "--tenant", "acme", &second]);
+    let (status, _) = site.ok(&["status", "--tenant", "acme"]);
+    let waiting: u64 = status
+        .lines()
+        .filter(|l| l.starts_with(char::is_numeric))
+        .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(waiting, 400, "the second batch is pending: {status}");
+    let (_, run2) = site.ok(&["run", "--exit-when-idle", "--delay-ms", "300"]);
+    assert_eq!(processed(&run2), 400, "the restart reads only what came after the offsets");
+    let mut all = truth(&first);
+    all.extend(truth(&second));
+    assert_one_story_per_session(&site.stories(), &all);
+}
+
+#[test]
+fn ingest_rejects_bad_lines_by_number_and_stores_the_good_ones() {
+    let site = Site::new("ingest-bad");
+    std::fs::write(
+        site.scratch.path("mixed.jsonl"),
+        "{\"id\":\"a\",\"source\":\"s\",\"kind\":\"k\",\"time\":1}\nnot json\n{\"id\":\"b\",\"source\":\"s\",\"kind\":\"k\"}\n",
+    )
+    .unwrap();
+    let out = site.run(&["ingest", "--tenant", "acme", &site.scratch.str("mixed.jsonl")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("accepted 1 events"), "{stderr}");
+    assert!(stderr.contains("mixed.jsonl line 2: expected ident"), "{stderr}");
+    assert!(stderr.contains("mixed.jsonl line 3: missing field \"time\""), "{stderr}");
+    let (status, _) = site.ok(&["status", "--tenant", "acme"]);
+    let pending: u64 = status
+        .lines()
+        .filter(|l| l.starts_with(char::is_numeric))
+        .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(pending, 1);
+}
+
+#[test]
+fn a_tenant_without_a_plugin_is_told_where_to_put_it() {
+    let site = Site::new("noplugin");
+    let out = site.run(&["run", "--tenant", "globex", "--exit-when-idle"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tenant globex has no plugin: put one in"), "{stderr}");
+}
