@@ -34,9 +34,17 @@ sl run --exit-when-idle --delay-ms 1000
 echo "== status"
 sl status --tenant acme
 
-echo "== three stories"
+echo "== two stories"
 sl stories --tenant acme > "$work/stories.jsonl"
-grep '"network-session"' "$work/stories.jsonl" | grep '"dns"' | head -n 3
+python3 - "$work/stories.jsonl" <<'PY'
+import json, sys
+shown = 0
+for line in open(sys.argv[1]):
+    s = json.loads(line)
+    if s["kind"] == "network-session" and s["fields"].get("dns") and shown < 2:
+        print(json.dumps(s, indent=1))
+        shown += 1
+PY
 
 echo "== summary"
 python3 - "$work/events.jsonl" "$work/stories.jsonl" <<'PY'
