@@ -1,5 +1,6 @@
 //! Where events, offsets, leases, stories and dead letters live: one trait, [`Store`], holding
-//! exactly what the loop needs, with an embedded implementation ([`embedded`], the default).
+//! exactly what the loop needs, with an embedded implementation ([`embedded`], the default) and
+//! a ScyllaDB one ([`scylla`]).
 //!
 //! The shape follows "ScyllaDB as the queue": events are written only into partitions keyed by
 //! `(shard, insert-time bucket)` with the event id as clustering key; a worker keeps, per shard,
@@ -7,6 +8,7 @@
 //! forward, under a lease whose epoch fences out a worker that lost the shard.
 
 pub mod embedded;
+pub mod scylla;
 
 use std::future::Future;
 

@@ -1,0 +1,760 @@
+//! The ScyllaDB store, through the `scylla` driver: one keyspace per tenant. Also runs on other
+//! CQL clusters (Apache Cassandra 4+): options only ScyllaDB understands are applied only when
+//! the node says it is ScyllaDB.
+//!
+//! Tables (see [`schema_cql`] for the exact CQL, printed by `storyline schema`):
+//!
+//! - `events`, `PRIMARY KEY ((shard, bucket), event_id)`: the queue. Time-window compaction
+//!   and a TTL: a day's SSTables are dropped whole when they expire. Only ever inserted, never
+//!   deleted or updated, which is what makes ScyllaDB's `tombstone_gc = {'mode': 'immediate'}`
+//!   safe for it: the only tombstones are expired cells that no replica can resurrect.
+//! - `buckets`, `PRIMARY KEY ((shard, day), bucket)`: the index of non-empty buckets, so that a
+//!   worker finds the next bucket with one query per day instead of one per empty second.
+//!   Written before the events it announces; same TTL and options as `events`.
+//! - `shards`, `PRIMARY KEY (shard)`: the lease (owner, epoch, expiry) and the committed offset
+//!   with the plugin state, in one row so that one lightweight transaction fences a commit by
+//!   the lease epoch. Every write to it is an LWT; LWT and plain writes are never mixed there
+//!   (their timestamps do not order against each other).
+//! - `stories`, `PRIMARY KEY (story_id, revision)` newest revision first; `dead_letters`,
+//!   `PRIMARY KEY (shard, bucket)`; `meta` (the layout).
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use serde_json::value::RawValue;
+use tokio::sync::OnceCell;
+
+use super::{Checkpoint, DeadLetter, Layout, Lease, NewEvent, Store, StoreError, StoredStory};
+use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
+
+const BACKEND: &str = "scylla";
+const DAY_MS: i64 = 86_400_000;
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend { backend: BACKEND, message: e.to_string() }
+}
+
+fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { backend: BACKEND, what, message: e.to_string() }
+}
+
+/// How to reach and use the cluster.
+#[derive(Debug, Clone)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    /// Replication of new keyspaces, as CQL. Default
+    /// `{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}`.
+    pub replication: String,
+    /// Consistency of reads and writes. Default `LOCAL_QUORUM`.
+    pub consistency: Consistency,
+    /// Retention of events: the TTL of `events` and `buckets`. Default 7 days.
+    pub retention_secs: i64,
+    /// Rows per page when reading a partition. Default 5 000.
+    pub page_size: i32,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        ScyllaConfig {
+            nodes: vec!["127.0.0.1:9042".into()],
+            replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".into(),
+            consistency: Consistency::LocalQuorum,
+            retention_secs: 7 * 24 * 3600,
+            page_size: 5000,
+        }
+    }
+}
+
+/// The keyspace of a tenant: `storyline_` and the tenant with `-` as `_`.
+pub fn keyspace(tenant: &TenantId) -> String {
+    format!("storyline_{}", tenant.as_str().replace('-', "_"))
+}
+
+/// The CQL that creates a tenant's keyspace and tables. `scylla` adds the options only
+/// ScyllaDB understands.
+pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec<String> {
+    let ks = keyspace(tenant);
+    let ttl = config.retention_secs;
+    // Insert-only tables with a TTL: expired cells are the only tombstones (see module docs).
+    let queue_options = format!(
+        "compaction = {{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'HOURS', 'compaction_window_size': 6}} \
+         AND default_time_to_live = {ttl} AND gc_grace_seconds = 10800{}",
+        if scylla { " AND tombstone_gc = {'mode': 'immediate'}" } else { "" }
+    );
+    vec![
+        format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}", config.replication),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.events (shard int, bucket bigint, event_id text, source text, kind text, \
+             event_time bigint, insert_time bigint, attributes frozen<list<tuple<text, text>>>, payload blob, \
+             PRIMARY KEY ((shard, bucket), event_id)) WITH {queue_options}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.buckets (shard int, day bigint, bucket bigint, \
+             PRIMARY KEY ((shard, day), bucket)) WITH {queue_options}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.shards (shard int PRIMARY KEY, owner text, epoch bigint, expires_ms bigint, \
+             bucket bigint, state blob)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.stories (story_id text, revision int, kind text, event_ids list<text>, \
+             first_seen bigint, last_seen bigint, fields text, published_ms bigint, \
+             PRIMARY KEY (story_id, revision)) WITH CLUSTERING ORDER BY (revision DESC)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.dead_letters (shard int, bucket bigint, plugin text, reason text, \
+             attempts int, at_ms bigint, PRIMARY KEY (shard, bucket))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.meta (name text PRIMARY KEY, shards int, bucket_ms bigint)"
+        ),
+    ]
+}
+
+/// A tenant's statements, prepared once (after its schema is created) by the first caller.
+type PreparedOnce = Arc<OnceCell<Arc<Tenant>>>;
+
+/// Prepared statements of one tenant.
+struct Tenant {
+    insert_event: PreparedStatement,
+    insert_bucket: PreparedStatement,
+    next_bucket: PreparedStatement,
+    read_bucket: PreparedStatement,
+    count_bucket: PreparedStatement,
+    read_shard: PreparedStatement,
+    create_shard: PreparedStatement,
+    take_shard: PreparedStatement,
+    renew_shard: PreparedStatement,
+    commit: PreparedStatement,
+    commit_with_state: PreparedStatement,
+    insert_story: PreparedStatement,
+    latest_stories: PreparedStatement,
+    all_stories: PreparedStatement,
+    insert_dead: PreparedStatement,
+    all_dead: PreparedStatement,
+    read_layout: PreparedStatement,
+    write_layout: PreparedStatement,
+}
+
+/// The ScyllaDB (or Cassandra) store.
+#[derive(Clone)]
+pub struct ScyllaStore {
+    session: Arc<Session>,
+    config: ScyllaConfig,
+    /// Whether the cluster is ScyllaDB (enables ScyllaDB-only table options).
+    is_scylla: bool,
+    /// Prepared statements by tenant. A std mutex: held only to look up or insert.
+    tenants: Arc<std::sync::Mutex<std::collections::HashMap<TenantId, PreparedOnce>>>,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaStore")
+            .field("nodes", &self.config.nodes)
+            .field("is_scylla", &self.is_scylla)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScyllaStore {
+    /// Connects to the cluster.
+    pub async fn connect(config: ScyllaConfig) -> Result<Self, StoreError> {
+        let session =
+            SessionBuilder::new().known_nodes(&config.nodes).build().await.map_err(|e| {
+                backend(format!(
+                    "cannot connect to {}: {e} (is the node up? check the address and port)",
+                    config.nodes.join(", ")
+                ))
+            })?;
+        // system.versions exists only on ScyllaDB.
+        let is_scylla =
+            session.query_unpaged("SELECT version FROM system.versions", &[]).await.is_ok();
+        Ok(ScyllaStore {
+            session: Arc::new(session),
+            config,
+            is_scylla,
+            tenants: Default::default(),
+        })
+    }
+
+    /// Whether the cluster is ScyllaDB rather than another CQL database.
+    pub fn is_scylla(&self) -> bool {
+        self.is_scylla
+    }
+
+    /// Drops a tenant's keyspace (tests).
+    pub async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        let ks = keyspace(tenant);
+        self.session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn tenant(&self, tenant: &TenantId) -> Result<Arc<Tenant>, StoreError> {
+        let cell = {
+            let mut map = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(tenant.clone()).or_default().clone()
+        };
+        cell.get_or_try_init(|| self.prepare_tenant(tenant)).await.cloned()
+    }
+
+    async fn prepare_tenant(&self, tenant: &TenantId) -> Result<Arc<Tenant>, StoreError> {
+        for cql in schema_cql(tenant, &self.config, self.is_scylla) {
+            self.session.query_unpaged(cql, &[]).await.map_err(backend)?;
+        }
+        self.session.await_schema_agreement().await.map_err(backend)?;
+        let ks = keyspace(tenant);
+        let c = self.config.consistency;
+        let prepare = |cql: String| async move {
+            let mut p = self.session.prepare(cql).await.map_err(backend)?;
+            p.set_consistency(c);
+            p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+            p.set_page_size(self.config.page_size);
+            Ok::<_, StoreError>(p)
+        };
+        // Reads of the LWT-written `shards` table go through Paxos too (SERIAL).
+        let serial = |cql: String| async move {
+            let mut p = self.session.prepare(cql).await.map_err(backend)?;
+            p.set_consistency(Consistency::LocalSerial);
+            Ok::<_, StoreError>(p)
+        };
+        Ok(Arc::new(Tenant {
+            insert_event: prepare(format!(
+                "INSERT INTO {ks}.events (shard, bucket, event_id, source, kind, event_time, insert_time, attributes, payload) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            insert_bucket: prepare(format!("INSERT INTO {ks}.buckets (shard, day, bucket) VALUES (?, ?, ?)")).await?,
+            next_bucket: prepare(format!(
+                "SELECT bucket FROM {ks}.buckets WHERE shard = ? AND day = ? AND bucket > ? LIMIT 1"
+            ))
+            .await?,
+            read_bucket: prepare(format!(
+                "SELECT event_id, source, kind, event_time, insert_time, attributes, payload FROM {ks}.events \
+                 WHERE shard = ? AND bucket = ?"
+            ))
+            .await?,
+            count_bucket: prepare(format!("SELECT COUNT(*) FROM {ks}.events WHERE shard = ? AND bucket = ?")).await?,
+            read_shard: serial(format!("SELECT owner, epoch, expires_ms, bucket, state FROM {ks}.shards WHERE shard = ?")).await?,
+            create_shard: prepare(format!(
+                "INSERT INTO {ks}.shards (shard, owner, epoch, expires_ms) VALUES (?, ?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            take_shard: prepare(format!(
+                "UPDATE {ks}.shards SET owner = ?, epoch = ?, expires_ms = ? WHERE shard = ? IF epoch = ?"
+            ))
+            .await?,
+            renew_shard: prepare(format!(
+                "UPDATE {ks}.shards SET expires_ms = ? WHERE shard = ? IF epoch = ? AND owner = ?"
+            ))
+            .await?,
+            commit: prepare(format!("UPDATE {ks}.shards SET bucket = ? WHERE shard = ? IF epoch = ?")).await?,
+            commit_with_state: prepare(format!(
+                "UPDATE {ks}.shards SET bucket = ?, state = ? WHERE shard = ? IF epoch = ?"
+            ))
+            .await?,
+            insert_story: prepare(format!(
+                "INSERT INTO {ks}.stories (story_id, revision, kind, event_ids, first_seen, last_seen, fields, published_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            latest_stories: prepare(format!(
+                "SELECT story_id, revision, kind, event_ids, first_seen, last_seen, fields, published_ms FROM {ks}.stories \
+                 PER PARTITION LIMIT 1"
+            ))
+            .await?,
+            all_stories: prepare(format!(
+                "SELECT story_id, revision, kind, event_ids, first_seen, last_seen, fields, published_ms FROM {ks}.stories"
+            ))
+            .await?,
+            insert_dead: prepare(format!(
+                "INSERT INTO {ks}.dead_letters (shard, bucket, plugin, reason, attempts, at_ms) VALUES (?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            all_dead: prepare(format!("SELECT shard, bucket, plugin, reason, attempts, at_ms FROM {ks}.dead_letters")).await?,
+            read_layout: prepare(format!("SELECT shards, bucket_ms FROM {ks}.meta WHERE name = 'layout'")).await?,
+            write_layout: prepare(format!(
+                "INSERT INTO {ks}.meta (name, shards, bucket_ms) VALUES ('layout', ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+        }))
+    }
+
+    /// Runs an LWT and tells whether it was applied. Rejected LWTs return the current values
+    /// too, whose columns differ between ScyllaDB and Cassandra: only column 0 is read.
+    async fn lwt(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<bool, StoreError> {
+        let result = self.session.execute_unpaged(stmt, values).await.map_err(backend)?;
+        let rows = result.into_rows_result().map_err(backend)?;
+        let row = rows.first_row::<scylla::value::Row>().map_err(backend)?;
+        match row.columns.first() {
+            Some(Some(scylla::value::CqlValue::Boolean(applied))) => Ok(*applied),
+            other => Err(corrupt("shards", format!("unexpected LWT result {other:?}"))),
+        }
+    }
+
+    async fn shard_row(&self, t: &Tenant, shard: ShardId) -> Result<Option<ShardRow>, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(&t.read_shard, (shard.0 as i32,))
+            .await
+            .map_err(backend)?;
+        let rows = result.into_rows_result().map_err(backend)?;
+        let row = rows
+            .maybe_first_row::<(Option<String>, Option<i64>, Option<i64>, Option<i64>, Option<Vec<u8>>)>()
+            .map_err(|e| corrupt("shards", e))?;
+        Ok(row.map(|(owner, epoch, expires_ms, bucket, state)| ShardRow {
+            owner: owner.unwrap_or_default(),
+            epoch: epoch.unwrap_or(0),
+            expires_ms: expires_ms.unwrap_or(i64::MIN),
+            bucket,
+            state: state.unwrap_or_default(),
+        }))
+    }
+
+    async fn first_bucket_of_day(
+        &self,
+        t: &Tenant,
+        shard: ShardId,
+        day: i64,
+        after: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(&t.next_bucket, (shard.0 as i32, day, after))
+            .await
+            .map_err(backend)?;
+        let rows = result.into_rows_result().map_err(backend)?;
+        Ok(rows.maybe_first_row::<(i64,)>().map_err(|e| corrupt("buckets", e))?.map(|(b,)| b))
+    }
+}
+
+struct ShardRow {
+    owner: String,
+    epoch: i64,
+    expires_ms: i64,
+    bucket: Option<i64>,
+    state: Vec<u8>,
+}
+
+type StoryRow = (String, i32, String, Vec<String>, i64, i64, String, i64);
+
+fn story_from_row(row: StoryRow) -> Result<StoredStory, StoreError> {
+    let (id, revision, kind, event_ids, first_seen, last_seen, fields, published_ms) = row;
+    Ok(StoredStory {
+        story: Story {
+            id,
+            revision: revision as u32,
+            kind,
+            event_ids,
+            first_seen,
+            last_seen,
+            fields: RawValue::from_string(fields).map_err(|e| corrupt("stories", e))?,
+        },
+        published_ms,
+    })
+}
+
+impl Store for ScyllaStore {
+    async fn layout(&self, tenant: &TenantId) -> Result<Option<Layout>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        let rows = self.session.execute_unpaged(&t.read_layout, ()).await.map_err(backend)?;
+        let rows = rows.into_rows_result().map_err(backend)?;
+        Ok(rows
+            .maybe_first_row::<(i32, i64)>()
+            .map_err(|e| corrupt("meta", e))?
+            .map(|(shards, bucket_ms)| Layout { shards: shards as u32, bucket_ms }))
+    }
+
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        layout: Layout,
+        events: &[NewEvent],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if let Some(e) = events.iter().find(|e| e.shard.0 >= layout.shards) {
+            return Err(StoreError::Layout {
+                tenant: tenant.clone(),
+                message: format!("shard {} is outside 0..{}", e.shard, layout.shards),
+            });
+        }
+        let t = self.tenant(tenant).await?;
+        // The layout is written once (LWT IF NOT EXISTS; a racing producer's may win) and
+        // compared on every append.
+        let existing = match self.layout(tenant).await? {
+            Some(l) => l,
+            None => {
+                self.lwt(&t.write_layout, (layout.shards as i32, layout.bucket_ms)).await?;
+                self.layout(tenant)
+                    .await?
+                    .ok_or_else(|| corrupt("meta", "layout missing after write"))?
+            }
+        };
+        if existing != layout {
+            return Err(StoreError::Layout {
+                tenant: tenant.clone(),
+                message: format!(
+                    "it was created with {} shards and {} ms buckets; this write uses {} shards and {} ms buckets (pass the same --shards and --bucket-ms, or use a new tenant)",
+                    existing.shards, existing.bucket_ms, layout.shards, layout.bucket_ms
+                ),
+            });
+        }
+        // 1. The index first: an indexed bucket without events is read as empty; events
+        //    without an index entry would never be read.
+        let mut partitions: Vec<(ShardId, BucketStart)> =
+            events.iter().map(|e| (e.shard, e.bucket)).collect();
+        partitions.sort();
+        partitions.dedup();
+        let index = partitions.iter().map(|(shard, bucket)| {
+            self.session.execute_unpaged(
+                &t.insert_bucket,
+                (shard.0 as i32, bucket.0.div_euclid(DAY_MS), bucket.0),
+            )
+        });
+        for r in futures_util::future::join_all(index).await {
+            r.map_err(backend)?;
+        }
+        // 2. One unlogged batch per partition (a single-partition batch is applied atomically
+        //    by the replica that owns it), all partitions concurrently. A retry of the same
+        //    events rewrites the same rows: appends are idempotent.
+        let mut writes = Vec::new();
+        for (shard, bucket) in &partitions {
+            let rows: Vec<_> = events
+                .iter()
+                .filter(|e| e.shard == *shard && e.bucket == *bucket)
+                .map(|e| {
+                    (
+                        shard.0 as i32,
+                        bucket.0,
+                        e.event.id.as_str(),
+                        e.event.source.as_str(),
+                        e.event.kind.as_str(),
+                        e.event.event_time,
+                        e.event.insert_time,
+                        &e.event.attributes,
+                        e.event.payload.as_slice(),
+                    )
+                })
+                .collect();
+            for chunk in rows.chunks(500) {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                for _ in chunk {
+                    batch.append_statement(t.insert_event.clone());
+                }
+                batch.set_consistency(self.config.consistency);
+                let values = chunk.to_vec();
+                let session = self.session.clone();
+                writes.push(async move { session.batch(&batch, values).await });
+            }
+        }
+        for r in futures_util::future::join_all(writes).await {
+            r.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn next_bucket(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        after: Option<BucketStart>,
+    ) -> Result<Option<BucketStart>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        let now_day = crate::producer::now_ms().div_euclid(DAY_MS) + 1;
+        let (mut day, after) = match after {
+            Some(b) => (b.0.div_euclid(DAY_MS), b.0),
+            // From the start: the oldest data is at most the retention old.
+            None => (
+                (crate::producer::now_ms() - self.config.retention_secs * 1000).div_euclid(DAY_MS),
+                i64::MIN,
+            ),
+        };
+        // One query per day partition: empty seconds cost nothing, empty days one query.
+        while day <= now_day {
+            if let Some(b) = self.first_bucket_of_day(&t, shard, day, after).await? {
+                return Ok(Some(BucketStart(b)));
+            }
+            day += 1;
+        }
+        Ok(None)
+    }
+
+    async fn read_bucket(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        bucket: BucketStart,
+    ) -> Result<Vec<Event>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        let pager = self
+            .session
+            .execute_iter(t.read_bucket.clone(), (shard.0 as i32, bucket.0))
+            .await
+            .map_err(backend)?;
+        let mut rows = pager
+            .rows_stream::<(String, String, String, i64, i64, Option<Vec<(String, String)>>, Option<Vec<u8>>)>()
+            .map_err(|e| corrupt("events", e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (id, source, kind, event_time, insert_time, attributes, payload) =
+                row.map_err(backend)?;
+            out.push(Event {
+                id,
+                source,
+                kind,
+                event_time,
+                insert_time,
+                attributes: attributes.unwrap_or_default(),
+                payload: payload.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn pending_events(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        after: Option<BucketStart>,
+    ) -> Result<u64, StoreError> {
+        // Status only: walks the index and counts each pending partition.
+        let t = self.tenant(tenant).await?;
+        let mut total = 0u64;
+        let mut cursor = after;
+        while let Some(b) = self.next_bucket(tenant, shard, cursor).await? {
+            let r = self
+                .session
+                .execute_unpaged(&t.count_bucket, (shard.0 as i32, b.0))
+                .await
+                .map_err(backend)?;
+            let (n,): (i64,) = r
+                .into_rows_result()
+                .map_err(backend)?
+                .first_row()
+                .map_err(|e| corrupt("events", e))?;
+            total += n as u64;
+            cursor = Some(b);
+        }
+        Ok(total)
+    }
+
+    async fn load_checkpoint(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        Ok(self.shard_row(&t, shard).await?.and_then(|row| {
+            row.bucket.map(|b| Checkpoint {
+                bucket: BucketStart(b),
+                state: row.state,
+                epoch: row.epoch as u64,
+            })
+        }))
+    }
+
+    async fn commit(
+        &self,
+        tenant: &TenantId,
+        lease: &Lease,
+        bucket: BucketStart,
+        state: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let t = self.tenant(tenant).await?;
+        let shard = lease.shard.0 as i32;
+        let epoch = lease.epoch as i64;
+        let applied = match state {
+            Some(state) => self.lwt(&t.commit_with_state, (bucket.0, state, shard, epoch)).await?,
+            None => self.lwt(&t.commit, (bucket.0, shard, epoch)).await?,
+        };
+        if applied {
+            return Ok(());
+        }
+        let current = self.shard_row(&t, lease.shard).await?.map_or(0, |r| r.epoch as u64);
+        Err(StoreError::Fenced {
+            tenant: tenant.clone(),
+            shard: lease.shard,
+            held: lease.epoch,
+            current,
+        })
+    }
+
+    async fn acquire_lease(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        owner: &str,
+        ttl_ms: i64,
+        now: TimestampMs,
+    ) -> Result<Option<Lease>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        let expires_ms = now + ttl_ms;
+        match self.shard_row(&t, shard).await? {
+            None => {
+                let applied =
+                    self.lwt(&t.create_shard, (shard.0 as i32, owner, 1i64, expires_ms)).await?;
+                Ok(applied.then(|| Lease { shard, owner: owner.to_string(), epoch: 1, expires_ms }))
+            }
+            Some(row) => {
+                let epoch = if row.owner == owner {
+                    row.epoch
+                } else if row.expires_ms > now {
+                    return Ok(None);
+                } else {
+                    row.epoch + 1
+                };
+                // Compare-and-set on the epoch read: two workers racing for an expired lease
+                // cannot both win.
+                let applied = self
+                    .lwt(&t.take_shard, (owner, epoch, expires_ms, shard.0 as i32, row.epoch))
+                    .await?;
+                Ok(applied.then(|| Lease {
+                    shard,
+                    owner: owner.to_string(),
+                    epoch: epoch as u64,
+                    expires_ms,
+                }))
+            }
+        }
+    }
+
+    async fn renew_lease(
+        &self,
+        tenant: &TenantId,
+        lease: &Lease,
+        ttl_ms: i64,
+        now: TimestampMs,
+    ) -> Result<Option<Lease>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        let expires_ms = now + ttl_ms;
+        let applied = self
+            .lwt(
+                &t.renew_shard,
+                (expires_ms, lease.shard.0 as i32, lease.epoch as i64, lease.owner.as_str()),
+            )
+            .await?;
+        Ok(applied.then(|| Lease { expires_ms, ..lease.clone() }))
+    }
+
+    async fn release_lease(&self, tenant: &TenantId, lease: &Lease) -> Result<(), StoreError> {
+        let t = self.tenant(tenant).await?;
+        self.lwt(
+            &t.renew_shard,
+            (i64::MIN, lease.shard.0 as i32, lease.epoch as i64, lease.owner.as_str()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn lease(&self, tenant: &TenantId, shard: ShardId) -> Result<Option<Lease>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        Ok(self.shard_row(&t, shard).await?.map(|r| Lease {
+            shard,
+            owner: r.owner,
+            epoch: r.epoch as u64,
+            expires_ms: r.expires_ms,
+        }))
+    }
+
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        stories: &[Story],
+        now: TimestampMs,
+    ) -> Result<(), StoreError> {
+        let t = self.tenant(tenant).await?;
+        let writes = stories.iter().map(|s| {
+            self.session.execute_unpaged(
+                &t.insert_story,
+                (
+                    s.id.as_str(),
+                    s.revision as i32,
+                    s.kind.as_str(),
+                    &s.event_ids,
+                    s.first_seen,
+                    s.last_seen,
+                    s.fields.get(),
+                    now,
+                ),
+            )
+        });
+        for r in futures_util::future::join_all(writes).await {
+            r.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn stories(
+        &self,
+        tenant: &TenantId,
+        all_revisions: bool,
+    ) -> Result<Vec<StoredStory>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        let stmt = if all_revisions { &t.all_stories } else { &t.latest_stories };
+        let pager = self.session.execute_iter(stmt.clone(), ()).await.map_err(backend)?;
+        let mut rows = pager.rows_stream::<StoryRow>().map_err(|e| corrupt("stories", e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await {
+            out.push(story_from_row(row.map_err(backend)?)?);
+        }
+        out.sort_by(|a, b| {
+            a.story.id.cmp(&b.story.id).then(a.story.revision.cmp(&b.story.revision))
+        });
+        Ok(out)
+    }
+
+    async fn put_dead_letter(&self, tenant: &TenantId, l: &DeadLetter) -> Result<(), StoreError> {
+        let t = self.tenant(tenant).await?;
+        self.session
+            .execute_unpaged(
+                &t.insert_dead,
+                (
+                    l.shard.0 as i32,
+                    l.bucket.0,
+                    l.plugin.as_str(),
+                    l.reason.as_str(),
+                    l.attempts as i32,
+                    l.at_ms,
+                ),
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, tenant: &TenantId) -> Result<Vec<DeadLetter>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        let pager = self.session.execute_iter(t.all_dead.clone(), ()).await.map_err(backend)?;
+        let mut rows = pager
+            .rows_stream::<(i32, i64, String, String, i32, i64)>()
+            .map_err(|e| corrupt("dead_letters", e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (shard, bucket, plugin, reason, attempts, at_ms) = row.map_err(backend)?;
+            out.push(DeadLetter {
+                shard: ShardId(shard as u32),
+                bucket: BucketStart(bucket),
+                plugin,
+                reason,
+                attempts: attempts as u32,
+                at_ms,
+            });
+        }
+        out.sort_by_key(|d| (d.shard, d.bucket));
+        Ok(out)
+    }
+}
