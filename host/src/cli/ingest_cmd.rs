@@ -5,19 +5,19 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use super::{Dirs, ensure_dir, tenant_arg, tokio_runtime};
+use super::{Dirs, ensure_dir, tenant_arg};
 use crate::plugin::{Limits, Runtime};
 use crate::producer::Producer;
-use crate::store::embedded::EmbeddedStore;
 use crate::store::{Layout, Store};
 
 /// Reads events from `file` (or stdin) into the tenant's store.
-pub fn ingest(
+pub fn ingest<S: Store + Clone>(
+    rt: &tokio::runtime::Runtime,
+    store: &S,
     dirs: &Dirs,
     tenant: &str,
     file: Option<&Path>,
-    shards: Option<u32>,
-    bucket_ms: Option<i64>,
+    (shards, bucket_ms): (Option<u32>, Option<i64>),
     batch: usize,
 ) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
@@ -28,8 +28,6 @@ pub fn ingest(
         bail!("--bucket-ms must be a positive number of milliseconds");
     }
     ensure_dir(&dirs.data)?;
-    let rt = tokio_runtime()?;
-    let store = EmbeddedStore::new(&dirs.data);
     let existing = rt.block_on(store.layout(&tenant))?;
     let layout = match existing {
         Some(l) => {
@@ -65,7 +63,7 @@ pub fn ingest(
     };
     let name = file.map_or("stdin".to_string(), |p| p.display().to_string());
     let started = std::time::Instant::now();
-    let mut producer = Producer::new(&store, tenant.clone(), layout, router).batch_size(batch);
+    let mut producer = Producer::new(store, tenant.clone(), layout, router).batch_size(batch);
     let report = rt.block_on(producer.ingest(reader))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(

@@ -13,6 +13,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::model::TenantId;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::scylla::{ScyllaConfig, ScyllaStore, schema_cql};
 
 /// Turns events from many sensors into stories, with per-tenant correlation rules as Wasm
 /// components.
@@ -28,6 +30,23 @@ pub struct Cli {
     #[arg(long, global = true, env = "STORYLINE_PLUGIN_DIR", default_value = "./plugins")]
     pub plugin_dir: PathBuf,
 
+    /// Where events, offsets and stories live: `embedded` (in --data-dir) or `scylla`.
+    #[arg(long, global = true, env = "STORYLINE_STORE", default_value = "embedded")]
+    pub store: StoreKind,
+
+    /// ScyllaDB (or Cassandra 4+) contact points, comma-separated `host:port`.
+    #[arg(long, global = true, env = "STORYLINE_SCYLLA_NODES", default_value = "127.0.0.1:9042")]
+    pub scylla_nodes: String,
+
+    /// Replication of new tenant keyspaces, as CQL.
+    #[arg(
+        long,
+        global = true,
+        env = "STORYLINE_SCYLLA_REPLICATION",
+        default_value = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}"
+    )]
+    pub scylla_replication: String,
+
     /// Log filter, e.g. `info` or `storyline=debug,guest=info`.
     #[arg(long, global = true, env = "STORYLINE_LOG", default_value = "warn")]
     pub log: String,
@@ -35,6 +54,15 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The store backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded store in --data-dir (needs nothing installed).
+    Embedded,
+    /// A ScyllaDB (or Cassandra 4+) cluster at --scylla-nodes.
+    Scylla,
 }
 
 /// Subcommands.
@@ -108,6 +136,15 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         interval_ms: i64,
     },
+    /// Print the CQL that creates a tenant's keyspace and tables on ScyllaDB.
+    Schema {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Leave out the options only ScyllaDB understands (for Apache Cassandra).
+        #[arg(long)]
+        cassandra: bool,
+    },
     /// Check or try out a plugin component.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -148,19 +185,68 @@ pub enum PluginCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(&cli.log);
     let dirs = Dirs { data: cli.data_dir, plugins: cli.plugin_dir };
+    let scylla = ScyllaConfig {
+        nodes: cli.scylla_nodes.split(',').map(|n| n.trim().to_string()).collect(),
+        replication: cli.scylla_replication,
+        ..ScyllaConfig::default()
+    };
+    // Runs `$body` with `$store` bound to the chosen backend.
+    macro_rules! with_store {
+        (|$rt:ident, $store:ident| $body:expr) => {{
+            let $rt = tokio_runtime()?;
+            match cli.store {
+                StoreKind::Embedded => {
+                    ensure_dir(&dirs.data)?;
+                    let $store = EmbeddedStore::new(&dirs.data);
+                    $body
+                }
+                StoreKind::Scylla => {
+                    let $store = $rt.block_on(ScyllaStore::connect(scylla.clone()))?;
+                    $body
+                }
+            }
+        }};
+    }
     match cli.command {
-        Command::Ingest { tenant, file, shards, bucket_ms, batch } => {
-            ingest_cmd::ingest(&dirs, &tenant, file.as_deref(), shards, bucket_ms, batch)
-        }
+        Command::Ingest { tenant, file, shards, bucket_ms, batch } => with_store!(|rt, store| {
+            ingest_cmd::ingest(
+                &rt,
+                &store,
+                &dirs,
+                &tenant,
+                file.as_deref(),
+                (shards, bucket_ms),
+                batch,
+            )
+        }),
         Command::Run { tenant, delay_ms, exit_when_idle, stories_out } => {
-            run_cmd::run(&dirs, &tenant, delay_ms, exit_when_idle, stories_out.as_deref())
+            with_store!(|rt, store| {
+                run_cmd::run(
+                    &rt,
+                    &store,
+                    &dirs,
+                    &tenant,
+                    delay_ms,
+                    exit_when_idle,
+                    stories_out.as_deref(),
+                )
+            })
         }
         Command::Stories { tenant, all, follow } => {
-            stories_cmd::stories(&dirs, &tenant, all, follow)
+            with_store!(|rt, store| stories_cmd::stories(&rt, &store, &tenant, all, follow))
         }
-        Command::Status { tenant } => stories_cmd::status(&dirs, &tenant),
+        Command::Status { tenant } => {
+            with_store!(|rt, store| stories_cmd::status(&rt, &store, &dirs, &tenant))
+        }
         Command::Generate { sessions, seed, late_share, max_skew_ms, interval_ms } => {
             generate_cmd::generate(sessions, seed, late_share, max_skew_ms, interval_ms)
+        }
+        Command::Schema { tenant, cassandra } => {
+            let tenant = tenant_arg(&tenant)?;
+            for cql in schema_cql(&tenant, &scylla, !cassandra) {
+                println!("{cql};");
+            }
+            Ok(())
         }
         Command::Plugin(PluginCommand::Check { file }) => plugin_cmd::check(&dirs.data, &file),
         Command::Plugin(PluginCommand::Test {

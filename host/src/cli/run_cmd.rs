@@ -8,14 +8,16 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-use super::{Dirs, ensure_dir, tenant_arg, tokio_runtime};
+use super::{Dirs, ensure_dir, tenant_arg};
 use crate::model::Story;
 use crate::plugin::Runtime;
-use crate::store::embedded::EmbeddedStore;
+use crate::store::Store;
 use crate::worker::{Progress, Shared, StorySink, WorkerConfig, run_tenant};
 
 /// Runs the workers until SIGINT/SIGTERM (or until idle with `exit_when_idle`).
-pub fn run(
+pub fn run<S: Store + Clone>(
+    rt: &tokio::runtime::Runtime,
+    store: &S,
     dirs: &Dirs,
     tenants: &[String],
     delay_ms: i64,
@@ -34,8 +36,6 @@ pub fn run(
             dirs.plugins.display()
         );
     }
-    let rt = tokio_runtime()?;
-    let store = EmbeddedStore::new(&dirs.data);
     let runtime = Runtime::new(Some(dirs.cache()))?;
     let shutdown = Arc::new(AtomicBool::new(false));
     {

@@ -3,18 +3,21 @@
 use std::collections::HashSet;
 use std::io::Write;
 
-use super::{Dirs, tenant_arg, tokio_runtime};
+use super::{Dirs, tenant_arg};
 use crate::model::ShardId;
 use crate::producer::now_ms;
 use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
 use storyline_sdk::format::format_rfc3339;
 
 /// Prints the tenant's published stories.
-pub fn stories(dirs: &Dirs, tenant: &str, all: bool, follow: bool) -> anyhow::Result<()> {
+pub fn stories<S: Store + Clone>(
+    rt: &tokio::runtime::Runtime,
+    store: &S,
+    tenant: &str,
+    all: bool,
+    follow: bool,
+) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
-    let rt = tokio_runtime()?;
-    let store = EmbeddedStore::new(&dirs.data);
     let mut printed: HashSet<(String, u32)> = HashSet::new();
     loop {
         let stories = rt.block_on(store.stories(&tenant, all || follow))?;
@@ -34,10 +37,13 @@ pub fn stories(dirs: &Dirs, tenant: &str, all: bool, follow: bool) -> anyhow::Re
 }
 
 /// Prints the tenant's shards: owner, committed bucket, lag, dead letters.
-pub fn status(dirs: &Dirs, tenant: &str) -> anyhow::Result<()> {
+pub fn status<S: Store + Clone>(
+    rt: &tokio::runtime::Runtime,
+    store: &S,
+    dirs: &Dirs,
+    tenant: &str,
+) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
-    let rt = tokio_runtime()?;
-    let store = EmbeddedStore::new(&dirs.data);
     let Some(layout) = rt.block_on(store.layout(&tenant))? else {
         anyhow::bail!("tenant {tenant} has no events in {}", dirs.data.display());
     };
