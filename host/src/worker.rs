@@ -106,9 +106,6 @@ pub enum WorkerError {
     /// The plugin could not be set up for the shard (init or restore failed).
     #[error(transparent)]
     Plugin(#[from] CallError),
-    /// The tenant has no events yet, so no layout.
-    #[error("tenant {0} has no events yet; ingest some first (storyline ingest --tenant {0})")]
-    NoLayout(TenantId),
 }
 
 /// Runs every shard of `tenant` until `shutdown` is set (or, with `exit_when_idle`, until all
@@ -122,9 +119,22 @@ pub fn run_tenant<S: Store + Clone>(
     config: &WorkerConfig,
     shared: &Shared,
 ) -> Result<(), WorkerError> {
-    let layout = handle
-        .block_on(store.layout(tenant))?
-        .ok_or_else(|| WorkerError::NoLayout(tenant.clone()))?;
+    // A tenant whose first events are still to come: wait for them (a worker may start before
+    // its producers). With exit_when_idle, a tenant that stays empty is simply done.
+    let waiting_since = now_ms();
+    let layout = loop {
+        if let Some(layout) = handle.block_on(store.layout(tenant))? {
+            break layout;
+        }
+        if shared.shutdown.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if config.exit_when_idle && now_ms() - waiting_since > config.delay_ms + 1000 {
+            tracing::info!(%tenant, "no events; nothing to do");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(config.poll_ms));
+    };
     let mut threads = Vec::new();
     for shard in 0..layout.shards {
         let name = format!("shard-{tenant}-{shard}");

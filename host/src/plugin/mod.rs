@@ -51,7 +51,9 @@ pub struct Limits {
     /// Total bytes of the instance's memories (a plugin that allocates without bound).
     /// Default 512 MiB.
     pub memory_bytes: usize,
-    /// Bytes of stories one call may return (a plugin that returns garbage). Default 32 MiB.
+    /// Bytes of stories one call may return (a plugin that returns garbage). Default 256 MiB:
+    /// `drain` returns every open session at once, which after a burst of a million events is
+    /// tens of megabytes; the memory limit bounds the rest.
     pub output_bytes: usize,
     /// Guest log allowance per call (a chatty plugin flooding the host's log).
     pub log: LogCaps,
@@ -62,7 +64,7 @@ impl Default for Limits {
         Limits {
             call_timeout: Duration::from_secs(10),
             memory_bytes: 512 << 20,
-            output_bytes: 32 << 20,
+            output_bytes: 256 << 20,
             log: LogCaps::default(),
         }
     }
