@@ -179,3 +179,32 @@ fn a_tenant_without_a_plugin_is_told_where_to_put_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tenant globex has no plugin: put one in"), "{stderr}");
 }
+
+#[test]
+fn sigterm_finishes_the_current_bucket_commits_and_exits_0() {
+    let site = Site::new("sigterm");
+    let file = site.generate("events.jsonl", 200, 5);
+    site.ok(&["ingest", "--tenant", "acme", &file]);
+    let data = site.scratch.str("data");
+    let plugins = site.scratch.str("plugins");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_storyline"))
+        .args(["--data-dir", &data, "--plugin-dir", &plugins, "run", "--delay-ms", "200"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The events are already stored and the delay is 200 ms: a few seconds are ample for the
+    // worker to hand all 800 to the plugin (the assertion below checks that it did).
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(processed(&stderr), 800, "{stderr}");
+    // Sessions still open at the stop stay in the committed state; a later run drains them.
+    site.ok(&["run", "--exit-when-idle", "--delay-ms", "200"]);
+    assert_one_story_per_session(&site.stories(), &truth(&file));
+}
