@@ -1,0 +1,150 @@
+//! End to end on the embedded store, in one process (the embedded store belongs to one
+//! process): producer → durable batches → workers → network-session → published stories.
+//!
+//! Run: `cargo bench -p storyline --bench pipeline` (`-- --events N`, default 1,000,000;
+//! `-- --config '{"gap_ms": 10000}'` for the plugin).
+//!
+//! Prints: ingest rate; end-to-end rate (first event written → last event handed to the plugin
+//! and committed, producer and workers running together); story latency p50/p99, measured for
+//! each story as the publication time of its latest revision minus the insert time of its last
+//! event. Latency includes the plugin's session timeout (a session closes after gap + skew
+//! without events, 90 s by default), so it is printed with the configuration used.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use storyline::generate::{GenConfig, generate};
+use storyline::model::{BucketStart, ShardId, TenantId};
+use storyline::plugin::{Limits, Runtime};
+use storyline::producer::{IngestReport, Producer, now_ms};
+use storyline::store::embedded::EmbeddedStore;
+use storyline::store::{Layout, Store};
+use storyline::worker::{Shared, WorkerConfig, run_tenant};
+
+#[path = "../../tests/e2e/plugin_build.rs"]
+mod plugin_build;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let events: usize = arg(&args, "--events").and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
+    let plugin_config = arg(&args, "--config").unwrap_or_else(|| "{}".into());
+    let sessions = events / 4;
+    let interval_ms = 50;
+    let lines: Vec<String> = generate(&GenConfig {
+        sessions,
+        start_ms: now_ms() - sessions as i64 * interval_ms,
+        interval_ms,
+        ..GenConfig::default()
+    })
+    .into_iter()
+    .map(|e| e.line)
+    .collect();
+    let total = lines.len() as u64;
+
+    let dir = std::env::temp_dir().join(format!("storyline-pipeline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = EmbeddedStore::new(&dir);
+    let runtime = Runtime::new(None).expect("wasm runtime");
+    let plugin = runtime.load(&plugin_build::plugin("network-session")).expect("plugin");
+    let tenant = TenantId::new("bench").expect("tenant");
+    let layout = Layout::default();
+    println!(
+        "pipeline: {total} events ({sessions} sessions), {} shards, {} ms buckets, plugin config {plugin_config}",
+        layout.shards, layout.bucket_ms
+    );
+
+    let shared = Shared::default();
+    let worker = {
+        let (handle, store, tenant, plugin, shared) =
+            (rt.handle().clone(), store.clone(), tenant.clone(), plugin.clone(), shared.clone());
+        let config = WorkerConfig {
+            delay_ms: 1000,
+            plugin_config: plugin_config.clone(),
+            ..WorkerConfig::default()
+        };
+        std::thread::spawn(move || run_tenant(&handle, &store, &tenant, &plugin, &config, &shared))
+    };
+
+    // The producer, on this thread, routing with its own plugin instance as `ingest` does.
+    let router = plugin.instantiate(&tenant, &plugin_config, Limits::default()).expect("router");
+    let mut producer = Producer::new(&store, tenant.clone(), layout, Some(router));
+    let mut report = IngestReport::default();
+    let started = Instant::now();
+    for (i, line) in lines.iter().enumerate() {
+        rt.block_on(producer.push_line(line, i + 1, &mut report)).expect("ingest");
+    }
+    rt.block_on(producer.flush(&mut report)).expect("flush");
+    let ingested = started.elapsed();
+    while shared.progress.events.load(Ordering::Relaxed) < total {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let processed = started.elapsed();
+    println!(
+        "  ingest      {:>9.0} events/s  ({} events durable in {ingested:.2?}, fsync per {} events)",
+        total as f64 / ingested.as_secs_f64(),
+        report.accepted,
+        storyline::producer::DEFAULT_BATCH
+    );
+    println!(
+        "  end to end  {:>9.0} events/s  (all {total} events processed and committed {processed:.2?} after the first write; 2 cores)",
+        total as f64 / processed.as_secs_f64()
+    );
+
+    // Wait until every session's story is out: sessions close on their timeout.
+    let give_up = Instant::now() + Duration::from_secs(600);
+    let stories = loop {
+        std::thread::sleep(Duration::from_secs(5));
+        let stories = rt.block_on(store.stories(&tenant, false)).expect("stories");
+        let covered: usize = stories.iter().map(|s| s.story.event_ids.len()).sum();
+        if covered as u64 >= total || Instant::now() > give_up {
+            break stories;
+        }
+    };
+    shared.shutdown.store(true, Ordering::Relaxed);
+    worker.join().expect("worker thread").expect("worker");
+
+    let mut insert_time: HashMap<String, i64> = HashMap::with_capacity(lines.len());
+    for shard in 0..layout.shards {
+        let mut after: Option<BucketStart> = None;
+        while let Some(b) =
+            rt.block_on(store.next_bucket(&tenant, ShardId(shard), after)).expect("index")
+        {
+            for e in rt.block_on(store.read_bucket(&tenant, ShardId(shard), b)).expect("read") {
+                insert_time.insert(e.id, e.insert_time);
+            }
+            after = Some(b);
+        }
+    }
+    let mut latencies: Vec<i64> = stories
+        .iter()
+        .filter_map(|s| {
+            let last = s.story.event_ids.iter().filter_map(|id| insert_time.get(id)).max()?;
+            Some(s.published_ms - last)
+        })
+        .collect();
+    latencies.sort_unstable();
+    println!(
+        "  latency     p50 {:.1} s, p99 {:.1} s over {} stories (last event written -> latest revision published)",
+        percentile(&latencies, 0.5) as f64 / 1000.0,
+        percentile(&latencies, 0.99) as f64 / 1000.0,
+        latencies.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
