@@ -245,10 +245,7 @@ impl Store for EmbeddedStore {
         let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(events.len());
         for e in events {
             if e.shard.0 >= layout.shards {
-                return Err(StoreError::Layout {
-                    tenant: tenant.clone(),
-                    message: format!("shard {} is outside 0..{}", e.shard, layout.shards),
-                });
+                return Err(StoreError::shard_out_of_range(tenant, e.shard, layout));
             }
             let pk = partition_key(e.shard, e.bucket);
             match counts.iter_mut().find(|(k, _)| *k == pk) {
@@ -271,17 +268,8 @@ impl Store for EmbeddedStore {
         let tenant_id = tenant.clone();
         self.blocking(tenant, move |db| {
             let _guard = db.lock();
-            match db.layout()? {
-                Some(existing) if existing != layout => {
-                    return Err(StoreError::Layout {
-                        tenant: tenant_id,
-                        message: format!(
-                            "it was created with {} shards and {} ms buckets; this write uses {} shards and {} ms buckets (pass the same --shards and --bucket-ms, or use a new tenant)",
-                            existing.shards, existing.bucket_ms, layout.shards, layout.bucket_ms
-                        ),
-                    });
-                }
-                _ => {}
+            if let Some(existing) = db.layout()?.filter(|existing| *existing != layout) {
+                return Err(StoreError::layout_mismatch(&tenant_id, existing, layout));
             }
             let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
             batch.insert(&db.meta, "layout", encode(&(layout.shards, layout.bucket_ms)));

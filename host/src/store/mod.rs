@@ -136,6 +136,27 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// A write whose layout differs from the one the tenant was created with.
+    pub fn layout_mismatch(tenant: &TenantId, existing: Layout, wanted: Layout) -> Self {
+        StoreError::Layout {
+            tenant: tenant.clone(),
+            message: format!(
+                "it was created with {} shards and {} ms buckets; this write uses {} shards and {} ms buckets (pass the same --shards and --bucket-ms, or use a new tenant)",
+                existing.shards, existing.bucket_ms, wanted.shards, wanted.bucket_ms
+            ),
+        }
+    }
+
+    /// An event routed to a shard the layout does not have.
+    pub fn shard_out_of_range(tenant: &TenantId, shard: ShardId, layout: Layout) -> Self {
+        StoreError::Layout {
+            tenant: tenant.clone(),
+            message: format!("shard {shard} is outside 0..{}", layout.shards),
+        }
+    }
+}
+
 /// What the loop needs from storage. Every method is about one tenant; tenants never share
 /// data. Writes are durable when the future resolves `Ok`.
 pub trait Store: Send + Sync + 'static {

@@ -387,10 +387,7 @@ impl Store for ScyllaStore {
             return Ok(());
         }
         if let Some(e) = events.iter().find(|e| e.shard.0 >= layout.shards) {
-            return Err(StoreError::Layout {
-                tenant: tenant.clone(),
-                message: format!("shard {} is outside 0..{}", e.shard, layout.shards),
-            });
+            return Err(StoreError::shard_out_of_range(tenant, e.shard, layout));
         }
         let t = self.tenant(tenant).await?;
         // The layout is written once (LWT IF NOT EXISTS; a racing producer's may win) and
@@ -405,13 +402,7 @@ impl Store for ScyllaStore {
             }
         };
         if existing != layout {
-            return Err(StoreError::Layout {
-                tenant: tenant.clone(),
-                message: format!(
-                    "it was created with {} shards and {} ms buckets; this write uses {} shards and {} ms buckets (pass the same --shards and --bucket-ms, or use a new tenant)",
-                    existing.shards, existing.bucket_ms, layout.shards, layout.bucket_ms
-                ),
-            });
+            return Err(StoreError::layout_mismatch(tenant, existing, layout));
         }
         // 1. The index first: an indexed bucket without events is read as empty; events
         //    without an index entry would never be read.
