@@ -13,7 +13,7 @@
 //! timeout. That bucket is committed like any other.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -135,6 +135,27 @@ pub fn run_tenant<S: Store + Clone>(
         }
         std::thread::sleep(Duration::from_millis(config.poll_ms));
     };
+    let share = Arc::new(FairShare::default());
+    beat(handle, store, tenant, config, layout, &share)?;
+    let stop_heartbeat = Arc::new(AtomicBool::new(false));
+    let heartbeat = {
+        let (handle, store, tenant, config, share, stop) = (
+            handle.clone(),
+            store.clone(),
+            tenant.clone(),
+            config.clone(),
+            share.clone(),
+            stop_heartbeat.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(config.poll_ms * 5));
+                if let Err(e) = beat(&handle, &store, &tenant, &config, layout, &share) {
+                    tracing::warn!(%tenant, "heartbeat failed: {e}");
+                }
+            }
+        })
+    };
     let mut threads = Vec::new();
     for shard in 0..layout.shards {
         let name = format!("shard-{tenant}-{shard}");
@@ -149,6 +170,7 @@ pub fn run_tenant<S: Store + Clone>(
             sink: shared.sink.clone(),
             progress: shared.progress.clone(),
             shutdown: shared.shutdown.clone(),
+            share: share.clone(),
         };
         let spawned = std::thread::Builder::new().name(name).spawn(move || worker.run());
         match spawned {
@@ -177,7 +199,25 @@ pub fn run_tenant<S: Store + Clone>(
             }
         }
     }
+    stop_heartbeat.store(true, Ordering::Relaxed);
+    let _ = heartbeat.join();
     first_error.map_or(Ok(()), Err)
+}
+
+/// Announces this worker and recomputes its fair share of the tenant's shards.
+fn beat<S: Store>(
+    handle: &Handle,
+    store: &S,
+    tenant: &TenantId,
+    config: &WorkerConfig,
+    layout: Layout,
+    share: &FairShare,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    handle.block_on(store.heartbeat(tenant, &config.owner, config.lease_ttl_ms, now))?;
+    let live = handle.block_on(store.live_workers(tenant, now))?.len().max(1) as u32;
+    share.fair.store(layout.shards.div_ceil(live), Ordering::Relaxed);
+    Ok(())
 }
 
 /// One shard's loop and everything it needs.
@@ -202,6 +242,27 @@ struct ShardWorker<S> {
     progress: Arc<Progress>,
     /// Set to stop after the current bucket.
     shutdown: Arc<AtomicBool>,
+    /// How many shards this worker holds and may hold.
+    share: Arc<FairShare>,
+}
+
+/// Why a shard's loop ended.
+enum Stop {
+    /// Shut down, drained, or the lease was lost: the thread ends.
+    Done,
+    /// The shard goes to another worker; this thread waits to take a shard again.
+    Handoff,
+}
+
+/// This worker's part of a tenant's shards, kept by the heartbeat thread of [`run_tenant`].
+#[derive(Debug, Default)]
+struct FairShare {
+    /// Shards this worker holds now.
+    held: AtomicU32,
+    /// `ceil(shards / live workers)`.
+    fair: AtomicU32,
+    /// A handover is under way (one shard at a time is handed over).
+    handing_over: AtomicBool,
 }
 
 /// The running state of a shard: lease, offset, plugin instance.
@@ -226,12 +287,21 @@ impl<S: Store> ShardWorker<S> {
     }
 
     fn run(self) -> Result<(), WorkerError> {
-        let Some(mut cursor) = self.start()? else { return Ok(()) };
-        let result = self.serve(&mut cursor);
-        let released = self.block(self.store.release_lease(&self.tenant, &cursor.lease));
-        result?;
-        released?;
-        Ok(())
+        loop {
+            let Some(mut cursor) = self.start()? else { return Ok(()) };
+            let result = self.serve(&mut cursor);
+            let released = self.block(self.store.release_lease(&self.tenant, &cursor.lease));
+            self.share.held.fetch_sub(1, Ordering::Relaxed);
+            match result? {
+                // Handed over to a worker that joined: wait for the shard to be ours again.
+                Stop::Handoff => {
+                    self.share.handing_over.store(false, Ordering::Relaxed);
+                    released?;
+                    tracing::info!(tenant = %self.tenant, shard = %self.shard, "handed over");
+                }
+                Stop::Done => return released.map_err(WorkerError::from),
+            }
+        }
     }
 
     /// Takes the lease (waiting while another worker holds it), restores offset and state.
@@ -241,15 +311,30 @@ impl<S: Store> ShardWorker<S> {
                 return Ok(None);
             }
             let now = now_ms();
-            let got = self.block(self.store.acquire_lease(
-                &self.tenant,
-                self.shard,
-                &self.config.owner,
-                self.config.lease_ttl_ms,
-                now,
-            ))?;
+            // Take a shard only within this worker's fair share of the tenant's shards (unless
+            // its lease is already ours), so that workers split them.
+            let current = self.block(self.store.lease(&self.tenant, self.shard))?;
+            let ours = current
+                .as_ref()
+                .is_some_and(|l| l.owner == self.config.owner && l.expires_ms > now);
+            let within_share =
+                self.share.held.load(Ordering::Relaxed) < self.share.fair.load(Ordering::Relaxed);
+            let got = if ours || within_share {
+                self.block(self.store.acquire_lease(
+                    &self.tenant,
+                    self.shard,
+                    &self.config.owner,
+                    self.config.lease_ttl_ms,
+                    now,
+                ))?
+            } else {
+                None
+            };
             match got {
-                Some(lease) => break lease,
+                Some(lease) => {
+                    self.share.held.fetch_add(1, Ordering::Relaxed);
+                    break lease;
+                }
                 None if self.config.exit_when_idle => return Ok(None),
                 None => std::thread::sleep(Duration::from_millis(self.config.poll_ms * 5)),
             }
@@ -279,12 +364,25 @@ impl<S: Store> ShardWorker<S> {
         }))
     }
 
-    fn serve(&self, c: &mut Cursor) -> Result<(), WorkerError> {
+    fn serve(&self, c: &mut Cursor) -> Result<Stop, WorkerError> {
         let bucket_ms = self.layout.bucket_ms;
         let mut idle_since: Option<TimestampMs> = None;
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
-                return Ok(());
+                return Ok(Stop::Done);
+            }
+            // More shards than the fair share (a worker joined): one shard thread at a time
+            // hands its shard over, at this bucket boundary, after its last commit.
+            let fair = self.share.fair.load(Ordering::Relaxed);
+            if !self.config.exit_when_idle
+                && self.share.held.load(Ordering::Relaxed) > fair
+                && self
+                    .share
+                    .handing_over
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Ok(Stop::Handoff);
             }
             let now = now_ms();
             if now - c.renewed_at >= self.config.lease_ttl_ms / 3 {
@@ -300,7 +398,7 @@ impl<S: Store> ShardWorker<S> {
                     }
                     None => {
                         tracing::warn!(tenant = %self.tenant, shard = %self.shard, "lease lost; stopping this shard");
-                        return Ok(());
+                        return Ok(Stop::Done);
                     }
                 }
             }
@@ -329,7 +427,7 @@ impl<S: Store> ShardWorker<S> {
                     if self.config.exit_when_idle {
                         let since = *idle_since.get_or_insert(now);
                         if now - since >= bucket_ms + self.config.delay_ms {
-                            return self.drain(c);
+                            return self.drain(c).map(|()| Stop::Done);
                         }
                     }
                     std::thread::sleep(Duration::from_millis(self.config.poll_ms));

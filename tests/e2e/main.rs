@@ -10,3 +10,4 @@ mod plugin_loading;
 mod run_loop;
 mod sandbox;
 mod store_contract;
+mod workers;

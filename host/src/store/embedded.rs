@@ -15,6 +15,7 @@
 //! | `offsets`     | shard                                | committed bucket, epoch, state digest  |
 //! | `state`       | shard                                | plugin snapshot (rewritten on change)  |
 //! | `leases`      | shard                                | owner, epoch, expiry                   |
+//! | `workers`     | owner                                | heartbeat expiry                       |
 //! | `stories`     | story id, revision                   | published time, story JSON             |
 //! | `latest`      | story id                             | latest revision                        |
 //! | `dead`        | shard, bucket                        | dead letter                            |
@@ -66,6 +67,7 @@ struct TenantDb {
     offsets: Keyspace,
     state: Keyspace,
     leases: Keyspace,
+    workers: Keyspace,
     stories: Keyspace,
     latest: Keyspace,
     dead: Keyspace,
@@ -121,6 +123,7 @@ impl TenantDb {
             offsets: ks("offsets")?,
             state: ks("state")?,
             leases: ks("leases")?,
+            workers: ks("workers")?,
             stories: ks("stories")?,
             latest: ks("latest")?,
             dead: ks("dead")?,
@@ -476,6 +479,42 @@ impl Store for EmbeddedStore {
                 }
                 _ => Ok(()),
             }
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        tenant: &TenantId,
+        owner: &str,
+        ttl_ms: i64,
+        now: TimestampMs,
+    ) -> Result<(), StoreError> {
+        let owner = owner.to_string();
+        self.blocking(tenant, move |db| {
+            // Not durable on purpose: a heartbeat lost in a crash is what a crash should mean.
+            db.workers.insert(owner.as_bytes(), (now + ttl_ms).to_be_bytes()).map_err(backend)
+        })
+        .await
+    }
+
+    async fn live_workers(
+        &self,
+        tenant: &TenantId,
+        now: TimestampMs,
+    ) -> Result<Vec<String>, StoreError> {
+        self.blocking(tenant, move |db| {
+            let mut out = Vec::new();
+            for guard in db.workers.iter() {
+                let (key, value) = guard.into_inner().map_err(backend)?;
+                let expires = i64::from_be_bytes(
+                    value.as_ref().try_into().map_err(|_| corrupt("workers", "bad expiry"))?,
+                );
+                if expires > now {
+                    out.push(String::from_utf8_lossy(&key).into_owned());
+                }
+            }
+            Ok(out)
         })
         .await
     }

@@ -244,6 +244,23 @@ pub trait Store: Send + Sync + 'static {
         lease: &Lease,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Announces that worker `owner` is alive until `now + ttl_ms`. Workers share a tenant's
+    /// shards fairly among the live ones.
+    fn heartbeat(
+        &self,
+        tenant: &TenantId,
+        owner: &str,
+        ttl_ms: i64,
+        now: TimestampMs,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Workers whose heartbeat has not expired at `now`, sorted.
+    fn live_workers(
+        &self,
+        tenant: &TenantId,
+        now: TimestampMs,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// The current lease of a shard, if any (for status).
     fn lease(
         &self,

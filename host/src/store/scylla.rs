@@ -114,6 +114,11 @@ pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.meta (name text PRIMARY KEY, shards int, bucket_ms bigint)"
         ),
+        // Worker heartbeats: plain writes (not a fencing token); rows of dead workers age out.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.workers (owner text PRIMARY KEY, expires_ms bigint) \
+             WITH default_time_to_live = 3600"
+        ),
     ]
 }
 
@@ -139,6 +144,8 @@ struct Tenant {
     insert_dead: PreparedStatement,
     all_dead: PreparedStatement,
     read_layout: PreparedStatement,
+    heartbeat: PreparedStatement,
+    workers: PreparedStatement,
     write_layout: PreparedStatement,
 }
 
@@ -280,6 +287,8 @@ impl ScyllaStore {
             ))
             .await?,
             all_dead: prepare(format!("SELECT shard, bucket, plugin, reason, attempts, at_ms FROM {ks}.dead_letters")).await?,
+            heartbeat: prepare(format!("INSERT INTO {ks}.workers (owner, expires_ms) VALUES (?, ?)")).await?,
+            workers: prepare(format!("SELECT owner, expires_ms FROM {ks}.workers")).await?,
             read_layout: prepare(format!("SELECT shards, bucket_ms FROM {ks}.meta WHERE name = 'layout'")).await?,
             write_layout: prepare(format!(
                 "INSERT INTO {ks}.meta (name, shards, bucket_ms) VALUES ('layout', ?, ?) IF NOT EXISTS"
@@ -649,6 +658,37 @@ impl Store for ScyllaStore {
         )
         .await?;
         Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        tenant: &TenantId,
+        owner: &str,
+        ttl_ms: i64,
+        now: TimestampMs,
+    ) -> Result<(), StoreError> {
+        let t = self.tenant(tenant).await?;
+        self.session.execute_unpaged(&t.heartbeat, (owner, now + ttl_ms)).await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn live_workers(
+        &self,
+        tenant: &TenantId,
+        now: TimestampMs,
+    ) -> Result<Vec<String>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        let pager = self.session.execute_iter(t.workers.clone(), ()).await.map_err(backend)?;
+        let mut rows = pager.rows_stream::<(String, i64)>().map_err(|e| corrupt("workers", e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (owner, expires_ms) = row.map_err(backend)?;
+            if expires_ms > now {
+                out.push(owner);
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     async fn lease(&self, tenant: &TenantId, shard: ShardId) -> Result<Option<Lease>, StoreError> {

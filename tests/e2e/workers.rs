@@ -1,0 +1,83 @@
+//! Several workers on one store split a tenant's shards through leases, and take over the
+//! shards of a worker that stops.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use storyline::model::{ShardId, TenantId};
+use storyline::producer::{IngestReport, Producer};
+use storyline::store::embedded::EmbeddedStore;
+use storyline::store::{Layout, Store};
+use storyline::worker::{Shared, WorkerConfig, run_tenant};
+
+use crate::support::{Scratch, loaded};
+
+/// Owners of the four shards.
+fn owners(rt: &tokio::runtime::Runtime, store: &EmbeddedStore, t: &TenantId) -> Vec<String> {
+    (0..4)
+        .map(|s| {
+            let now = storyline::producer::now_ms();
+            match rt.block_on(store.lease(t, ShardId(s))).unwrap() {
+                Some(l) if l.expires_ms > now => l.owner,
+                _ => "-".into(),
+            }
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_workers_split_the_shards_and_one_takes_over_when_the_other_stops() {
+    let scratch = Scratch::new("split");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store = EmbeddedStore::new(scratch.path("data"));
+    let t = TenantId::new("acme").unwrap();
+    let line = r#"{"source":"s","kind":"k","time":1}"#;
+    let mut producer = Producer::new(&store, t.clone(), Layout::default(), None);
+    let mut report = IngestReport::default();
+    for i in 0..100 {
+        rt.block_on(producer.push_line(line, i + 1, &mut report)).unwrap();
+    }
+    rt.block_on(producer.flush(&mut report)).unwrap();
+
+    let plugin = loaded("template");
+    let start = |owner: &str, stop: Arc<AtomicBool>| {
+        let config = WorkerConfig {
+            owner: owner.into(),
+            delay_ms: 100,
+            poll_ms: 50,
+            lease_ttl_ms: 3000,
+            ..WorkerConfig::default()
+        };
+        let shared = Shared { shutdown: stop, ..Shared::default() };
+        let (handle, store, t, plugin) =
+            (rt.handle().clone(), store.clone(), t.clone(), plugin.clone());
+        std::thread::spawn(move || run_tenant(&handle, &store, &t, &plugin, &config, &shared))
+    };
+
+    let stop_a = Arc::new(AtomicBool::new(false));
+    let a = start("a", stop_a.clone());
+    wait_for("worker a to hold every shard", || owners(&rt, &store, &t) == ["a", "a", "a", "a"]);
+
+    let stop_b = Arc::new(AtomicBool::new(false));
+    let b = start("b", stop_b.clone());
+    wait_for("the shards to be split two and two", || {
+        let o = owners(&rt, &store, &t);
+        o.iter().filter(|x| *x == "a").count() == 2 && o.iter().filter(|x| *x == "b").count() == 2
+    });
+
+    stop_a.store(true, Ordering::Relaxed);
+    a.join().unwrap().unwrap();
+    wait_for("worker b to take every shard", || owners(&rt, &store, &t) == ["b", "b", "b", "b"]);
+    stop_b.store(true, Ordering::Relaxed);
+    b.join().unwrap().unwrap();
+}
