@@ -176,6 +176,8 @@ pub fn run_tenant<S: Store + Clone>(
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {
+                // Shards already started keep running until shutdown; the heartbeat stops.
+                stop_heartbeat.store(true, Ordering::Relaxed);
                 return Err(WorkerError::Store(StoreError::Backend {
                     backend: "worker",
                     message: format!("cannot start a shard thread: {e}"),
