@@ -81,3 +81,66 @@ fn two_workers_split_the_shards_and_one_takes_over_when_the_other_stops() {
     stop_b.store(true, Ordering::Relaxed);
     b.join().unwrap().unwrap();
 }
+
+/// Two worker processes on a real ScyllaDB/Cassandra node (when `STORYLINE_SCYLLA_NODES` is
+/// set; otherwise the test returns at once): they split the shards; after `kill -9` of one,
+/// the other holds every shard once the dead worker's leases expire.
+#[test]
+fn worker_processes_on_a_cql_cluster_split_shards_and_survive_kill_9() {
+    let Ok(nodes) = std::env::var("STORYLINE_SCYLLA_NODES") else { return };
+    let scratch = Scratch::new("cql-workers");
+    let tenant = crate::store_contract::unique_tenant("cql-workers");
+    std::fs::create_dir_all(scratch.path(&format!("plugins/{tenant}"))).unwrap();
+    std::fs::copy(
+        crate::support::plugin("template"),
+        scratch.path(&format!("plugins/{tenant}/template.wasm")),
+    )
+    .unwrap();
+    let base = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_storyline"));
+        c.args(["--store", "scylla", "--scylla-nodes", &nodes])
+            .args(["--scylla-replication", "{'class': 'SimpleStrategy', 'replication_factor': 1}"])
+            .args(["--data-dir", &scratch.str("data"), "--plugin-dir", &scratch.str("plugins")])
+            .args(args);
+        c
+    };
+    let events = scratch.path("events.jsonl");
+    std::fs::write(&events, "{\"source\":\"s\",\"kind\":\"k\",\"time\":1}\n".repeat(50)).unwrap();
+    let out = base(&["ingest", "--tenant", tenant.as_str(), &events.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let owners = || -> Vec<String> {
+        let out = base(&["status", "--tenant", tenant.as_str()]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(char::is_numeric))
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            .collect()
+    };
+    let quiet = || std::process::Stdio::null();
+    let mut first = base(&["run", "--tenant", tenant.as_str()]).stderr(quiet()).spawn().unwrap();
+    wait_for("the first worker to hold every shard", || {
+        let o = owners();
+        o.len() == 4 && o.iter().all(|x| x != "free" && x == &o[0])
+    });
+    let mut second = base(&["run", "--tenant", tenant.as_str()]).stderr(quiet()).spawn().unwrap();
+    wait_for("two owners of two shards each", || {
+        let o = owners();
+        let mut distinct = o.clone();
+        distinct.sort();
+        distinct.dedup();
+        distinct.len() == 2
+            && !distinct.contains(&"free".to_string())
+            && o.iter().filter(|x| **x == distinct[0]).count() == 2
+    });
+    first.kill().unwrap(); // SIGKILL: no lease is released
+    first.wait().unwrap();
+    wait_for("the survivor to hold every shard", || {
+        let o = owners();
+        o.len() == 4 && o.iter().all(|x| x != "free" && x == &o[0])
+    });
+    let pid = second.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(second.wait().unwrap().code(), Some(0));
+}
