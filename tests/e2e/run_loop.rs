@@ -208,3 +208,50 @@ fn sigterm_finishes_the_current_bucket_commits_and_exits_0() {
     site.ok(&["run", "--exit-when-idle", "--delay-ms", "200"]);
     assert_one_story_per_session(&site.stories(), &truth(&file));
 }
+
+#[test]
+fn ingest_reaches_a_running_worker_through_its_socket() {
+    let site = Site::new("socket");
+    let file = site.generate("events.jsonl", 150, 8);
+    let data = site.scratch.str("data");
+    let plugins = site.scratch.str("plugins");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_storyline"))
+        .args([
+            "--data-dir",
+            &data,
+            "--plugin-dir",
+            &plugins,
+            "run",
+            "--tenant",
+            "acme",
+            "--delay-ms",
+            "200",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The running worker owns the embedded store; ingest must go through its socket.
+    let socket = site.scratch.path("data/ingest.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "the worker did not open its ingest socket");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, ingest) = site.ok(&["ingest", "--tenant", "acme", &file]);
+    assert!(ingest.contains("accepted 600 events"), "{ingest}");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(processed(&stderr), 600, "{stderr}");
+    assert!(!socket.exists(), "the socket is removed at exit");
+    site.ok(&["run", "--exit-when-idle", "--delay-ms", "200"]);
+    assert_one_story_per_session(&site.stories(), &truth(&file));
+}

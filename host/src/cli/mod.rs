@@ -3,6 +3,7 @@
 
 mod generate_cmd;
 mod ingest_cmd;
+mod ingest_socket;
 mod plugin_cmd;
 mod run_cmd;
 mod stories_cmd;
@@ -184,7 +185,10 @@ pub enum PluginCommand {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(&cli.log);
-    let dirs = Dirs { data: cli.data_dir, plugins: cli.plugin_dir };
+    // With the embedded store, a running `storyline run` owns the data directory and takes
+    // events through its ingest socket.
+    let socket = (cli.store == StoreKind::Embedded).then(|| ingest_socket::path(&cli.data_dir));
+    let dirs = Dirs { data: cli.data_dir, plugins: cli.plugin_dir, socket };
     let scylla = ScyllaConfig {
         nodes: cli.scylla_nodes.split(',').map(|n| n.trim().to_string()).collect(),
         replication: cli.scylla_replication,
@@ -267,6 +271,9 @@ pub struct Dirs {
     pub data: PathBuf,
     /// `--plugin-dir`.
     pub plugins: PathBuf,
+    /// The ingest socket of the data directory, when the store belongs to one process
+    /// (embedded): `run` serves it, `ingest` forwards to it when someone listens.
+    pub socket: Option<PathBuf>,
 }
 
 impl Dirs {

@@ -46,6 +46,15 @@ pub fn run<S: Store + Clone>(
             shutdown.store(true, Ordering::Relaxed);
         });
     }
+    if dirs.socket.is_some() {
+        // This process owns the embedded store: `storyline ingest` reaches it through here.
+        super::ingest_socket::serve(
+            rt.handle().clone(),
+            store.clone(),
+            dirs.clone(),
+            shutdown.clone(),
+        )?;
+    }
     let sink: Option<StorySink> = match stories_out {
         None => None,
         Some(p) => {
