@@ -240,6 +240,15 @@ fn ingest_reaches_a_running_worker_through_its_socket() {
     let (_, ingest) = site.ok(&["ingest", "--tenant", "acme", &file]);
     assert!(ingest.contains("accepted 600 events"), "{ingest}");
     std::thread::sleep(std::time::Duration::from_secs(4));
+    // status and stories are answered by the running worker too.
+    let (status, _) = site.ok(&["status", "--tenant", "acme"]);
+    let pid = format!(":{} (", child.id());
+    assert_eq!(
+        status.lines().filter(|l| l.contains(&pid)).count(),
+        4,
+        "the run owns every shard: {status}"
+    );
+    site.ok(&["stories", "--tenant", "acme"]);
     assert!(
         std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

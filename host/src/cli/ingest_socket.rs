@@ -3,9 +3,13 @@
 //! in the data directory, and gets the same report back. Events are acknowledged only after
 //! the running process wrote them durably.
 //!
-//! Protocol, one line each: the client sends a JSON header (`tenant`, `shards`, `bucket_ms`,
-//! `batch`), then the event lines, then closes its side. The server answers `REJECT\t<error>`
-//! lines (at most 100) and a final `SUMMARY\t<json>`, or `ERROR\t<message>`.
+//! `storyline status` and `storyline stories` ask the running process the same way.
+//!
+//! Protocol, one line each: the client sends a JSON header (`command`: `ingest`, `status` or
+//! `stories`; `tenant`; for ingest `shards`, `bucket_ms`, `batch`; for stories `all`). For
+//! ingest it then sends the event lines and closes its side; the server answers
+//! `REJECT\t<error>` lines (at most 100) and a final `SUMMARY\t<json>`. For status and stories
+//! the server answers the command's output followed by `END`. Any failure is `ERROR\t<message>`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -29,10 +33,59 @@ pub fn path(data_dir: &Path) -> PathBuf {
 
 #[derive(Serialize, Deserialize)]
 struct Header {
+    #[serde(default = "ingest")]
+    command: String,
     tenant: String,
+    #[serde(default)]
     shards: Option<u32>,
+    #[serde(default)]
     bucket_ms: Option<i64>,
+    #[serde(default)]
     batch: usize,
+    #[serde(default)]
+    all: bool,
+}
+
+fn ingest() -> String {
+    "ingest".into()
+}
+
+/// A connection to the process that owns the data directory, if one is listening.
+pub fn connect(dirs: &Dirs) -> Option<UnixStream> {
+    UnixStream::connect(dirs.socket.as_ref()?).ok()
+}
+
+/// Asks the running process for `status` or `stories` of `tenant`; returns its output.
+pub fn query(
+    mut socket: UnixStream,
+    command: &str,
+    tenant: &TenantId,
+    all: bool,
+) -> anyhow::Result<String> {
+    let header = Header {
+        command: command.into(),
+        tenant: tenant.to_string(),
+        shards: None,
+        bucket_ms: None,
+        batch: 0,
+        all,
+    };
+    serde_json::to_writer(&mut socket, &header)?;
+    socket.write_all(b"\n")?;
+    socket.shutdown(std::net::Shutdown::Write)?;
+    let mut text = String::new();
+    for line in BufReader::new(socket).lines() {
+        let line = line.context("the running storyline closed its socket")?;
+        if line == "END" {
+            return Ok(text);
+        }
+        if let Some(e) = line.strip_prefix("ERROR\t") {
+            bail!("{e}");
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    bail!("the running storyline ended its answer early")
 }
 
 /// The server's final answer.
@@ -61,7 +114,14 @@ pub fn send(
     (shards, bucket_ms): (Option<u32>, Option<i64>),
     batch: usize,
 ) -> anyhow::Result<Summary> {
-    let header = Header { tenant: tenant.to_string(), shards, bucket_ms, batch };
+    let header = Header {
+        command: "ingest".into(),
+        tenant: tenant.to_string(),
+        shards,
+        bucket_ms,
+        batch,
+        all: false,
+    };
     let answer = BufReader::new(socket.try_clone().context("ingest socket")?);
     let mut out = std::io::BufWriter::new(&mut socket);
     serde_json::to_writer(&mut out, &header)?;
@@ -143,12 +203,53 @@ fn answer<S: Store>(
     let mut reader = BufReader::new(stream);
     let mut first = String::new();
     reader.read_line(&mut first)?;
-    let result = serde_json::from_str::<Header>(&first)
-        .context("bad ingest header")
-        .and_then(|h| Ok((TenantId::new(&h.tenant)?, h)))
-        .and_then(|(tenant, h)| {
-            ingest_stream(handle, store, dirs, &tenant, reader, (h.shards, h.bucket_ms), h.batch)
-        });
+    let header = serde_json::from_str::<Header>(&first)
+        .context("bad request header")
+        .and_then(|h| Ok((TenantId::new(&h.tenant)?, h)));
+    let (tenant, header) = match header {
+        Ok(h) => h,
+        Err(e) => {
+            writeln!(reply, "ERROR\t{e:#}")?;
+            return Ok(());
+        }
+    };
+    if header.command != "ingest" {
+        let mut buf: Vec<u8> = Vec::new();
+        let done = match header.command.as_str() {
+            "status" => {
+                super::stories_cmd::write_status(handle, store, &dirs.data, &tenant, &mut buf)
+            }
+            "stories" => {
+                let mut printed = std::collections::HashSet::new();
+                super::stories_cmd::write_stories(
+                    handle,
+                    store,
+                    &tenant,
+                    header.all,
+                    &mut printed,
+                    &mut buf,
+                )
+            }
+            other => Err(anyhow::anyhow!("unknown command {other}")),
+        };
+        match done {
+            Ok(()) => {
+                reply.write_all(&buf)?;
+                writeln!(reply, "END")?;
+            }
+            Err(e) => writeln!(reply, "ERROR\t{e:#}")?,
+        }
+        return Ok(());
+    }
+    let result = ingest_stream(
+        handle,
+        store,
+        dirs,
+        &tenant,
+        reader,
+        (header.shards, header.bucket_ms),
+        header.batch.max(1),
+    );
     match result {
         Ok(Ingested { report, layout }) => {
             for e in &report.rejected {

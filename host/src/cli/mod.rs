@@ -237,7 +237,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Stories { tenant, all, follow } => {
-            with_store!(|rt, store| stories_cmd::stories(&rt, &store, &tenant, all, follow))
+            with_store!(|rt, store| stories_cmd::stories(&rt, &store, &dirs, &tenant, all, follow))
         }
         Command::Status { tenant } => {
             with_store!(|rt, store| stories_cmd::status(&rt, &store, &dirs, &tenant))

@@ -4,31 +4,59 @@ use std::collections::HashSet;
 use std::io::Write;
 
 use super::{Dirs, tenant_arg};
-use crate::model::ShardId;
+use crate::model::{ShardId, TenantId};
 use crate::producer::now_ms;
 use crate::store::Store;
 use storyline_sdk::format::format_rfc3339;
 
-/// Prints the tenant's published stories.
+/// Writes the tenant's stories not yet in `printed` (latest revisions, or all) as JSONL.
+pub fn write_stories<S: Store>(
+    handle: &tokio::runtime::Handle,
+    store: &S,
+    tenant: &TenantId,
+    all: bool,
+    printed: &mut HashSet<(String, u32)>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    for s in handle.block_on(store.stories(tenant, all))? {
+        if printed.insert((s.story.id.clone(), s.story.revision)) {
+            out.write_all(s.story.to_json().as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints the tenant's published stories (through the running worker's socket when it owns
+/// the embedded store).
 pub fn stories<S: Store + Clone>(
     rt: &tokio::runtime::Runtime,
     store: &S,
+    dirs: &Dirs,
     tenant: &str,
     all: bool,
     follow: bool,
 ) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
     let mut printed: HashSet<(String, u32)> = HashSet::new();
+    let mut printed_lines: HashSet<String> = HashSet::new();
     loop {
-        let stories = rt.block_on(store.stories(&tenant, all || follow))?;
         let mut out = std::io::stdout().lock();
-        for s in stories {
-            if printed.insert((s.story.id.clone(), s.story.revision)) {
-                out.write_all(s.story.to_json().as_bytes())?;
-                out.write_all(b"\n")?;
+        match super::ingest_socket::connect(dirs) {
+            Some(socket) => {
+                let text = super::ingest_socket::query(socket, "stories", &tenant, all || follow)?;
+                for line in text.lines() {
+                    if printed_lines.insert(line.to_string()) {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                out.flush()?;
+            }
+            None => {
+                write_stories(rt.handle(), store, &tenant, all || follow, &mut printed, &mut out)?
             }
         }
-        out.flush()?;
         if !follow {
             return Ok(());
         }
@@ -44,12 +72,27 @@ pub fn status<S: Store + Clone>(
     tenant: &str,
 ) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
-    let Some(layout) = rt.block_on(store.layout(&tenant))? else {
-        anyhow::bail!("tenant {tenant} has no events in {}", dirs.data.display());
-    };
-    let dead = rt.block_on(store.dead_letters(&tenant))?;
-    let now = now_ms();
+    if let Some(socket) = super::ingest_socket::connect(dirs) {
+        print!("{}", super::ingest_socket::query(socket, "status", &tenant, false)?);
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
+    write_status(rt.handle(), store, &dirs.data, &tenant, &mut out)
+}
+
+/// Writes the status table of a tenant.
+pub fn write_status<S: Store>(
+    handle: &tokio::runtime::Handle,
+    store: &S,
+    data_dir: &std::path::Path,
+    tenant: &TenantId,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let Some(layout) = handle.block_on(store.layout(tenant))? else {
+        anyhow::bail!("tenant {tenant} has no events in {}", data_dir.display());
+    };
+    let dead = handle.block_on(store.dead_letters(tenant))?;
+    let now = now_ms();
     writeln!(out, "tenant {tenant}: {} shards, {} ms buckets", layout.shards, layout.bucket_ms)?;
     writeln!(
         out,
@@ -57,11 +100,11 @@ pub fn status<S: Store + Clone>(
         "shard", "owner (epoch)", "committed bucket", "lag s", "lag events"
     )?;
     for shard in (0..layout.shards).map(ShardId) {
-        let lease = rt.block_on(store.lease(&tenant, shard))?;
-        let cp = rt.block_on(store.load_checkpoint(&tenant, shard))?;
+        let lease = handle.block_on(store.lease(tenant, shard))?;
+        let cp = handle.block_on(store.load_checkpoint(tenant, shard))?;
         let offset = cp.as_ref().map(|c| c.bucket);
-        let pending = rt.block_on(store.pending_events(&tenant, shard, offset))?;
-        let oldest = rt.block_on(store.next_bucket(&tenant, shard, offset))?;
+        let pending = handle.block_on(store.pending_events(tenant, shard, offset))?;
+        let oldest = handle.block_on(store.next_bucket(tenant, shard, offset))?;
         // Lag: how old the oldest unconsumed bucket is; 0 when nothing waits.
         let lag_s = oldest.map_or(0.0, |b| (now - b.0 - layout.bucket_ms).max(0) as f64 / 1000.0);
         let owner = match lease {
