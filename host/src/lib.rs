@@ -14,6 +14,10 @@
 //! - [`generate`]: a realistic multi-sensor event stream with ground truth (demo, tests, benches).
 //! - [`cli`]: the `storyline` command line; parses arguments and calls the modules above.
 
+/// Every binary linking the host (the CLI, tests, benches) allocates with mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod cli;
 pub mod generate;
 pub mod model;

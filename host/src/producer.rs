@@ -14,7 +14,7 @@ use std::io::BufRead;
 use storyline_sdk::format::{self, FormatError, InputEvent};
 
 use crate::model::{BucketStart, ShardId, TenantId, TimestampMs};
-use crate::plugin::PluginInstance;
+use crate::plugin::{EventView, PluginInstance};
 use crate::store::{Layout, NewEvent, Store, StoreError};
 
 /// Default events per durable batch: one fdatasync (~1 ms) per thousand events.
@@ -53,9 +53,12 @@ pub struct IngestReport {
     pub batches: u64,
 }
 
-/// Writes events of one tenant.
-pub struct Producer<'s, S: Store> {
+/// Writes events of one tenant. One batch is written while the next is being read and
+/// validated; [`Producer::flush`] waits until everything pushed is durable.
+pub struct Producer<'s, S: Store + Clone> {
     store: &'s S,
+    /// The batch being written, with its size.
+    in_flight: Option<(tokio::task::JoinHandle<Result<(), StoreError>>, u64)>,
     tenant: TenantId,
     layout: Layout,
     /// The tenant's plugin, asked for routing keys; `None` routes by event id.
@@ -71,7 +74,7 @@ pub struct Producer<'s, S: Store> {
     clock: fn() -> TimestampMs,
 }
 
-impl<S: Store> std::fmt::Debug for Producer<'_, S> {
+impl<S: Store + Clone> std::fmt::Debug for Producer<'_, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("tenant", &self.tenant)
@@ -88,7 +91,7 @@ pub fn now_ms() -> TimestampMs {
         .unwrap_or(0)
 }
 
-impl<'s, S: Store> Producer<'s, S> {
+impl<'s, S: Store + Clone> Producer<'s, S> {
     /// A producer for `tenant` with `layout`, routing with `router` when given.
     pub fn new(
         store: &'s S,
@@ -102,6 +105,7 @@ impl<'s, S: Store> Producer<'s, S> {
             .unwrap_or(0);
         Producer {
             store,
+            in_flight: None,
             tenant,
             layout,
             router,
@@ -131,16 +135,16 @@ impl<'s, S: Store> Producer<'s, S> {
             return route.clone();
         }
         if let Some(router) = &mut self.router {
-            let probe = crate::model::Event {
-                id: id.to_string(),
-                source: e.source.clone(),
-                kind: e.kind.clone(),
+            let probe = EventView {
+                id,
+                source: &e.source,
+                kind: &e.kind,
                 event_time: e.time,
                 insert_time: 0,
-                attributes: e.attributes.clone(),
-                payload: e.payload.clone(),
+                attributes: &e.attributes,
+                payload: &e.payload,
             };
-            match router.route(&probe) {
+            match router.route(probe) {
                 Ok(Some(key)) => return key,
                 Ok(None) => {}
                 Err(err) => {
@@ -175,7 +179,7 @@ impl<'s, S: Store> Producer<'s, S> {
                 let shard = shard_of(&key, self.layout.shards);
                 self.pending.push((e, shard));
                 if self.pending.len() >= self.batch_size {
-                    self.flush(report).await?;
+                    self.send(report).await?;
                 }
             }
             Err(err) => {
@@ -188,11 +192,33 @@ impl<'s, S: Store> Producer<'s, S> {
         Ok(())
     }
 
-    /// Writes the pending batch durably. All of it or none of it is written.
+    /// Writes the pending batch and waits until every batch is durable. Each batch is written
+    /// atomically: all of it or none of it.
     pub async fn flush(&mut self, report: &mut IngestReport) -> Result<(), StoreError> {
+        self.send(report).await?;
+        self.settle(report).await
+    }
+
+    /// Waits for the batch being written, if any, and counts it.
+    async fn settle(&mut self, report: &mut IngestReport) -> Result<(), StoreError> {
+        let Some((task, n)) = self.in_flight.take() else { return Ok(()) };
+        task.await.map_err(|e| StoreError::Backend {
+            backend: "producer",
+            message: format!("the write task failed: {e}"),
+        })??;
+        report.accepted += n;
+        report.batches += 1;
+        Ok(())
+    }
+
+    /// Starts writing the pending batch once the previous one is durable.
+    async fn send(&mut self, report: &mut IngestReport) -> Result<(), StoreError> {
+        self.settle(report).await?;
         if self.pending.is_empty() {
             return Ok(());
         }
+        // Insert time is read when the batch is handed to the store, after the previous batch
+        // finished: a batch never lands in a bucket older than the moment it is written.
         let insert_time = (self.clock)();
         let bucket = bucket_of(insert_time, self.layout.bucket_ms);
         let events: Vec<NewEvent> = self
@@ -204,9 +230,10 @@ impl<'s, S: Store> Producer<'s, S> {
                 event: e.into_event(String::new, insert_time),
             })
             .collect();
-        self.store.append(&self.tenant, self.layout, &events).await?;
-        report.accepted += events.len() as u64;
-        report.batches += 1;
+        let n = events.len() as u64;
+        let (store, tenant, layout) = (self.store.clone(), self.tenant.clone(), self.layout);
+        let task = tokio::spawn(async move { store.append(&tenant, layout, &events).await });
+        self.in_flight = Some((task, n));
         Ok(())
     }
 

@@ -35,6 +35,8 @@ pub struct PluginInstance {
     bindings: v0_1_0::Plugin,
     /// `process`, called with borrowed arguments so that events are not copied twice.
     process_func: Func,
+    /// The `route` export, called with a borrowed event.
+    route_func: Func,
     /// Set after a trap or limit: the guest's state is undefined, only re-creation helps.
     poisoned: bool,
     /// Bytes of guest stderr already reported.
@@ -75,10 +77,11 @@ impl Plugin {
         };
         let instantiated = self.pre.instance_pre().instantiate(&mut store).and_then(|instance| {
             let bindings = v0_1_0::Plugin::new(&mut store, &instance)?;
-            let process_func = process_func(&mut store, &instance)?;
-            Ok((bindings, process_func))
+            let process_func = export_func(&mut store, &instance, "process")?;
+            let route_func = export_func(&mut store, &instance, "route")?;
+            Ok((bindings, process_func, route_func))
         });
-        let (bindings, process_func) = match instantiated {
+        let (bindings, process_func, route_func) = match instantiated {
             Ok(b) => b,
             Err(e) => {
                 let limit_hit = store.data().limiter.hit;
@@ -92,6 +95,7 @@ impl Plugin {
             store,
             bindings,
             process_func,
+            route_func,
             poisoned: false,
             stderr_seen: 0,
             watermark: 0,
@@ -139,7 +143,7 @@ impl PluginInstance {
             start: bucket.start,
             end: bucket.end,
             watermark: bucket.watermark,
-            events: bucket.events.iter().map(EventArg::from).collect(),
+            events: bucket.events.iter().map(EventView::from).collect(),
         };
         let func = self.process_func;
         let out = self.call("process", at, |_, store| {
@@ -166,10 +170,14 @@ impl PluginInstance {
         self.check_output(stories, known_event).map_err(|f| self.error("drain", None, f))
     }
 
-    /// The routing key the plugin computes for an event, if any.
-    pub fn route(&mut self, event: &Event) -> Result<Option<String>, CallError> {
-        let wit_event = to_wit_event(event);
-        let key = self.call("route", None, |api, store| api.call_route(store, &wit_event))?;
+    /// The routing key the plugin computes for an event, if any. The event is lowered into the
+    /// guest from the borrowed parts, without a copy on the host.
+    pub fn route(&mut self, event: EventView<'_>) -> Result<Option<String>, CallError> {
+        let func = self.route_func;
+        let key = self.call("route", None, |_, store| {
+            let typed = func.typed::<(EventView<'_>,), (Option<String>,)>(&*store)?;
+            typed.call(store, (event,)).map(|(r,)| r)
+        })?;
         match key {
             Some(k) if k.len() > MAX_ID_BYTES => Err(self.error(
                 "route",
@@ -300,18 +308,6 @@ impl PluginInstance {
     }
 }
 
-fn to_wit_event(e: &Event) -> wit::Event {
-    wit::Event {
-        id: e.id.clone(),
-        source: e.source.clone(),
-        kind: e.kind.clone(),
-        event_time: e.event_time,
-        insert_time: e.insert_time,
-        attributes: e.attributes.clone(),
-        payload: e.payload.clone(),
-    }
-}
-
 /// What `process` returns, as the generated bindings type it.
 type ProcessResult = Result<Vec<wit::Story>, wit::Error>;
 
@@ -324,27 +320,34 @@ struct BucketArg<'a> {
     start: i64,
     end: i64,
     watermark: i64,
-    events: Vec<EventArg<'a>>,
+    events: Vec<EventView<'a>>,
 }
 
-/// The WIT `event`, borrowing from the host's event.
-#[derive(ComponentType, Lower)]
+/// The WIT `event`, borrowing its parts from wherever the host holds them.
+#[derive(Debug, Clone, Copy, ComponentType, Lower)]
 #[component(record)]
-struct EventArg<'a> {
-    id: &'a str,
-    source: &'a str,
-    kind: &'a str,
+pub struct EventView<'a> {
+    /// Event id.
+    pub id: &'a str,
+    /// Sensor that reported it.
+    pub source: &'a str,
+    /// Event kind.
+    pub kind: &'a str,
+    /// Event time, epoch ms.
     #[component(name = "event-time")]
-    event_time: i64,
+    pub event_time: i64,
+    /// Insert time, epoch ms (0 before it is written).
     #[component(name = "insert-time")]
-    insert_time: i64,
-    attributes: &'a [(String, String)],
-    payload: &'a [u8],
+    pub insert_time: i64,
+    /// Attributes.
+    pub attributes: &'a [(String, String)],
+    /// Payload bytes.
+    pub payload: &'a [u8],
 }
 
-impl<'a> From<&'a Event> for EventArg<'a> {
+impl<'a> From<&'a Event> for EventView<'a> {
     fn from(e: &'a Event) -> Self {
-        EventArg {
+        EventView {
             id: &e.id,
             source: &e.source,
             kind: &e.kind,
@@ -356,15 +359,18 @@ impl<'a> From<&'a Event> for EventArg<'a> {
     }
 }
 
-/// The `process` export of an instance, checked against the borrowed argument types above at
-/// every call (a cheap comparison of type descriptions).
-fn process_func(store: &mut Store<HostState>, instance: &Instance) -> wasmtime::Result<Func> {
+/// An export of an instance called with the borrowed argument types above, checked against
+/// them at every call (a cheap comparison of type descriptions).
+fn export_func(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    name: &str,
+) -> wasmtime::Result<Func> {
     let iface = format!("{}{}", super::EXPORT_PREFIX, "0.1.0");
-    let missing = || wasmtime::format_err!("the component does not export {iface}#process");
+    let missing = || wasmtime::format_err!("the component does not export {iface}#{name}");
     let iface_index = instance.get_export_index(&mut *store, None, &iface).ok_or_else(missing)?;
-    let func_index = instance
-        .get_export_index(&mut *store, Some(&iface_index), "process")
-        .ok_or_else(missing)?;
+    let func_index =
+        instance.get_export_index(&mut *store, Some(&iface_index), name).ok_or_else(missing)?;
     instance.get_func(&mut *store, func_index).ok_or_else(missing)
 }
 

@@ -159,7 +159,7 @@ impl StoreError {
 
 /// What the loop needs from storage. Every method is about one tenant; tenants never share
 /// data. Writes are durable when the future resolves `Ok`.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Clone + Send + Sync + 'static {
     /// The tenant's layout, or `None` before its first event.
     fn layout(
         &self,
