@@ -177,6 +177,7 @@ pub fn run_tenant<S: Store + Clone>(
             progress: shared.progress.clone(),
             shutdown: shared.shutdown.clone(),
             share: share.clone(),
+            last_alarm: std::cell::Cell::new(i64::MIN),
         };
         let spawned = std::thread::Builder::new().name(name).spawn(move || worker.run());
         match spawned {
@@ -256,6 +257,8 @@ struct ShardWorker<S> {
     shutdown: Arc<AtomicBool>,
     /// How many shards this worker holds and may hold.
     share: Arc<FairShare>,
+    /// When the lag alarm was last logged (at most once a minute).
+    last_alarm: std::cell::Cell<TimestampMs>,
 }
 
 /// Why a shard's loop ended.
@@ -291,6 +294,13 @@ struct Cursor {
     instance: PluginInstance,
     /// Digest of the last committed state: an unchanged state is not rewritten.
     state_digest: u64,
+    /// Digest of a fresh instance's state: a shard holding nothing needs no ticks.
+    blank_digest: u64,
+    /// Buckets up to this one are closed for writing and may be read.
+    closed: Option<BucketStart>,
+    /// A close under way: buckets up to the first may be read from the second on (the store's
+    /// grace, during which producers learn of it).
+    closing: Option<(BucketStart, TimestampMs)>,
     /// When the lease was last renewed.
     renewed_at: TimestampMs,
     /// When time last passed for the plugin.
@@ -367,6 +377,8 @@ impl<S: Store> ShardWorker<S> {
             Some(cp) => (Some(cp.bucket), cp.state),
             None => (None, Vec::new()),
         };
+        let blank_digest = digest(&instance.snapshot()?);
+        let closed = self.block(self.store.closed_until(&self.tenant, self.shard))?;
         if !state.is_empty() {
             instance.restore(&state)?;
         }
@@ -378,7 +390,10 @@ impl<S: Store> ShardWorker<S> {
             committed: offset,
             committed_at: now,
             instance,
-            state_digest: digest(&state),
+            state_digest: if state.is_empty() { blank_digest } else { digest(&state) },
+            blank_digest,
+            closed,
+            closing: None,
             renewed_at: now,
             last_tick: now,
         }))
@@ -424,27 +439,29 @@ impl<S: Store> ShardWorker<S> {
                     }
                 }
             }
-            let ready_before = now - self.config.delay_ms;
             match self.block(self.store.next_bucket(&self.tenant, self.shard, c.offset))? {
-                Some(b) if b.0 + bucket_ms <= ready_before => {
+                Some(b) if self.closed_for(c, b, now)? => {
                     idle_since = None;
+                    self.lag_alarm(b, now);
                     let events = self.block(self.store.read_bucket(&self.tenant, self.shard, b))?;
                     self.process(c, b, events)?;
                 }
-                Some(b) => {
+                Some(_) => {
                     idle_since = None;
-                    let wait =
-                        (b.0 + bucket_ms - ready_before).clamp(1, self.config.poll_ms as i64);
-                    std::thread::sleep(Duration::from_millis(wait as u64));
+                    std::thread::sleep(Duration::from_millis(self.config.poll_ms.min(50)));
                 }
                 None => {
-                    // Let time pass for the plugin: process the latest ready bucket, empty.
-                    let latest_ready =
-                        BucketStart((ready_before.div_euclid(bucket_ms) - 1) * bucket_ms);
+                    // Let time pass for the plugin if it holds anything: process the latest
+                    // closed bucket, empty (it is closed, so no event can still land in it).
+                    let holds_something =
+                        c.offset != c.committed || c.state_digest != c.blank_digest;
+                    let latest = self.close_to(now);
                     if now - c.last_tick >= self.config.tick_ms
-                        && c.offset.is_none_or(|o| o < latest_ready)
+                        && holds_something
+                        && c.offset.is_none_or(|o| o < latest)
+                        && self.closed_for(c, latest, now)?
                     {
-                        self.process(c, latest_ready, Vec::new())?;
+                        self.process(c, latest, Vec::new())?;
                     }
                     if self.config.exit_when_idle {
                         let since = *idle_since.get_or_insert(now);
@@ -456,6 +473,63 @@ impl<S: Store> ShardWorker<S> {
                 }
             }
         }
+    }
+
+    /// Logs an error when the bucket about to be read is older than half the events'
+    /// retention: at this lag, events would expire before they are read.
+    fn lag_alarm(&self, b: BucketStart, now: TimestampMs) {
+        if let Some(retention) = self.store.retention_ms()
+            && now - b.0 >= retention / 2
+            && now.saturating_sub(self.last_alarm.get()) >= 60_000
+        {
+            self.last_alarm.set(now);
+            tracing::error!(
+                tenant = %self.tenant,
+                shard = %self.shard,
+                lag_s = (now - b.0) / 1000,
+                retention_s = retention / 1000,
+                "lag is over half the events' retention: events will expire unread unless workers catch up (start more workers, or raise the retention)"
+            );
+        }
+    }
+
+    /// The last bucket that may be closed at `now`: it ended `delay` ago (less the store's
+    /// grace, which passes before it is read).
+    fn close_to(&self, now: TimestampMs) -> BucketStart {
+        let bucket_ms = self.layout.bucket_ms;
+        let lag = (self.config.delay_ms - self.store.close_grace_ms()).max(0);
+        BucketStart(((now - lag).div_euclid(bucket_ms) - 1) * bucket_ms)
+    }
+
+    /// Whether bucket `b` may be read: closed for writing, the grace passed. Closes buckets
+    /// on demand (up to [`Self::close_to`]), so an idle shard writes nothing.
+    fn closed_for(
+        &self,
+        c: &mut Cursor,
+        b: BucketStart,
+        now: TimestampMs,
+    ) -> Result<bool, WorkerError> {
+        if let Some((to, at)) = c.closing
+            && now >= at
+        {
+            c.closed = Some(to);
+            c.closing = None;
+        }
+        if c.closed.is_some_and(|x| b <= x) {
+            return Ok(true);
+        }
+        let close_to = self.close_to(now);
+        if b > close_to || c.closing.is_some() {
+            return Ok(false);
+        }
+        self.block(self.store.close_buckets(&self.tenant, &c.lease, close_to))?;
+        let grace = self.store.close_grace_ms();
+        if grace <= 0 {
+            c.closed = Some(close_to);
+            return Ok(true);
+        }
+        c.closing = Some((close_to, now + grace));
+        Ok(false)
     }
 
     /// Process → publish → commit one bucket (the commit at most every `checkpoint_ms`). A

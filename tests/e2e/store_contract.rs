@@ -2,7 +2,7 @@
 //! `scylla` below).
 
 use storyline::model::{BucketStart, Event, ShardId, Story, TenantId};
-use storyline::store::{DeadLetter, Layout, NewEvent, Store, StoreError};
+use storyline::store::{DeadLetter, LateStats, Layout, NewEvent, Store, StoreError};
 
 fn event(id: &str, t: i64) -> Event {
     Event {
@@ -181,6 +181,44 @@ pub async fn dead_letters_are_kept_per_bucket(s: &impl Store, t: &TenantId) {
     assert_eq!(s.dead_letters(t).await.unwrap(), vec![letter]);
 }
 
+pub async fn writes_into_closed_buckets_move_to_the_first_open_bucket(
+    s: &impl Store,
+    t: &TenantId,
+) {
+    let now = storyline::producer::now_ms();
+    let base = storyline::producer::bucket_of(now, 1000).0;
+    let sh = ShardId(2);
+    s.append(t, LAYOUT, &[new_event(2, base, "on-time")]).await.unwrap();
+    let lease = s.acquire_lease(t, sh, "w1", 600_000, now).await.unwrap().unwrap();
+    assert_eq!(s.closed_until(t, sh).await.unwrap(), None);
+    s.close_buckets(t, &lease, BucketStart(base + 3000)).await.unwrap();
+    // Closing never moves backwards.
+    s.close_buckets(t, &lease, BucketStart(base)).await.unwrap();
+    assert_eq!(s.closed_until(t, sh).await.unwrap(), Some(BucketStart(base + 3000)));
+    tokio::time::sleep(std::time::Duration::from_millis(s.close_grace_ms() as u64)).await;
+    // A producer whose clock lags writes into a closed bucket; another shard is open.
+    let late = [new_event(2, base + 1000, "late"), new_event(1, base + 1000, "other-shard")];
+    s.append(t, LAYOUT, &late).await.unwrap();
+    assert!(s.read_bucket(t, sh, BucketStart(base + 1000)).await.unwrap().is_empty());
+    let ids = |v: Vec<Event>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.read_bucket(t, sh, BucketStart(base + 4000)).await.unwrap()), ["late"]);
+    assert_eq!(
+        s.next_bucket(t, sh, Some(BucketStart(base + 3000))).await.unwrap(),
+        Some(BucketStart(base + 4000))
+    );
+    assert_eq!(s.late_stats(t, sh).await.unwrap(), LateStats { events: 1, lateness_ms: 3000 });
+    assert_eq!(
+        ids(s.read_bucket(t, ShardId(1), BucketStart(base + 1000)).await.unwrap()),
+        ["other-shard"]
+    );
+    assert_eq!(s.late_stats(t, ShardId(1)).await.unwrap(), LateStats::default());
+    // A worker that lost the shard cannot close for the new owner.
+    let taken = s.acquire_lease(t, sh, "w2", 600_000, now + 1_200_000).await.unwrap().unwrap();
+    let err = s.close_buckets(t, &lease, BucketStart(base + 9000)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { current, .. } if current == taken.epoch), "{err}");
+    assert_eq!(s.closed_until(t, sh).await.unwrap(), Some(BucketStart(base + 3000)));
+}
+
 pub async fn tenants_do_not_see_each_other(s: &impl Store, a: &TenantId, b: &TenantId) {
     s.append(a, LAYOUT, &[new_event(0, 1000, "x")]).await.unwrap();
     s.publish(a, &[story("s", 0, &["x"])], 1).await.unwrap();
@@ -224,6 +262,7 @@ macro_rules! all_contract_tests {
             a_commit_under_a_stale_epoch_is_fenced,
             publishing_is_idempotent_and_latest_revision_wins,
             dead_letters_are_kept_per_bucket,
+            writes_into_closed_buckets_move_to_the_first_open_bucket,
         );
     };
 }

@@ -96,9 +96,10 @@ pub fn write_status<S: Store>(
     writeln!(out, "tenant {tenant}: {} shards, {} ms buckets", layout.shards, layout.bucket_ms)?;
     writeln!(
         out,
-        "{:<6} {:<28} {:<25} {:>10} {:>12}  last error",
-        "shard", "owner (epoch)", "committed bucket", "lag s", "lag events"
+        "{:<6} {:<28} {:<25} {:>10} {:>12} {:>20}  last error",
+        "shard", "owner (epoch)", "committed bucket", "lag s", "lag events", "late events (mean s)"
     )?;
+    let mut alarms = Vec::new();
     for shard in (0..layout.shards).map(ShardId) {
         let lease = handle.block_on(store.lease(tenant, shard))?;
         let cp = handle.block_on(store.load_checkpoint(tenant, shard))?;
@@ -107,6 +108,23 @@ pub fn write_status<S: Store>(
         let oldest = handle.block_on(store.next_bucket(tenant, shard, offset))?;
         // Lag: how old the oldest unconsumed bucket is; 0 when nothing waits.
         let lag_s = oldest.map_or(0.0, |b| (now - b.0 - layout.bucket_ms).max(0) as f64 / 1000.0);
+        if let Some(retention) = store.retention_ms().filter(|r| lag_s * 1000.0 >= *r as f64 / 2.0)
+        {
+            alarms.push(format!(
+                "ALARM shard {shard}: lag {lag_s:.0} s is over half the events' retention ({} s); events expire unread unless workers catch up (start more workers, or raise the retention)",
+                retention / 1000
+            ));
+        }
+        let late = handle.block_on(store.late_stats(tenant, shard))?;
+        let late = if late.events == 0 {
+            "0".to_string()
+        } else {
+            format!(
+                "{} ({:.1})",
+                late.events,
+                late.lateness_ms as f64 / late.events as f64 / 1000.0
+            )
+        };
         let owner = match lease {
             Some(l) if l.expires_ms > now => format!("{} ({})", l.owner, l.epoch),
             Some(l) => format!("free ({})", l.epoch),
@@ -122,9 +140,12 @@ pub fn write_status<S: Store>(
             });
         writeln!(
             out,
-            "{:<6} {:<28} {:<25} {:>10.1} {:>12}  {last_error}",
-            shard.0, owner, committed, lag_s, pending
+            "{:<6} {:<28} {:<25} {:>10.1} {:>12} {:>20}  {last_error}",
+            shard.0, owner, committed, lag_s, pending, late
         )?;
+    }
+    for alarm in alarms {
+        writeln!(out, "{alarm}")?;
     }
     writeln!(out, "dead letters: {}", dead.len())?;
     Ok(())

@@ -19,6 +19,8 @@
 //! | `stories`     | story id, revision                   | published time, story JSON             |
 //! | `latest`      | story id                             | latest revision                        |
 //! | `dead`        | shard, bucket                        | dead letter                            |
+//! | `closed`      | shard                                | last bucket closed for writing         |
+//! | `late`        | shard                                | late events redirected, total lateness |
 //! | `meta`        | `layout`                             | shards, bucket length                  |
 //!
 //! Integers in keys are big-endian (bucket starts with the sign bit flipped) so that byte order
@@ -32,7 +34,9 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Checkpoint, DeadLetter, Layout, Lease, NewEvent, Store, StoreError, StoredStory};
+use super::{
+    Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent, Store, StoreError, StoredStory,
+};
 use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
 
 const BACKEND: &str = "embedded";
@@ -72,6 +76,8 @@ struct TenantDb {
     latest: Keyspace,
     dead: Keyspace,
     meta: Keyspace,
+    closed: Keyspace,
+    late: Keyspace,
     /// Serialises read-modify-write sequences (bucket counts, leases, fenced commits) of this
     /// tenant. A std mutex: the sections are short and never await.
     write: Mutex<()>,
@@ -128,6 +134,8 @@ impl TenantDb {
             latest: ks("latest")?,
             dead: ks("dead")?,
             meta: ks("meta")?,
+            closed: ks("closed")?,
+            late: ks("late")?,
             db,
             write: Mutex::new(()),
         })
@@ -157,6 +165,34 @@ impl TenantDb {
                 Ok(Some(Lease { shard, owner, epoch, expires_ms }))
             }
         }
+    }
+
+    fn closed_until(&self, shard: ShardId) -> Result<Option<BucketStart>, StoreError> {
+        Ok(self.closed.get(shard.0.to_be_bytes()).map_err(backend)?.and_then(|v| bucket_from(&v)))
+    }
+
+    fn late_stats(&self, shard: ShardId) -> Result<LateStats, StoreError> {
+        match self.late.get(shard.0.to_be_bytes()).map_err(backend)? {
+            None => Ok(LateStats::default()),
+            Some(v) => {
+                let (events, lateness_ms): (u64, u64) =
+                    postcard::from_bytes(&v).map_err(|e| corrupt("late", e))?;
+                Ok(LateStats { events, lateness_ms })
+            }
+        }
+    }
+
+    fn fence(&self, tenant: &TenantId, lease: &Lease) -> Result<(), StoreError> {
+        let current = self.lease(lease.shard)?.map_or(0, |l| l.epoch);
+        if current != lease.epoch {
+            return Err(StoreError::Fenced {
+                tenant: tenant.clone(),
+                shard: lease.shard,
+                held: lease.epoch,
+                current,
+            });
+        }
+        Ok(())
     }
 
     fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
@@ -243,21 +279,12 @@ impl Store for EmbeddedStore {
         if events.is_empty() {
             return Ok(());
         }
-        // Encode on the caller's thread; the blocking section only writes.
-        let mut counts: Vec<([u8; 12], u64)> = Vec::new();
-        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(events.len());
+        // Encode on the caller's thread; the blocking section only keys and writes.
+        let mut rows: Vec<(ShardId, BucketStart, Vec<u8>)> = Vec::with_capacity(events.len());
         for e in events {
             if e.shard.0 >= layout.shards {
                 return Err(StoreError::shard_out_of_range(tenant, e.shard, layout));
             }
-            let pk = partition_key(e.shard, e.bucket);
-            match counts.iter_mut().find(|(k, _)| *k == pk) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((pk, 1)),
-            }
-            let mut key = Vec::with_capacity(12 + e.event.id.len());
-            key.extend_from_slice(&pk);
-            key.extend_from_slice(e.event.id.as_bytes());
             let value = encode(&EventValue {
                 source: e.event.source.as_str().into(),
                 kind: e.event.kind.as_str().into(),
@@ -266,16 +293,49 @@ impl Store for EmbeddedStore {
                 attributes: e.event.attributes.clone(),
                 payload: e.event.payload.as_slice().into(),
             });
-            rows.push((key, value));
+            rows.push((e.shard, e.bucket, value));
         }
+        let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
         let tenant_id = tenant.clone();
         self.blocking(tenant, move |db| {
             let _guard = db.lock();
             if let Some(existing) = db.layout()?.filter(|existing| *existing != layout) {
                 return Err(StoreError::layout_mismatch(&tenant_id, existing, layout));
             }
+            // Under the lock that closing takes too: an event for a closed bucket goes to the
+            // first open one, so a worker that read the closed bucket still gets it.
+            let mut closed: Vec<(ShardId, Option<BucketStart>, LateStats)> = Vec::new();
+            let mut counts: Vec<([u8; 12], u64)> = Vec::new();
             let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
             batch.insert(&db.meta, "layout", encode(&(layout.shards, layout.bucket_ms)));
+            for ((shard, bucket, value), id) in rows.into_iter().zip(ids) {
+                let at = match closed.iter().position(|(s, _, _)| *s == shard) {
+                    Some(i) => i,
+                    None => {
+                        closed.push((shard, db.closed_until(shard)?, LateStats::default()));
+                        closed.len() - 1
+                    }
+                };
+                let (_, closed_until, late) = &mut closed[at];
+                let bucket = match *closed_until {
+                    Some(c) if bucket <= c => {
+                        let open = BucketStart(c.0 + layout.bucket_ms);
+                        late.events += 1;
+                        late.lateness_ms += (open.0 - bucket.0) as u64;
+                        open
+                    }
+                    _ => bucket,
+                };
+                let pk = partition_key(shard, bucket);
+                match counts.iter_mut().find(|(k, _)| *k == pk) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((pk, 1)),
+                }
+                let mut key = Vec::with_capacity(12 + id.len());
+                key.extend_from_slice(&pk);
+                key.extend_from_slice(id.as_bytes());
+                batch.insert(&db.events, key, value);
+            }
             for (pk, n) in counts {
                 let old = match db.buckets.get(pk).map_err(backend)? {
                     Some(v) => u64::from_le_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
@@ -283,12 +343,60 @@ impl Store for EmbeddedStore {
                 };
                 batch.insert(&db.buckets, pk, (old + n).to_le_bytes());
             }
-            for (k, v) in rows {
-                batch.insert(&db.events, k, v);
+            for (shard, _, late) in closed.into_iter().filter(|(_, _, l)| l.events > 0) {
+                let old = db.late_stats(shard)?;
+                let total = (old.events + late.events, old.lateness_ms + late.lateness_ms);
+                batch.insert(&db.late, shard.0.to_be_bytes(), encode(&total));
+                tracing::warn!(
+                    tenant = %tenant_id,
+                    shard = %shard,
+                    events = late.events,
+                    "late write: events for buckets this shard already closed were moved to its first open bucket"
+                );
             }
             batch.commit().map_err(backend)
         })
         .await
+    }
+
+    async fn close_buckets(
+        &self,
+        tenant: &TenantId,
+        lease: &Lease,
+        to: BucketStart,
+    ) -> Result<(), StoreError> {
+        let (lease, tenant_id) = (lease.clone(), tenant.clone());
+        self.blocking(tenant, move |db| {
+            let _guard = db.lock();
+            db.fence(&tenant_id, &lease)?;
+            if db.closed_until(lease.shard)?.is_some_and(|c| c >= to) {
+                return Ok(());
+            }
+            let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
+            batch.insert(&db.closed, lease.shard.0.to_be_bytes(), bucket_bytes(to));
+            batch.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn closed_until(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> Result<Option<BucketStart>, StoreError> {
+        self.blocking(tenant, move |db| db.closed_until(shard)).await
+    }
+
+    fn close_grace_ms(&self) -> i64 {
+        0
+    }
+
+    fn retention_ms(&self) -> Option<i64> {
+        None
+    }
+
+    async fn late_stats(&self, tenant: &TenantId, shard: ShardId) -> Result<LateStats, StoreError> {
+        self.blocking(tenant, move |db| db.late_stats(shard)).await
     }
 
     async fn next_bucket(
@@ -396,15 +504,7 @@ impl Store for EmbeddedStore {
         let tenant_id = tenant.clone();
         self.blocking(tenant, move |db| {
             let _guard = db.lock();
-            let current = db.lease(lease.shard)?.map_or(0, |l| l.epoch);
-            if current != lease.epoch {
-                return Err(StoreError::Fenced {
-                    tenant: tenant_id,
-                    shard: lease.shard,
-                    held: lease.epoch,
-                    current,
-                });
-            }
+            db.fence(&tenant_id, &lease)?;
             let key = lease.shard.0.to_be_bytes();
             // Offset and state in one atomic batch: recovery sees both or neither.
             let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));

@@ -76,6 +76,16 @@ pub struct DeadLetter {
     pub at_ms: TimestampMs,
 }
 
+/// Events a producer wrote into buckets a worker had already closed, redirected to the first
+/// open bucket of their shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LateStats {
+    /// How many.
+    pub events: u64,
+    /// Sum of their lateness (redirected bucket minus intended bucket), ms.
+    pub lateness_ms: u64,
+}
+
 /// How a tenant's stream is cut; fixed when the tenant's first event is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -183,6 +193,41 @@ pub trait Store: Clone + Send + Sync + 'static {
         shard: ShardId,
         after: Option<BucketStart>,
     ) -> impl Future<Output = Result<Option<BucketStart>, StoreError>> + Send;
+
+    /// Closes every bucket of the shard up to and including `to` for writing, under `lease`
+    /// (fenced like a commit). From then on (after [`Store::close_grace_ms`]) an event a
+    /// producer writes into a closed bucket — its clock lags, or its write was slow — lands in
+    /// the first open bucket instead and is counted as late: nothing is written behind a
+    /// worker. Closing never moves backwards.
+    fn close_buckets(
+        &self,
+        tenant: &TenantId,
+        lease: &Lease,
+        to: BucketStart,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The last closed bucket of a shard.
+    fn closed_until(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> impl Future<Output = Result<Option<BucketStart>, StoreError>> + Send;
+
+    /// How long after [`Store::close_buckets`] returns every producer honours it: a worker
+    /// reads a closed bucket only after this. 0 when producers and workers share the store's
+    /// lock (embedded); on a cluster, producers re-read the closed buckets periodically.
+    fn close_grace_ms(&self) -> i64;
+
+    /// How long events are kept before the store drops them (`None`: until deleted). A lag
+    /// approaching it means events would expire unread: status and workers raise an alarm.
+    fn retention_ms(&self) -> Option<i64>;
+
+    /// Late events redirected on a shard so far.
+    fn late_stats(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> impl Future<Output = Result<LateStats, StoreError>> + Send;
 
     /// Every event of one `(shard, bucket)` partition, in event-id order.
     fn read_bucket(

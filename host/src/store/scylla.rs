@@ -29,7 +29,11 @@ use scylla::statement::{Consistency, SerialConsistency};
 use serde_json::value::RawValue;
 use tokio::sync::OnceCell;
 
-use super::{Checkpoint, DeadLetter, Layout, Lease, NewEvent, Store, StoreError, StoredStory};
+use scylla::value::Counter;
+
+use super::{
+    Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent, Store, StoreError, StoredStory,
+};
 use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
 
 const BACKEND: &str = "scylla";
@@ -100,7 +104,11 @@ pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.shards (shard int PRIMARY KEY, owner text, epoch bigint, expires_ms bigint, \
-             bucket bigint, state blob)"
+             bucket bigint, state blob, closed bigint)"
+        ),
+        // Late writes redirected past closed buckets, per shard.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.late (shard int PRIMARY KEY, events counter, lateness_ms counter)"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.stories (story_id text, revision int, kind text, event_ids list<text>, \
@@ -147,6 +155,10 @@ struct Tenant {
     heartbeat: PreparedStatement,
     workers: PreparedStatement,
     write_layout: PreparedStatement,
+    close: PreparedStatement,
+    closed_all: PreparedStatement,
+    add_late: PreparedStatement,
+    read_late: PreparedStatement,
 }
 
 /// The ScyllaDB (or Cassandra) store.
@@ -158,7 +170,22 @@ pub struct ScyllaStore {
     is_scylla: bool,
     /// Prepared statements by tenant. A std mutex: held only to look up or insert.
     tenants: Arc<std::sync::Mutex<std::collections::HashMap<TenantId, PreparedOnce>>>,
+    /// Closed buckets of each tenant's shards as last read by this producer, and when.
+    closed: Arc<std::sync::Mutex<std::collections::HashMap<TenantId, ClosedCache>>>,
 }
+
+/// A producer's copy of the shards' closed marks.
+#[derive(Clone)]
+struct ClosedCache {
+    read_at: std::time::Instant,
+    by_shard: std::collections::HashMap<i32, i64>,
+}
+
+/// Producers re-read the closed marks at least this often.
+const CLOSED_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+/// Workers read a bucket this long after closing it: a producer's copy of the marks is at most
+/// [`CLOSED_REFRESH`] old, and a write that takes longer than the rest is re-sent (below).
+const CLOSE_GRACE_MS: i64 = 2000;
 
 impl std::fmt::Debug for ScyllaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -187,6 +214,7 @@ impl ScyllaStore {
             config,
             is_scylla,
             tenants: Default::default(),
+            closed: Default::default(),
         })
     }
 
@@ -250,7 +278,7 @@ impl ScyllaStore {
             ))
             .await?,
             count_bucket: prepare(format!("SELECT COUNT(*) FROM {ks}.events WHERE shard = ? AND bucket = ?")).await?,
-            read_shard: serial(format!("SELECT owner, epoch, expires_ms, bucket, state FROM {ks}.shards WHERE shard = ?")).await?,
+            read_shard: serial(format!("SELECT owner, epoch, expires_ms, bucket, state, closed FROM {ks}.shards WHERE shard = ?")).await?,
             create_shard: prepare(format!(
                 "INSERT INTO {ks}.shards (shard, owner, epoch, expires_ms) VALUES (?, ?, ?, ?) IF NOT EXISTS"
             ))
@@ -294,6 +322,14 @@ impl ScyllaStore {
                 "INSERT INTO {ks}.meta (name, shards, bucket_ms) VALUES ('layout', ?, ?) IF NOT EXISTS"
             ))
             .await?,
+            // The closed mark lives in the LWT-only shard row, fenced by the epoch like commits.
+            close: prepare(format!("UPDATE {ks}.shards SET closed = ? WHERE shard = ? IF epoch = ?")).await?,
+            closed_all: prepare(format!("SELECT shard, closed FROM {ks}.shards")).await?,
+            add_late: prepare(format!(
+                "UPDATE {ks}.late SET events = events + ?, lateness_ms = lateness_ms + ? WHERE shard = ?"
+            ))
+            .await?,
+            read_late: prepare(format!("SELECT events, lateness_ms FROM {ks}.late WHERE shard = ?")).await?,
         }))
     }
 
@@ -320,16 +356,144 @@ impl ScyllaStore {
             .await
             .map_err(backend)?;
         let rows = result.into_rows_result().map_err(backend)?;
-        let row = rows
-            .maybe_first_row::<(Option<String>, Option<i64>, Option<i64>, Option<i64>, Option<Vec<u8>>)>()
-            .map_err(|e| corrupt("shards", e))?;
-        Ok(row.map(|(owner, epoch, expires_ms, bucket, state)| ShardRow {
+        let row = rows.maybe_first_row::<ShardColumns>().map_err(|e| corrupt("shards", e))?;
+        Ok(row.map(|(owner, epoch, expires_ms, bucket, state, closed)| ShardRow {
             owner: owner.unwrap_or_default(),
             epoch: epoch.unwrap_or(0),
             expires_ms: expires_ms.unwrap_or(i64::MIN),
             bucket,
             state: state.unwrap_or_default(),
+            closed,
         }))
+    }
+
+    /// The closed marks of a tenant's shards, re-read when the copy is older than
+    /// [`CLOSED_REFRESH`] (or when `fresh`).
+    async fn closed_marks(
+        &self,
+        tenant: &TenantId,
+        t: &Tenant,
+        fresh: bool,
+    ) -> Result<ClosedCache, StoreError> {
+        if !fresh {
+            let cache = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = cache.get(tenant).filter(|c| c.read_at.elapsed() < CLOSED_REFRESH) {
+                return Ok(c.clone());
+            }
+        }
+        let read_at = std::time::Instant::now();
+        let result = self.session.execute_unpaged(&t.closed_all, &[]).await.map_err(backend)?;
+        let rows = result.into_rows_result().map_err(backend)?;
+        let mut by_shard = std::collections::HashMap::new();
+        for row in rows.rows::<(i32, Option<i64>)>().map_err(|e| corrupt("shards", e))? {
+            let (shard, closed) = row.map_err(|e| corrupt("shards", e))?;
+            if let Some(c) = closed {
+                by_shard.insert(shard, c);
+            }
+        }
+        let cache = ClosedCache { read_at, by_shard };
+        self.closed.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone(), cache.clone());
+        Ok(cache)
+    }
+
+    /// Writes events into their partitions (index first), each to `bucket_of(event)`.
+    async fn write_events(
+        &self,
+        t: &Tenant,
+        events: &[NewEvent],
+        bucket_of: impl Fn(usize) -> BucketStart,
+    ) -> Result<(), StoreError> {
+        // 1. The index first: an indexed bucket without events is read as empty; events
+        //    without an index entry would never be read.
+        let mut partitions: Vec<(ShardId, BucketStart)> =
+            events.iter().enumerate().map(|(i, e)| (e.shard, bucket_of(i))).collect();
+        partitions.sort();
+        partitions.dedup();
+        let index = partitions.iter().map(|(shard, bucket)| {
+            self.session.execute_unpaged(
+                &t.insert_bucket,
+                (shard.0 as i32, bucket.0.div_euclid(DAY_MS), bucket.0),
+            )
+        });
+        for r in futures_util::future::join_all(index).await {
+            r.map_err(backend)?;
+        }
+        // 2. One unlogged batch per partition (a single-partition batch is applied atomically
+        //    by the replica that owns it), all partitions concurrently. A retry of the same
+        //    events rewrites the same rows: appends are idempotent.
+        let mut writes = Vec::new();
+        for (shard, bucket) in &partitions {
+            let rows: Vec<_> = events
+                .iter()
+                .enumerate()
+                .filter(|(i, e)| e.shard == *shard && bucket_of(*i) == *bucket)
+                .map(|(_, e)| {
+                    (
+                        shard.0 as i32,
+                        bucket.0,
+                        e.event.id.as_str(),
+                        e.event.source.as_str(),
+                        e.event.kind.as_str(),
+                        e.event.event_time,
+                        e.event.insert_time,
+                        &e.event.attributes,
+                        e.event.payload.as_slice(),
+                    )
+                })
+                .collect();
+            for chunk in rows.chunks(500) {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                for _ in chunk {
+                    batch.append_statement(t.insert_event.clone());
+                }
+                batch.set_consistency(self.config.consistency);
+                let values = chunk.to_vec();
+                let session = self.session.clone();
+                writes.push(async move { session.batch(&batch, values).await });
+            }
+        }
+        for r in futures_util::future::join_all(writes).await {
+            r.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Where each event goes given the closed marks: its bucket, or the first open one.
+    fn targets(events: &[NewEvent], marks: &ClosedCache, bucket_ms: i64) -> Vec<BucketStart> {
+        events
+            .iter()
+            .map(|e| match marks.by_shard.get(&(e.shard.0 as i32)) {
+                Some(&c) if e.bucket.0 <= c => BucketStart(c + bucket_ms),
+                _ => e.bucket,
+            })
+            .collect()
+    }
+
+    /// Counts late events per shard.
+    async fn count_late(
+        &self,
+        t: &Tenant,
+        events: &[NewEvent],
+        targets: &[BucketStart],
+    ) -> Result<(), StoreError> {
+        let mut per_shard: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
+        for (e, to) in events.iter().zip(targets).filter(|(e, to)| e.bucket != **to) {
+            let entry = per_shard.entry(e.shard.0 as i32).or_default();
+            entry.0 += 1;
+            entry.1 += to.0 - e.bucket.0;
+        }
+        for (shard, (n, lateness)) in per_shard {
+            tracing::warn!(
+                shard,
+                events = n,
+                "late write: events for buckets this shard already closed were moved to its first open bucket"
+            );
+            self.session
+                .execute_unpaged(&t.add_late, (Counter(n), Counter(lateness), shard))
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
     }
 
     async fn first_bucket_of_day(
@@ -349,12 +513,17 @@ impl ScyllaStore {
     }
 }
 
+/// owner, epoch, expires_ms, bucket, state, closed.
+type ShardColumns =
+    (Option<String>, Option<i64>, Option<i64>, Option<i64>, Option<Vec<u8>>, Option<i64>);
+
 struct ShardRow {
     owner: String,
     epoch: i64,
     expires_ms: i64,
     bucket: Option<i64>,
     state: Vec<u8>,
+    closed: Option<i64>,
 }
 
 type StoryRow = (String, i32, String, Vec<String>, i64, i64, String, i64);
@@ -413,56 +582,36 @@ impl Store for ScyllaStore {
         if existing != layout {
             return Err(StoreError::layout_mismatch(tenant, existing, layout));
         }
-        // 1. The index first: an indexed bucket without events is read as empty; events
-        //    without an index entry would never be read.
-        let mut partitions: Vec<(ShardId, BucketStart)> =
-            events.iter().map(|e| (e.shard, e.bucket)).collect();
-        partitions.sort();
-        partitions.dedup();
-        let index = partitions.iter().map(|(shard, bucket)| {
-            self.session.execute_unpaged(
-                &t.insert_bucket,
-                (shard.0 as i32, bucket.0.div_euclid(DAY_MS), bucket.0),
-            )
-        });
-        for r in futures_util::future::join_all(index).await {
-            r.map_err(backend)?;
-        }
-        // 2. One unlogged batch per partition (a single-partition batch is applied atomically
-        //    by the replica that owns it), all partitions concurrently. A retry of the same
-        //    events rewrites the same rows: appends are idempotent.
-        let mut writes = Vec::new();
-        for (shard, bucket) in &partitions {
-            let rows: Vec<_> = events
-                .iter()
-                .filter(|e| e.shard == *shard && e.bucket == *bucket)
-                .map(|e| {
-                    (
-                        shard.0 as i32,
-                        bucket.0,
-                        e.event.id.as_str(),
-                        e.event.source.as_str(),
-                        e.event.kind.as_str(),
-                        e.event.event_time,
-                        e.event.insert_time,
-                        &e.event.attributes,
-                        e.event.payload.as_slice(),
-                    )
+        // Events for buckets a worker closed go to the first open bucket of their shard.
+        let marks = self.closed_marks(tenant, &t, false).await?;
+        let targets = Self::targets(events, &marks, layout.bucket_ms);
+        self.count_late(&t, events, &targets).await?;
+        self.write_events(&t, events, |i| targets[i]).await?;
+        // A write slower than the grace may have landed after a worker read its bucket: send
+        // again whatever is behind the marks now (a worker may then see an event twice; it
+        // never misses one).
+        if marks.read_at.elapsed().as_millis() as i64
+            >= CLOSE_GRACE_MS - CLOSED_REFRESH.as_millis() as i64
+        {
+            let fresh = self.closed_marks(tenant, &t, true).await?;
+            let again: Vec<usize> = (0..events.len())
+                .filter(|&i| {
+                    fresh
+                        .by_shard
+                        .get(&(events[i].shard.0 as i32))
+                        .is_some_and(|&c| targets[i].0 <= c)
                 })
                 .collect();
-            for chunk in rows.chunks(500) {
-                let mut batch = Batch::new(BatchType::Unlogged);
-                for _ in chunk {
-                    batch.append_statement(t.insert_event.clone());
-                }
-                batch.set_consistency(self.config.consistency);
-                let values = chunk.to_vec();
-                let session = self.session.clone();
-                writes.push(async move { session.batch(&batch, values).await });
+            if !again.is_empty() {
+                tracing::warn!(
+                    events = again.len(),
+                    "a slow write may have missed its bucket; writing it again to the first open bucket"
+                );
+                let late: Vec<NewEvent> = again.iter().map(|&i| events[i].clone()).collect();
+                let retargets = Self::targets(&late, &fresh, layout.bucket_ms);
+                self.count_late(&t, &late, &retargets).await?;
+                self.write_events(&t, &late, |i| retargets[i]).await?;
             }
-        }
-        for r in futures_util::future::join_all(writes).await {
-            r.map_err(backend)?;
         }
         Ok(())
     }
@@ -491,6 +640,60 @@ impl Store for ScyllaStore {
             day += 1;
         }
         Ok(None)
+    }
+
+    async fn close_buckets(
+        &self,
+        tenant: &TenantId,
+        lease: &Lease,
+        to: BucketStart,
+    ) -> Result<(), StoreError> {
+        let t = self.tenant(tenant).await?;
+        if self.closed_until(tenant, lease.shard).await?.is_some_and(|c| c >= to) {
+            return Ok(());
+        }
+        if self.lwt(&t.close, (to.0, lease.shard.0 as i32, lease.epoch as i64)).await? {
+            return Ok(());
+        }
+        let current = self.shard_row(&t, lease.shard).await?.map_or(0, |r| r.epoch as u64);
+        Err(StoreError::Fenced {
+            tenant: tenant.clone(),
+            shard: lease.shard,
+            held: lease.epoch,
+            current,
+        })
+    }
+
+    async fn closed_until(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> Result<Option<BucketStart>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        Ok(self.shard_row(&t, shard).await?.and_then(|r| r.closed).map(BucketStart))
+    }
+
+    fn close_grace_ms(&self) -> i64 {
+        CLOSE_GRACE_MS
+    }
+
+    fn retention_ms(&self) -> Option<i64> {
+        Some(self.config.retention_secs * 1000)
+    }
+
+    async fn late_stats(&self, tenant: &TenantId, shard: ShardId) -> Result<LateStats, StoreError> {
+        let t = self.tenant(tenant).await?;
+        let result =
+            self.session.execute_unpaged(&t.read_late, (shard.0 as i32,)).await.map_err(backend)?;
+        let row = result
+            .into_rows_result()
+            .map_err(backend)?
+            .maybe_first_row::<(Option<Counter>, Option<Counter>)>()
+            .map_err(|e| corrupt("late", e))?;
+        Ok(row.map_or(LateStats::default(), |(events, lateness)| LateStats {
+            events: events.map_or(0, |c| c.0.max(0) as u64),
+            lateness_ms: lateness.map_or(0, |c| c.0.max(0) as u64),
+        }))
     }
 
     async fn read_bucket(
