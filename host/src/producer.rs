@@ -53,6 +53,9 @@ pub struct IngestReport {
     pub batches: u64,
 }
 
+/// Called with the number of events durable so far, after each batch.
+pub type OnDurable = Box<dyn FnMut(u64) + Send>;
+
 /// Writes events of one tenant. One batch is written while the next is being read and
 /// validated; [`Producer::flush`] waits until everything pushed is durable.
 pub struct Producer<'s, S: Store + Clone> {
@@ -72,6 +75,8 @@ pub struct Producer<'s, S: Store + Clone> {
     pending: Vec<(InputEvent, ShardId)>,
     /// Where a clock reading comes from (tests control time).
     clock: fn() -> TimestampMs,
+    /// Told after each durable batch.
+    on_durable: Option<OnDurable>,
 }
 
 impl<S: Store + Clone> std::fmt::Debug for Producer<'_, S> {
@@ -114,12 +119,19 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
             generated: 0,
             pending: Vec::new(),
             clock: now_ms,
+            on_durable: None,
         }
     }
 
     /// Events per durable batch (default 1000).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
+        self
+    }
+
+    /// Calls `f` with the count of durable events after each batch.
+    pub fn on_durable(mut self, f: OnDurable) -> Self {
+        self.on_durable = Some(f);
         self
     }
 
@@ -208,6 +220,9 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
         })??;
         report.accepted += n;
         report.batches += 1;
+        if let Some(f) = &mut self.on_durable {
+            f(report.accepted);
+        }
         Ok(())
     }
 

@@ -363,7 +363,15 @@ impl<S: Store> ShardWorker<S> {
                     self.share.held.fetch_add(1, Ordering::Relaxed);
                     break lease;
                 }
-                None if self.config.exit_when_idle => return Ok(None),
+                None if self.config.exit_when_idle => {
+                    tracing::warn!(
+                        tenant = %self.tenant,
+                        shard = %self.shard,
+                        holder = ?current.map(|l| l.owner),
+                        "another worker holds this shard; this batch run leaves it to that worker"
+                    );
+                    return Ok(None);
+                }
                 None => std::thread::sleep(Duration::from_millis(self.config.poll_ms * 5)),
             }
         };

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli_plugin;
+mod crash;
 mod late_writes;
 mod network_session;
 mod plugin_faults;

@@ -91,6 +91,42 @@ fn stories_naming_unknown_events_are_malformed_output() {
 }
 
 #[test]
+fn a_state_over_the_limit_is_refused_with_its_size() {
+    let limits = storyline::plugin::Limits { state_bytes: 64, ..test_limits() };
+    let mut inst = loaded("network-session")
+        .instantiate(&TenantId::new("acme").unwrap(), "{}", limits)
+        .unwrap();
+    let line = |i: u32| {
+        format!(
+            r#"{{"id":"f{i}","source":"fw","kind":"flow","time":1000,"payload":{{"source":{{"ip":"10.0.0.{i}","port":4000}},"destination":{{"ip":"10.9.9.9","port":443}},"network":{{"transport":"tcp"}}}}}}"#
+        )
+    };
+    let events = (1..20)
+        .map(|i| {
+            storyline_sdk::format::parse_line(&line(i), i as usize)
+                .unwrap()
+                .into_event(String::new, 1000)
+        })
+        .collect();
+    let b = storyline::model::Bucket {
+        tenant: "acme".into(),
+        shard: 0,
+        start: 1000,
+        end: 2000,
+        watermark: 2000,
+        events,
+    };
+    inst.process(&b, &no_earlier_events).unwrap();
+    let err = inst.snapshot().unwrap_err();
+    assert_eq!(err.call, "snapshot");
+    match err.failure {
+        Failure::StateTooLarge { bytes, limit } => assert!(limit == 64 && bytes > 64, "{bytes}"),
+        other => panic!("expected state too large, got {other:?}"),
+    }
+    assert!(err.to_string().contains("the limit is 64"), "{err}");
+}
+
+#[test]
 fn oversized_output_is_refused() {
     let mut inst = faulty("oversized");
     let err = inst.process(&bucket("acme", 1000, &["a"]), &no_earlier_events).unwrap_err();

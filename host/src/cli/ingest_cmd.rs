@@ -28,7 +28,7 @@ pub fn ingest_stream<S: Store>(
     tenant: &TenantId,
     reader: impl BufRead,
     (shards, bucket_ms): (Option<u32>, Option<i64>),
-    batch: usize,
+    (batch, on_durable): (usize, Option<crate::producer::OnDurable>),
 ) -> anyhow::Result<Ingested> {
     if shards == Some(0) {
         bail!("--shards must be at least 1");
@@ -52,6 +52,9 @@ pub fn ingest_stream<S: Store>(
         None => None,
     };
     let mut producer = Producer::new(store, tenant.clone(), layout, router).batch_size(batch);
+    if let Some(f) = on_durable {
+        producer = producer.on_durable(f);
+    }
     let report = handle.block_on(producer.ingest(reader))?;
     Ok(Ingested { report, layout })
 }
@@ -65,7 +68,7 @@ pub fn ingest<S: Store + Clone>(
     tenant: &str,
     file: Option<&Path>,
     flags: (Option<u32>, Option<i64>),
-    batch: usize,
+    (batch, progress): (usize, bool),
 ) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
     ensure_dir(&dirs.data)?;
@@ -81,6 +84,11 @@ pub fn ingest<S: Store + Clone>(
     let socket = dirs.socket.as_ref().and_then(|p| std::os::unix::net::UnixStream::connect(p).ok());
     let (accepted, batches, rejected_count, rejected, layout) = match socket {
         Some(socket) => {
+            if progress {
+                eprintln!(
+                    "note: a running `storyline run` owns the store; --progress is not reported through its socket"
+                );
+            }
             let s = super::ingest_socket::send(socket, &tenant, reader, flags, batch)?;
             (
                 s.accepted,
@@ -91,8 +99,23 @@ pub fn ingest<S: Store + Clone>(
             )
         }
         None => {
-            let Ingested { report, layout } =
-                ingest_stream(rt.handle(), store, dirs, &tenant, reader, flags, batch)?;
+            let Ingested { report, layout } = ingest_stream(
+                rt.handle(),
+                store,
+                dirs,
+                &tenant,
+                reader,
+                flags,
+                (batch, {
+                    let print: crate::producer::OnDurable = Box::new(|n| {
+                        use std::io::Write;
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "durable {n}");
+                        let _ = out.flush();
+                    });
+                    progress.then_some(print)
+                }),
+            )?;
             let rejected = report.rejected.iter().map(|e| e.to_string()).collect();
             (report.accepted, report.batches, report.rejected_count, rejected, layout)
         }

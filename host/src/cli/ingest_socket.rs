@@ -248,7 +248,7 @@ fn answer<S: Store>(
         &tenant,
         reader,
         (header.shards, header.bucket_ms),
-        header.batch.max(1),
+        (header.batch.max(1), None),
     );
     match result {
         Ok(Ingested { report, layout }) => {

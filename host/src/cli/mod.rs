@@ -85,6 +85,10 @@ pub enum Command {
         /// Events per durable batch.
         #[arg(long, default_value_t = crate::producer::DEFAULT_BATCH)]
         batch: usize,
+        /// Print `durable N` on stdout each time a batch is durable (N events so far): what a
+        /// crash cannot take back.
+        #[arg(long)]
+        progress: bool,
     },
     /// Run the workers: every shard of every tenant in the plugin directory (or of --tenant).
     Run {
@@ -97,9 +101,14 @@ pub enum Command {
         /// Stop (exit 0) once caught up and idle for a bucket, after draining open sessions.
         #[arg(long)]
         exit_when_idle: bool,
-        /// Also write stories as JSONL to this file (`-` for stdout).
+        /// Also write stories as JSONL to this file, appended (`-` for stdout).
         #[arg(long)]
         stories_out: Option<PathBuf>,
+        /// Commit offsets and plugin state at most this often while buckets flow, ms. A crash
+        /// replays at most this much; the replayed stories are the same and overwrite
+        /// themselves.
+        #[arg(long, default_value_t = 5000)]
+        checkpoint_ms: i64,
     },
     /// Print published stories as JSONL: the latest revision of each.
     Stories {
@@ -212,29 +221,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }};
     }
     match cli.command {
-        Command::Ingest { tenant, file, shards, bucket_ms, batch } => with_store!(|rt, store| {
-            ingest_cmd::ingest(
-                &rt,
-                &store,
-                &dirs,
-                &tenant,
-                file.as_deref(),
-                (shards, bucket_ms),
-                batch,
-            )
-        }),
-        Command::Run { tenant, delay_ms, exit_when_idle, stories_out } => {
+        Command::Ingest { tenant, file, shards, bucket_ms, batch, progress } => {
             with_store!(|rt, store| {
-                run_cmd::run(
+                ingest_cmd::ingest(
                     &rt,
                     &store,
                     &dirs,
                     &tenant,
-                    delay_ms,
-                    exit_when_idle,
-                    stories_out.as_deref(),
+                    file.as_deref(),
+                    (shards, bucket_ms),
+                    (batch, progress),
                 )
             })
+        }
+        Command::Run { tenant, delay_ms, exit_when_idle, stories_out, checkpoint_ms } => {
+            let options =
+                run_cmd::RunOptions { delay_ms, exit_when_idle, stories_out, checkpoint_ms };
+            with_store!(|rt, store| run_cmd::run(&rt, &store, &dirs, &tenant, &options))
         }
         Command::Stories { tenant, all, follow } => {
             with_store!(|rt, store| stories_cmd::stories(&rt, &store, &dirs, &tenant, all, follow))

@@ -14,15 +14,26 @@ use crate::plugin::Runtime;
 use crate::store::Store;
 use crate::worker::{Progress, Shared, StorySink, WorkerConfig, run_tenant};
 
+/// How `storyline run` runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Read a bucket once it ended this long ago, ms.
+    pub delay_ms: i64,
+    /// Stop once caught up and idle, after draining.
+    pub exit_when_idle: bool,
+    /// Also append stories as JSONL here (`-`: stdout).
+    pub stories_out: Option<std::path::PathBuf>,
+    /// Commit at most this often while buckets flow, ms.
+    pub checkpoint_ms: i64,
+}
+
 /// Runs the workers until SIGINT/SIGTERM (or until idle with `exit_when_idle`).
 pub fn run<S: Store + Clone>(
     rt: &tokio::runtime::Runtime,
     store: &S,
     dirs: &Dirs,
     tenants: &[String],
-    delay_ms: i64,
-    exit_when_idle: bool,
-    stories_out: Option<&Path>,
+    options: &RunOptions,
 ) -> anyhow::Result<()> {
     ensure_dir(&dirs.data)?;
     let tenants = if tenants.is_empty() {
@@ -55,15 +66,18 @@ pub fn run<S: Store + Clone>(
             shutdown.clone(),
         )?;
     }
-    let sink: Option<StorySink> = match stories_out {
+    let sink: Option<StorySink> = match options.stories_out.as_deref() {
         None => None,
         Some(p) => {
             let writer: Box<dyn Write + Send> = if p == Path::new("-") {
                 Box::new(std::io::stdout())
             } else {
                 Box::new(
-                    std::fs::File::create(p)
-                        .with_context(|| format!("cannot create {}", p.display()))?,
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .with_context(|| format!("cannot open {} for appending", p.display()))?,
                 )
             };
             let writer = Arc::new(Mutex::new(std::io::BufWriter::new(writer)));
@@ -90,8 +104,9 @@ pub fn run<S: Store + Clone>(
         let plugin = runtime.load(&path)?;
         eprintln!("tenant {tenant}: plugin {} ({})", plugin.info().label(), path.display());
         let worker_config = WorkerConfig {
-            delay_ms,
-            exit_when_idle,
+            delay_ms: options.delay_ms,
+            exit_when_idle: options.exit_when_idle,
+            checkpoint_ms: options.checkpoint_ms,
             plugin_config: config,
             ..WorkerConfig::default()
         };

@@ -96,8 +96,14 @@ pub fn write_status<S: Store>(
     writeln!(out, "tenant {tenant}: {} shards, {} ms buckets", layout.shards, layout.bucket_ms)?;
     writeln!(
         out,
-        "{:<6} {:<28} {:<25} {:>10} {:>12} {:>20}  last error",
-        "shard", "owner (epoch)", "committed bucket", "lag s", "lag events", "late events (mean s)"
+        "{:<6} {:<28} {:<25} {:>8} {:>11} {:>11} {:>12}  last error",
+        "shard",
+        "owner (epoch)",
+        "committed bucket",
+        "lag s",
+        "late events",
+        "late mean s",
+        "lag events"
     )?;
     let mut alarms = Vec::new();
     for shard in (0..layout.shards).map(ShardId) {
@@ -116,14 +122,10 @@ pub fn write_status<S: Store>(
             ));
         }
         let late = handle.block_on(store.late_stats(tenant, shard))?;
-        let late = if late.events == 0 {
-            "0".to_string()
+        let late_mean_s = if late.events == 0 {
+            0.0
         } else {
-            format!(
-                "{} ({:.1})",
-                late.events,
-                late.lateness_ms as f64 / late.events as f64 / 1000.0
-            )
+            late.lateness_ms as f64 / late.events as f64 / 1000.0
         };
         let owner = match lease {
             Some(l) if l.expires_ms > now => format!("{} ({})", l.owner, l.epoch),
@@ -140,8 +142,8 @@ pub fn write_status<S: Store>(
             });
         writeln!(
             out,
-            "{:<6} {:<28} {:<25} {:>10.1} {:>12} {:>20}  {last_error}",
-            shard.0, owner, committed, lag_s, pending, late
+            "{:<6} {:<28} {:<25} {:>8.1} {:>11} {:>11.1} {:>12}  {last_error}",
+            shard.0, owner, committed, lag_s, late.events, late_mean_s, pending
         )?;
     }
     for alarm in alarms {

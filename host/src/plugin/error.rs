@@ -153,6 +153,13 @@ pub enum Failure {
         /// The limit.
         limit: usize,
     },
+    /// `snapshot` returned a state larger than allowed.
+    StateTooLarge {
+        /// Bytes returned.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The call returned stories that break the contract.
     Malformed {
         /// What is wrong, naming the story.
@@ -198,6 +205,10 @@ impl fmt::Display for Failure {
             Failure::OutputTooLarge { bytes, limit } => {
                 write!(f, "plugin returned {bytes} bytes of stories; the limit is {limit}")
             }
+            Failure::StateTooLarge { bytes, limit } => write!(
+                f,
+                "plugin state is {bytes} bytes; the limit is {limit} (the plugin keeps too much open: lower its session timeouts, or raise Limits::state_bytes)"
+            ),
             Failure::Malformed { reason } => {
                 write!(f, "plugin returned malformed output: {reason}")
             }

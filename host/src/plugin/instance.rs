@@ -195,7 +195,13 @@ impl PluginInstance {
 
     /// The plugin's state, to be checkpointed with the offset.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, CallError> {
-        self.call("snapshot", None, |api, store| api.call_snapshot(store))
+        let state = self.call("snapshot", None, |api, store| api.call_snapshot(store))?;
+        if state.len() > self.limits.state_bytes {
+            let failure =
+                Failure::StateTooLarge { bytes: state.len(), limit: self.limits.state_bytes };
+            return Err(self.error("snapshot", None, failure));
+        }
+        Ok(state)
     }
 
     /// Replaces the plugin's state with a snapshot.

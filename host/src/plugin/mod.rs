@@ -55,6 +55,9 @@ pub struct Limits {
     /// `drain` returns every open session at once, which after a burst of a million events is
     /// tens of megabytes; the memory limit bounds the rest.
     pub output_bytes: usize,
+    /// Bytes of state `snapshot` may return (it is written with every changed checkpoint).
+    /// Default 256 MiB.
+    pub state_bytes: usize,
     /// Guest log allowance per call (a chatty plugin flooding the host's log).
     pub log: LogCaps,
 }
@@ -65,6 +68,7 @@ impl Default for Limits {
             call_timeout: Duration::from_secs(10),
             memory_bytes: 512 << 20,
             output_bytes: 256 << 20,
+            state_bytes: 256 << 20,
             log: LogCaps::default(),
         }
     }

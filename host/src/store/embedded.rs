@@ -123,7 +123,7 @@ impl TenantDb {
             backend(format!("cannot open {}: {e} (is another storyline using it?)", dir.display()))
         })?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(backend);
-        Ok(TenantDb {
+        let tenant = TenantDb {
             events: ks("events")?,
             buckets: ks("buckets")?,
             offsets: ks("offsets")?,
@@ -138,7 +138,29 @@ impl TenantDb {
             late: ks("late")?,
             db,
             write: Mutex::new(()),
-        })
+        };
+        tenant.expire_leases()?;
+        Ok(tenant)
+    }
+
+    /// This process owns the directory (fjall locks it), so any lease found on opening was
+    /// held by a process that is gone: it lapses now (keeping its epoch, so the next owner's is
+    /// higher) instead of blocking a restart until its expiry.
+    fn expire_leases(&self) -> Result<(), StoreError> {
+        let mut stale = Vec::new();
+        for guard in self.leases.iter() {
+            let key = guard.key().map_err(backend)?;
+            let shard = u32::from_be_bytes(
+                key.as_ref().try_into().map_err(|_| corrupt("leases", "bad key"))?,
+            );
+            if let Some(l) = self.lease(ShardId(shard))?.filter(|l| l.expires_ms != i64::MIN) {
+                stale.push(l);
+            }
+        }
+        for l in stale {
+            self.put_lease(&Lease { expires_ms: i64::MIN, ..l })?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
