@@ -7,8 +7,10 @@ use storyline::plugin::{BucketRef, Failure, GuestError, PluginInstance};
 
 use crate::support::{bucket, bucket_of_kind, instance, loaded, test_limits};
 
+/// An instance in a tenant of its own per mode: a tenant's memory budget is shared by all its
+/// instances, and these tests run concurrently.
 fn faulty(mode: &str) -> PluginInstance {
-    instance("faulty", "acme", &format!(r#"{{"mode": "{mode}"}}"#))
+    instance("faulty", &format!("acme-{mode}"), &format!(r#"{{"mode": "{mode}"}}"#))
 }
 
 fn no_earlier_events(_: &str) -> bool {
@@ -26,7 +28,7 @@ fn assert_a_new_instance_serves() {
 fn a_trap_names_tenant_plugin_bucket_and_panic_and_poisons_the_instance() {
     let mut inst = faulty("trap");
     let err = inst.process(&bucket("acme", 1000, &["a"]), &no_earlier_events).unwrap_err();
-    assert_eq!(err.tenant, TenantId::new("acme").unwrap());
+    assert_eq!(err.tenant, TenantId::new("acme-trap").unwrap());
     assert_eq!(err.call, "process");
     assert_eq!(err.bucket, Some(BucketRef { shard: ShardId(0), start: BucketStart(1000) }));
     assert!(err.plugin.starts_with("faulty@"), "{}", err.plugin);
@@ -60,6 +62,15 @@ fn unbounded_allocation_hits_the_memory_limit() {
     assert_eq!(err.failure, Failure::MemoryLimit { limit: 64 << 20 });
     assert!(inst.is_poisoned());
     assert_a_new_instance_serves();
+    // The cap is the tenant's, across all its instances: while the hoarder lives, another
+    // instance of the same tenant cannot get memory; once it is gone, one can.
+    let tenant = TenantId::new("acme-alloc").unwrap();
+    let none = r#"{"mode": "none"}"#;
+    let refused = loaded("faulty").instantiate(&tenant, none, test_limits()).unwrap_err();
+    assert_eq!(refused.failure, Failure::MemoryLimit { limit: 64 << 20 });
+    drop(inst);
+    let mut next = loaded("faulty").instantiate(&tenant, none, test_limits()).unwrap();
+    assert_eq!(next.process(&bucket("acme", 2000, &["b"]), &no_earlier_events).unwrap().len(), 1);
 }
 
 #[test]
@@ -94,7 +105,7 @@ fn stories_naming_unknown_events_are_malformed_output() {
 fn a_state_over_the_limit_is_refused_with_its_size() {
     let limits = storyline::plugin::Limits { state_bytes: 64, ..test_limits() };
     let mut inst = loaded("network-session")
-        .instantiate(&TenantId::new("acme").unwrap(), "{}", limits)
+        .instantiate(&TenantId::new("acme-state").unwrap(), "{}", limits)
         .unwrap();
     let line = |i: u32| {
         format!(

@@ -63,7 +63,12 @@ impl Plugin {
         config: &str,
         limits: Limits,
     ) -> Result<PluginInstance, CallError> {
-        let state = HostState::new(tenant, &self.info.label(), limits.memory_bytes, limits.log);
+        let budget = {
+            let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+            budgets.entry(tenant.clone()).or_default().clone()
+        };
+        let state =
+            HostState::new(tenant, &self.info.label(), limits.memory_bytes, budget, limits.log);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();

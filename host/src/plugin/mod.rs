@@ -37,6 +37,8 @@ pub use sandbox::LogCaps;
 use bindings::v0_1_0;
 use sandbox::HostState;
 
+use crate::model::TenantId;
+
 /// The versions of `storyline:correlator` this host runs, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0"];
 
@@ -48,8 +50,8 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct Limits {
     /// Longest a single call may run (a loop that never returns). Default 10 s.
     pub call_timeout: Duration,
-    /// Total bytes of the instance's memories (a plugin that allocates without bound).
-    /// Default 512 MiB.
+    /// Total bytes of the memories of all of a tenant's instances, every shard and plugin
+    /// version together (a plugin that allocates without bound). Default 512 MiB.
     pub memory_bytes: usize,
     /// Bytes of stories one call may return (a plugin that returns garbage). Default 256 MiB:
     /// `drain` returns every open session at once, which after a burst of a million events is
@@ -80,7 +82,13 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     cache: Option<ComponentCache>,
+    /// Memory reserved by each tenant's instances, of every plugin and version.
+    budgets: TenantBudgets,
 }
+
+/// Bytes of memory reserved per tenant, shared by all its instances.
+type TenantBudgets =
+    Arc<std::sync::Mutex<std::collections::HashMap<TenantId, Arc<std::sync::atomic::AtomicUsize>>>>;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,7 +120,12 @@ impl Runtime {
             |state| state,
         )
         .map_err(|e| anyhow::anyhow!("cannot link the host interface: {e:#}"))?;
-        Ok(Runtime { engine, linker: Arc::new(linker), cache: cache_dir.map(ComponentCache::new) })
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache: cache_dir.map(ComponentCache::new),
+            budgets: Default::default(),
+        })
     }
 
     /// Loads and checks the plugin in `path`.
@@ -158,6 +171,7 @@ impl Runtime {
             }),
             pre,
             engine: self.engine.clone(),
+            budgets: self.budgets.clone(),
         })
     }
 
@@ -221,6 +235,7 @@ pub struct Plugin {
     info: Arc<PluginInfo>,
     pre: v0_1_0::PluginPre<HostState>,
     engine: Engine,
+    budgets: TenantBudgets,
 }
 
 impl std::fmt::Debug for Plugin {

@@ -42,6 +42,7 @@ impl HostState {
         tenant: &TenantId,
         plugin: &str,
         memory_limit: usize,
+        tenant_memory: Arc<std::sync::atomic::AtomicUsize>,
         log_caps: LogCaps,
     ) -> Self {
         let clock = Arc::new(AtomicI64::new(0));
@@ -61,7 +62,12 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: memory_limit, used: 0, hit: false },
+            limiter: MemoryLimiter {
+                limit: memory_limit,
+                used: 0,
+                tenant: tenant_memory,
+                hit: false,
+            },
             log: GuestLog::new(tenant.clone(), plugin.to_string(), log_caps),
             clock,
             stderr,
@@ -113,14 +119,24 @@ impl HostMonotonicClock for BucketClock {
     }
 }
 
-/// Caps the total size of all memories and tables of one store: the tenant's memory limit.
+/// Caps the total size of all memories of all instances of one tenant: the tenant's memory
+/// limit. Each store reserves from the tenant's budget as its memories grow and gives its
+/// share back when it is dropped.
 pub(crate) struct MemoryLimiter {
-    /// Bytes allowed across all linear memories of the store.
+    /// Bytes allowed across all linear memories of all the tenant's instances.
     limit: usize,
-    /// Bytes currently reserved by the store's memories.
+    /// Bytes reserved by this store's memories.
     used: usize,
+    /// Bytes reserved by all the tenant's stores.
+    tenant: Arc<std::sync::atomic::AtomicUsize>,
     /// Set when a growth was refused, so that the resulting trap is reported as a memory limit.
     pub(crate) hit: bool,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.tenant.fetch_sub(self.used, Ordering::AcqRel);
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -131,7 +147,10 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let growth = desired.saturating_sub(current);
-        if self.used.saturating_add(growth) > self.limit {
+        let reserved = self.tenant.fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+            total.checked_add(growth).filter(|t| *t <= self.limit)
+        });
+        if reserved.is_err() {
             self.hit = true;
             return Ok(false);
         }
