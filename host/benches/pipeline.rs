@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use storyline::catalog::Slot;
 use storyline::generate::{GenConfig, generate};
 use storyline::model::{BucketStart, ShardId, TenantId};
 use storyline::plugin::{Limits, Runtime};
@@ -74,12 +75,9 @@ fn main() {
     let worker = {
         let (handle, store, tenant, plugin, shared) =
             (rt.handle().clone(), store.clone(), tenant.clone(), plugin.clone(), shared.clone());
-        let config = WorkerConfig {
-            delay_ms: 1000,
-            plugin_config: plugin_config.clone(),
-            ..WorkerConfig::default()
-        };
-        std::thread::spawn(move || run_tenant(&handle, &store, &tenant, &plugin, &config, &shared))
+        let config = WorkerConfig { delay_ms: 1000, ..WorkerConfig::default() };
+        let slot = Slot::fixed(tenant.clone(), plugin, &plugin_config);
+        std::thread::spawn(move || run_tenant(&handle, &store, &tenant, &slot, &config, &shared))
     };
 
     // The producer, on this thread, routing with its own plugin instance as `ingest` does.

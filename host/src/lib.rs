@@ -18,6 +18,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod catalog;
 pub mod cli;
 pub mod generate;
 pub mod model;

@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
+use crate::catalog::{Active, Slot};
 use crate::model::{Bucket, BucketStart, ShardId, Story, TenantId, TimestampMs};
-use crate::plugin::{CallError, Limits, Plugin, PluginInstance};
+use crate::plugin::{CallError, Limits, PluginInstance};
 use crate::producer::now_ms;
 use crate::store::{DeadLetter, Layout, Lease, Store, StoreError};
 
@@ -39,8 +40,6 @@ pub struct WorkerConfig {
     pub exit_when_idle: bool,
     /// Lease owner name.
     pub owner: String,
-    /// Plugin configuration given to `init`.
-    pub plugin_config: String,
     /// Limits of each plugin call.
     pub limits: Limits,
     /// Attempts at a failing bucket before it is dead-lettered. Default 3.
@@ -61,7 +60,6 @@ impl Default for WorkerConfig {
             tick_ms: 1000,
             exit_when_idle: false,
             owner: format!("{}:{}", hostname(), std::process::id()),
-            plugin_config: "{}".into(),
             limits: Limits::default(),
             attempts: 3,
             checkpoint_ms: 5000,
@@ -121,7 +119,7 @@ pub fn run_tenant<S: Store + Clone>(
     handle: &Handle,
     store: &S,
     tenant: &TenantId,
-    plugin: &Plugin,
+    slot: &Arc<Slot>,
     config: &WorkerConfig,
     shared: &Shared,
 ) -> Result<(), WorkerError> {
@@ -171,7 +169,7 @@ pub fn run_tenant<S: Store + Clone>(
             tenant: tenant.clone(),
             shard: ShardId(shard),
             layout,
-            plugin: plugin.clone(),
+            slot: slot.clone(),
             config: config.clone(),
             sink: shared.sink.clone(),
             progress: shared.progress.clone(),
@@ -245,8 +243,9 @@ struct ShardWorker<S> {
     shard: ShardId,
     /// The tenant's layout (bucket length).
     layout: Layout,
-    /// The plugin; this shard has its own instance of it.
-    plugin: Plugin,
+    /// The tenant's plugin, as the plugin directory has it now; this shard runs its own
+    /// instance and takes a new version at a bucket boundary.
+    slot: Arc<Slot>,
     /// Settings.
     config: WorkerConfig,
     /// Extra destination for stories.
@@ -265,6 +264,8 @@ struct ShardWorker<S> {
 enum Stop {
     /// Shut down, drained, or the lease was lost: the thread ends.
     Done,
+    /// The tenant's plugin was removed: the shard waits for one, offset kept.
+    Unloaded,
     /// The shard goes to another worker; this thread waits to take a shard again.
     Handoff,
 }
@@ -282,6 +283,10 @@ struct FairShare {
 
 /// The running state of a shard: lease, offset, plugin instance.
 struct Cursor {
+    /// The plugin version the instance runs.
+    active: Arc<Active>,
+    /// The slot generation last acted on.
+    seen_generation: u64,
     /// The lease held; commits are fenced by its epoch.
     lease: Lease,
     /// The last bucket processed (committed or not).
@@ -325,6 +330,10 @@ impl<S: Store> ShardWorker<S> {
                     released?;
                     tracing::info!(tenant = %self.tenant, shard = %self.shard, "handed over");
                 }
+                Stop::Unloaded => {
+                    released?;
+                    tracing::warn!(tenant = %self.tenant, shard = %self.shard, "no plugin: shard stopped at its commit until one is installed");
+                }
                 Stop::Done => return released.map_err(WorkerError::from),
             }
         }
@@ -332,6 +341,54 @@ impl<S: Store> ShardWorker<S> {
 
     /// Takes the lease (waiting while another worker holds it), restores offset and state.
     fn start(&self) -> Result<Option<Cursor>, WorkerError> {
+        loop {
+            let Some(active) = self.wait_for_plugin() else { return Ok(None) };
+            let generation = self.slot.generation();
+            let Some(lease) = self.lease()? else { return Ok(None) };
+            match self.open(lease.clone(), active) {
+                Ok(cursor) => return Ok(Some(cursor)),
+                Err(WorkerError::Plugin(e)) => {
+                    // This version cannot take the shard (init or restore failed): the shard
+                    // waits at its commit for another version; other shards and tenants go on.
+                    self.slot.record_error(format!(
+                        "shard {}: {e}; the shard waits at its last commit for another plugin version",
+                        self.shard
+                    ));
+                    self.block(self.store.release_lease(&self.tenant, &lease))?;
+                    self.share.held.fetch_sub(1, Ordering::Relaxed);
+                    if self.config.exit_when_idle {
+                        return Err(WorkerError::Plugin(e));
+                    }
+                    while self.slot.generation() == generation
+                        && !self.shutdown.load(Ordering::Relaxed)
+                    {
+                        std::thread::sleep(Duration::from_millis(self.config.poll_ms));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The tenant's plugin, waiting while it has none (`None`: stop).
+    fn wait_for_plugin(&self) -> Option<Arc<Active>> {
+        loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(active) = self.slot.active() {
+                return Some(active);
+            }
+            if self.config.exit_when_idle {
+                tracing::warn!(tenant = %self.tenant, shard = %self.shard, "no plugin; nothing to do");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(self.config.poll_ms));
+        }
+    }
+
+    /// Takes the lease, waiting while another worker holds it (`None`: stop).
+    fn lease(&self) -> Result<Option<Lease>, WorkerError> {
         let lease = loop {
             if self.shutdown.load(Ordering::Relaxed) {
                 return Ok(None);
@@ -375,12 +432,14 @@ impl<S: Store> ShardWorker<S> {
                 None => std::thread::sleep(Duration::from_millis(self.config.poll_ms * 5)),
             }
         };
+        Ok(Some(lease))
+    }
+
+    /// Restores offset and state under `lease` into an instance of `active`.
+    fn open(&self, lease: Lease, active: Arc<Active>) -> Result<Cursor, WorkerError> {
         let checkpoint = self.block(self.store.load_checkpoint(&self.tenant, self.shard))?;
-        let mut instance = self.plugin.instantiate(
-            &self.tenant,
-            &self.config.plugin_config,
-            self.config.limits,
-        )?;
+        let mut instance =
+            active.plugin.instantiate(&self.tenant, &active.config, self.config.limits)?;
         let (offset, state) = match checkpoint {
             Some(cp) => (Some(cp.bucket), cp.state),
             None => (None, Vec::new()),
@@ -390,9 +449,11 @@ impl<S: Store> ShardWorker<S> {
         if !state.is_empty() {
             instance.restore(&state)?;
         }
-        tracing::info!(tenant = %self.tenant, shard = %self.shard, epoch = lease.epoch, ?offset, "shard started");
+        tracing::info!(tenant = %self.tenant, shard = %self.shard, epoch = lease.epoch, ?offset, plugin = %instance.info().label(), "shard started");
         let now = now_ms();
-        Ok(Some(Cursor {
+        Ok(Cursor {
+            seen_generation: active.generation,
+            active,
             lease,
             offset,
             committed: offset,
@@ -404,7 +465,53 @@ impl<S: Store> ShardWorker<S> {
             closing: None,
             renewed_at: now,
             last_tick: now,
-        }))
+        })
+    }
+
+    /// Takes the tenant's current plugin version at this bucket boundary: the old instance's
+    /// state (after a commit) goes to a new instance's `restore`. `false`: the tenant has no
+    /// plugin any more. A version that refuses the state is reported and the shard keeps the
+    /// version it runs.
+    fn switch(&self, c: &mut Cursor) -> Result<bool, WorkerError> {
+        let generation = self.slot.generation();
+        let Some(active) = self.slot.active() else {
+            self.flush(c)?;
+            return Ok(false);
+        };
+        if active.generation == c.active.generation {
+            return Ok(true);
+        }
+        self.flush(c)?;
+        let state = c.instance.snapshot()?;
+        let handed = active
+            .plugin
+            .instantiate(&self.tenant, &active.config, self.config.limits)
+            .and_then(|mut fresh| {
+                let blank = digest(&fresh.snapshot()?);
+                fresh.restore(&state)?;
+                Ok((fresh, blank))
+            });
+        match handed {
+            Ok((fresh, blank)) => {
+                tracing::info!(
+                    tenant = %self.tenant,
+                    shard = %self.shard,
+                    from = %c.instance.info().label(),
+                    to = %fresh.info().label(),
+                    "plugin version switched at a bucket boundary"
+                );
+                c.instance = fresh;
+                c.blank_digest = blank;
+                c.active = active;
+            }
+            Err(e) => self.slot.record_error(format!(
+                "shard {}: the new version cannot take over the state: {e}; {} keeps serving this shard",
+                self.shard,
+                c.instance.info().label()
+            )),
+        }
+        c.seen_generation = generation;
+        Ok(true)
     }
 
     fn serve(&self, c: &mut Cursor) -> Result<Stop, WorkerError> {
@@ -414,6 +521,9 @@ impl<S: Store> ShardWorker<S> {
             if self.shutdown.load(Ordering::Relaxed) {
                 self.flush(c)?;
                 return Ok(Stop::Done);
+            }
+            if self.slot.generation() != c.seen_generation && !self.switch(c)? {
+                return Ok(Stop::Unloaded);
             }
             // More shards than the fair share (a worker joined): one shard thread at a time
             // hands its shard over, at this bucket boundary, after its last commit.
@@ -620,7 +730,7 @@ impl<S: Store> ShardWorker<S> {
     /// last committed state, brought up to just before `failing` by processing again the
     /// buckets since the commit (their stories were published already and would be the same).
     fn rewind(&self, c: &mut Cursor, failing: BucketStart) -> Result<(), WorkerError> {
-        c.instance = self.reinstantiate()?;
+        c.instance = self.reinstantiate(c)?;
         let bucket_ms = self.layout.bucket_ms;
         let mut at = c.committed;
         while let Some(b) = self.block(self.store.next_bucket(&self.tenant, self.shard, at))? {
@@ -649,12 +759,9 @@ impl<S: Store> ShardWorker<S> {
 
     /// A fresh instance restored from the last committed state (the poisoned one's state is
     /// undefined).
-    fn reinstantiate(&self) -> Result<PluginInstance, WorkerError> {
-        let mut instance = self.plugin.instantiate(
-            &self.tenant,
-            &self.config.plugin_config,
-            self.config.limits,
-        )?;
+    fn reinstantiate(&self, c: &Cursor) -> Result<PluginInstance, WorkerError> {
+        let mut instance =
+            c.active.plugin.instantiate(&self.tenant, &c.active.config, self.config.limits)?;
         let checkpoint = self.block(self.store.load_checkpoint(&self.tenant, self.shard))?;
         if let Some(cp) = checkpoint.filter(|cp| !cp.state.is_empty()) {
             instance.restore(&cp.state)?;

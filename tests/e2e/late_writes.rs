@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use storyline::catalog::Slot;
 use storyline::generate::{GenConfig, generate};
 use storyline::model::{ShardId, TenantId};
 use storyline::producer::{IngestReport, Producer, fnv1a, now_ms};
@@ -56,7 +57,8 @@ fn producers_with_clocks_30_s_off_either_way_lose_nothing() {
         let (handle, store, t, plugin) =
             (rt.handle().clone(), store.clone(), t.clone(), plugin.clone());
         std::thread::spawn(move || {
-            run_tenant(&handle, &store, &t, &plugin, &config, &Shared::default())
+            let slot = Slot::fixed(t.clone(), plugin, "{}");
+            run_tenant(&handle, &store, &t, &slot, &config, &Shared::default())
         })
     };
 

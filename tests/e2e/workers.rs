@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use storyline::catalog::Slot;
 use storyline::model::{ShardId, TenantId};
 use storyline::producer::{IngestReport, Producer};
 use storyline::store::embedded::EmbeddedStore;
@@ -61,7 +62,8 @@ fn two_workers_split_the_shards_and_one_takes_over_when_the_other_stops() {
         let shared = Shared { shutdown: stop, ..Shared::default() };
         let (handle, store, t, plugin) =
             (rt.handle().clone(), store.clone(), t.clone(), plugin.clone());
-        std::thread::spawn(move || run_tenant(&handle, &store, &t, &plugin, &config, &shared))
+        let slot = Slot::fixed(t.clone(), plugin, "{}");
+        std::thread::spawn(move || run_tenant(&handle, &store, &t, &slot, &config, &shared))
     };
 
     let stop_a = Arc::new(AtomicBool::new(false));

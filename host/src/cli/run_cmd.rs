@@ -9,10 +9,56 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 use super::{Dirs, ensure_dir, tenant_arg};
-use crate::model::Story;
-use crate::plugin::Runtime;
+use crate::catalog::{Catalog, Reload};
+use crate::model::{Story, TenantId};
+use crate::plugin::{Limits, Runtime};
 use crate::store::Store;
-use crate::worker::{Progress, Shared, StorySink, WorkerConfig, run_tenant};
+use crate::worker::{Progress, Shared, StorySink, WorkerConfig, WorkerError, run_tenant};
+
+/// The workers of the tenants being served.
+type Workers = Arc<Mutex<Vec<(TenantId, std::thread::JoinHandle<Result<(), WorkerError>>)>>>;
+
+/// Waits for every tenant's workers (including tenants started meanwhile); their errors.
+fn join_all(workers: &Workers) -> Vec<String> {
+    let mut failed = Vec::new();
+    loop {
+        let next = workers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let Some((tenant, thread)) = next else { return failed };
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed.push(format!("tenant {tenant}: {e}")),
+            Err(_) => failed.push(format!("tenant {tenant}: worker thread panicked")),
+        }
+    }
+}
+
+/// Writes each tenant's plugin status to `<data-dir>/status/<tenant>.txt` every second (and
+/// once more at the end), where `storyline status` finds it.
+fn spawn_status_writer(
+    dirs: &Dirs,
+    catalog: Arc<Catalog>,
+    shutdown: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let dir = dirs.data.join("status");
+    std::thread::spawn(move || {
+        let _ = std::fs::create_dir_all(&dir);
+        loop {
+            let stopping = shutdown.load(Ordering::Relaxed);
+            for slot in catalog.slots() {
+                let path = dir.join(format!("{}.txt", slot.tenant()));
+                let tmp = dir.join(format!(".{}.tmp", slot.tenant()));
+                let text = crate::catalog::describe(&slot);
+                if std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+                    tracing::warn!("cannot write {}", path.display());
+                }
+            }
+            if stopping {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    })
+}
 
 /// How `storyline run` runs.
 #[derive(Debug, Clone)]
@@ -36,12 +82,13 @@ pub fn run<S: Store + Clone>(
     options: &RunOptions,
 ) -> anyhow::Result<()> {
     ensure_dir(&dirs.data)?;
-    let tenants = if tenants.is_empty() {
-        dirs.tenants()?
-    } else {
-        tenants.iter().map(|t| tenant_arg(t)).collect::<anyhow::Result<_>>()?
-    };
-    if tenants.is_empty() {
+    let explicit: Vec<TenantId> =
+        tenants.iter().map(|t| tenant_arg(t)).collect::<anyhow::Result<_>>()?;
+    if !options.exit_when_idle {
+        ensure_dir(&dirs.plugins)?;
+    }
+    let tenants = if explicit.is_empty() { dirs.tenants()? } else { explicit.clone() };
+    if tenants.is_empty() && options.exit_when_idle {
         bail!(
             "no tenants: put a plugin in {}/<tenant>/<name>.wasm or pass --tenant",
             dirs.plugins.display()
@@ -93,41 +140,103 @@ pub fn run<S: Store + Clone>(
     };
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
-    let mut handles = Vec::new();
-    for tenant in tenants {
-        let Some((path, config)) = dirs.tenant_plugin(&tenant)? else {
-            bail!(
+    let catalog = Catalog::new(runtime, &dirs.plugins, Limits::default());
+    let workers = Arc::new(Mutex::new(Vec::new()));
+    let start_tenant = {
+        let (rt, store, catalog, workers) =
+            (rt.handle().clone(), store.clone(), catalog.clone(), workers.clone());
+        let shared = Shared { sink, progress: progress.clone(), shutdown: shutdown.clone() };
+        let options = options.clone();
+        move |tenant: TenantId| {
+            let slot = catalog.slot(&tenant);
+            if let Some(active) = slot.active() {
+                eprintln!(
+                    "tenant {tenant}: plugin {} ({})",
+                    active.plugin.info().label(),
+                    active.path.display()
+                );
+            }
+            let worker_config = WorkerConfig {
+                delay_ms: options.delay_ms,
+                exit_when_idle: options.exit_when_idle,
+                checkpoint_ms: options.checkpoint_ms,
+                ..WorkerConfig::default()
+            };
+            let (handle, store, shared) = (rt.clone(), store.clone(), shared.clone());
+            let name = tenant.clone();
+            let thread = std::thread::spawn(move || {
+                run_tenant(&handle, &store, &tenant, &slot, &worker_config, &shared)
+            });
+            workers.lock().unwrap_or_else(|p| p.into_inner()).push((name, thread));
+        }
+    };
+    let mut problems = Vec::new();
+    for tenant in &tenants {
+        match catalog.reload(tenant) {
+            Reload::Loaded | Reload::Unchanged => start_tenant(tenant.clone()),
+            Reload::Absent | Reload::Removed => problems.push(format!(
                 "tenant {tenant} has no plugin: put one in {}",
                 dirs.plugins.join(tenant.as_str()).join("<name>.wasm").display()
-            );
-        };
-        let plugin = runtime.load(&path)?;
-        eprintln!("tenant {tenant}: plugin {} ({})", plugin.info().label(), path.display());
-        let worker_config = WorkerConfig {
-            delay_ms: options.delay_ms,
-            exit_when_idle: options.exit_when_idle,
-            checkpoint_ms: options.checkpoint_ms,
-            plugin_config: config,
-            ..WorkerConfig::default()
-        };
-        let shared =
-            Shared { sink: sink.clone(), progress: progress.clone(), shutdown: shutdown.clone() };
-        let (handle, store) = (rt.handle().clone(), store.clone());
-        handles.push((
-            tenant.clone(),
-            std::thread::spawn(move || {
-                run_tenant(&handle, &store, &tenant, &plugin, &worker_config, &shared)
-            }),
-        ));
-    }
-    let mut failed = Vec::new();
-    for (tenant, h) in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failed.push(format!("tenant {tenant}: {e}")),
-            Err(_) => failed.push(format!("tenant {tenant}: worker thread panicked")),
+            )),
+            Reload::Rejected(e) => problems.push(format!("tenant {tenant}: {e}")),
         }
     }
+    if options.exit_when_idle && !problems.is_empty() {
+        shutdown.store(true, Ordering::Relaxed);
+        join_all(&workers);
+        bail!(problems.join("; "));
+    }
+    for p in &problems {
+        // A running host waits for the plugin to be installed or fixed.
+        eprintln!("{p} (waiting for it)");
+    }
+    // Hot reload: a tenant's plugin that changes is loaded again; a tenant that gets its first
+    // plugin starts (when it is one of the tenants served).
+    let _watcher = if options.exit_when_idle {
+        None
+    } else {
+        let served: Option<Vec<TenantId>> = (!explicit.is_empty()).then(|| explicit.clone());
+        let started_tenants: Arc<Mutex<Vec<TenantId>>> = Arc::new(Mutex::new(
+            tenants.iter().filter(|t| catalog.slot(t).active().is_some()).cloned().collect(),
+        ));
+        let watcher = catalog.watch(move |tenant| {
+            if served.as_ref().is_some_and(|s| !s.contains(&tenant)) {
+                return;
+            }
+            let mut started = started_tenants.lock().unwrap_or_else(|p| p.into_inner());
+            if !started.contains(&tenant) {
+                started.push(tenant.clone());
+                start_tenant(tenant);
+            }
+        });
+        match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!(
+                    "cannot follow {} for plugin changes ({e}); plugins load only at start",
+                    dirs.plugins.display()
+                );
+                None
+            }
+        }
+    };
+    let status_writer = spawn_status_writer(dirs, catalog.clone(), shutdown.clone());
+    if !options.exit_when_idle {
+        // Serve until a signal, or until every tenant's workers stopped on an error.
+        while !shutdown.load(Ordering::Relaxed) {
+            let all_stopped = {
+                let w = workers.lock().unwrap_or_else(|p| p.into_inner());
+                !w.is_empty() && w.iter().all(|(_, t)| t.is_finished())
+            };
+            if all_stopped {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let failed = join_all(&workers);
+    shutdown.store(true, Ordering::Relaxed);
+    let _ = status_writer.join();
     let secs = started.elapsed().as_secs_f64();
     let events = progress.events.load(Ordering::Relaxed);
     eprintln!(

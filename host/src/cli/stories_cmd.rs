@@ -94,6 +94,13 @@ pub fn write_status<S: Store>(
     let dead = handle.block_on(store.dead_letters(tenant))?;
     let now = now_ms();
     writeln!(out, "tenant {tenant}: {} shards, {} ms buckets", layout.shards, layout.bucket_ms)?;
+    // Written every second by the `storyline run` serving this data directory.
+    match std::fs::read_to_string(data_dir.join("status").join(format!("{tenant}.txt"))) {
+        Ok(plugin) => write!(out, "{plugin}")?,
+        Err(_) => {
+            writeln!(out, "plugin: unknown (no `storyline run` has served this tenant here)")?
+        }
+    }
     writeln!(
         out,
         "{:<6} {:<28} {:<25} {:>8} {:>11} {:>11} {:>12}  last error",

@@ -1,0 +1,345 @@
+//! The plugin directory while the host runs: which plugin version each tenant runs now.
+//!
+//! Operators keep one folder per tenant, `DIR/<tenant>/<name>.wasm` with an optional
+//! `DIR/<tenant>/<name>.json` passed to `init`. [`Catalog::watch`] follows the directory with
+//! `notify`: after a change settles (no event for [`SETTLE`]), the tenant's plugin is loaded
+//! again. A new version is compiled, checked against the WIT world and instantiated with `init`
+//! *before* it replaces the old one; a file that fails any step (half-written, not a component,
+//! wrong world or version, `init` refuses its configuration) is rejected with its error, in the
+//! log and in [`SlotStatus`], and the previous version keeps serving. Each shard takes the new
+//! version at its next bucket boundary, handing its state over (`snapshot` → `restore`).
+//! Deleting a tenant's plugin stops its shards after their commit; offsets stay.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::model::{TenantId, TimestampMs};
+use crate::plugin::{Limits, Plugin, Runtime};
+use crate::producer::now_ms;
+
+/// Quiet time after the last file event before a tenant is reloaded: a writer still copying
+/// keeps producing events, so a half-written file is retried once it stops.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// The version of a tenant's plugin that serves now.
+#[derive(Debug)]
+pub struct Active {
+    /// The loaded component.
+    pub plugin: Plugin,
+    /// Configuration passed to `init`.
+    pub config: String,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// When it was loaded, epoch ms.
+    pub loaded_ms: TimestampMs,
+    /// Increases with every change of version (or removal).
+    pub generation: u64,
+}
+
+/// What status shows of a tenant's plugin.
+#[derive(Debug, Clone, Default)]
+pub struct SlotStatus {
+    /// The last reload that failed: when (epoch ms) and why. Cleared by a successful reload.
+    pub last_error: Option<(TimestampMs, String)>,
+    /// Successful loads so far.
+    pub loads: u64,
+}
+
+/// One tenant's plugin: the active version and its history.
+#[derive(Debug)]
+pub struct Slot {
+    tenant: TenantId,
+    generation: AtomicU64,
+    active: Mutex<Option<Arc<Active>>>,
+    status: Mutex<SlotStatus>,
+}
+
+impl Slot {
+    /// A slot with no plugin yet.
+    pub fn empty(tenant: TenantId) -> Self {
+        Slot {
+            tenant,
+            generation: AtomicU64::new(0),
+            active: Mutex::new(None),
+            status: Mutex::new(SlotStatus::default()),
+        }
+    }
+
+    /// A slot holding `plugin` (for library users and tests that run a fixed plugin).
+    pub fn fixed(tenant: TenantId, plugin: Plugin, config: &str) -> Arc<Self> {
+        let slot = Slot::empty(tenant);
+        slot.install(plugin, config.to_string(), PathBuf::new());
+        Arc::new(slot)
+    }
+
+    /// The tenant.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// Changes with every new version or removal: shards compare it at bucket boundaries.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The version serving now, if any.
+    pub fn active(&self) -> Option<Arc<Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Load history and the last error.
+    pub fn status(&self) -> SlotStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records a failure that leaves the current version serving.
+    pub fn record_error(&self, message: String) {
+        tracing::error!(tenant = %self.tenant, "{message}");
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).last_error =
+            Some((now_ms(), message));
+    }
+
+    fn install(&self, plugin: Plugin, config: String, path: PathBuf) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        *active = Some(Arc::new(Active { plugin, config, path, loaded_ms: now_ms(), generation }));
+        self.generation.store(generation, Ordering::Release);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.loads += 1;
+        status.last_error = None;
+    }
+
+    fn remove(&self) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.take().is_some() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A tenant's plugin file and its configuration (`{}` when no `.json` is beside it), or `None`
+/// when the tenant has no folder or no `.wasm` in it. With several `.wasm`, the first by name.
+pub fn find_plugin(dir: &Path, tenant: &TenantId) -> Result<Option<(PathBuf, String)>, String> {
+    let folder = dir.join(tenant.as_str());
+    let Ok(entries) = std::fs::read_dir(&folder) else { return Ok(None) };
+    let mut wasm: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .collect();
+    wasm.sort();
+    let Some(path) = wasm.into_iter().next() else { return Ok(None) };
+    let config_path = path.with_extension("json");
+    let config = match std::fs::read_to_string(&config_path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "{}".to_string(),
+        Err(e) => {
+            return Err(format!("cannot read plugin configuration {}: {e}", config_path.display()));
+        }
+    };
+    Ok(Some((path, config)))
+}
+
+/// Every tenant's slot, loaded from the plugin directory.
+#[derive(Debug)]
+pub struct Catalog {
+    runtime: Runtime,
+    dir: PathBuf,
+    limits: Limits,
+    slots: Mutex<BTreeMap<TenantId, Arc<Slot>>>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// A new version serves.
+    Loaded,
+    /// The same file and configuration were already serving.
+    Unchanged,
+    /// The tenant has no plugin any more; its shards stop.
+    Removed,
+    /// Still no plugin.
+    Absent,
+    /// The new version was rejected; the previous one (if any) keeps serving.
+    Rejected(String),
+}
+
+impl Catalog {
+    /// A catalog of the plugin directory `dir`; nothing is loaded yet.
+    pub fn new(runtime: Runtime, dir: impl Into<PathBuf>, limits: Limits) -> Arc<Self> {
+        Arc::new(Catalog { runtime, dir: dir.into(), limits, slots: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// The plugin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tenant's slot (empty until [`Catalog::reload`] finds its plugin).
+    pub fn slot(&self, tenant: &TenantId) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(tenant.clone()).or_insert_with(|| Arc::new(Slot::empty(tenant.clone()))).clone()
+    }
+
+    /// Every tenant seen so far, with its slot.
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Tenants with a folder in the plugin directory.
+    pub fn tenants_on_disk(&self) -> Vec<TenantId> {
+        let mut out: Vec<TenantId> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| TenantId::new(&e.file_name().to_string_lossy()).ok())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Loads the tenant's plugin from the directory if it changed. The new version must
+    /// compile, match the world and pass `init` before it replaces the current one.
+    pub fn reload(&self, tenant: &TenantId) -> Reload {
+        let slot = self.slot(tenant);
+        let found = match find_plugin(&self.dir, tenant) {
+            Ok(found) => found,
+            Err(e) => return reject(&slot, e),
+        };
+        let Some((path, config)) = found else {
+            if slot.active().is_some() {
+                slot.remove();
+                tracing::warn!(%tenant, "plugin removed: the tenant's shards stop after their commit; offsets are kept");
+                return Reload::Removed;
+            }
+            return Reload::Absent;
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => return reject(&slot, format!("cannot read {}: {e}", path.display())),
+        };
+        let plugin = match self.runtime.load_bytes(&path, &bytes) {
+            Ok(p) => p,
+            Err(e) => return reject(&slot, format!("{e}; the previous version keeps serving")),
+        };
+        if let Some(active) = slot.active()
+            && active.plugin.info().sha256 == plugin.info().sha256
+            && active.config == config
+        {
+            return Reload::Unchanged;
+        }
+        // A probe instance: `init` must accept the configuration before anything switches.
+        if let Err(e) = plugin.instantiate(tenant, &config, self.limits) {
+            return reject(&slot, format!("{e}; the previous version keeps serving"));
+        }
+        tracing::info!(%tenant, plugin = %plugin.info().label(), path = %path.display(), "plugin loaded");
+        slot.install(plugin, config, path);
+        Reload::Loaded
+    }
+
+    /// Follows the directory: changed tenants are reloaded once their files settle, and
+    /// `on_new` is called for a tenant whose first plugin appears. Runs until the returned
+    /// watcher is dropped.
+    pub fn watch(
+        self: &Arc<Self>,
+        on_new: impl Fn(TenantId) + Send + 'static,
+    ) -> Result<notify::RecommendedWatcher, notify::Error> {
+        use notify::Watcher;
+        let (tx, rx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
+        let mut watcher = notify::recommended_watcher(tx)?;
+        watcher.watch(&self.dir, notify::RecursiveMode::Recursive)?;
+        let catalog = self.clone();
+        std::thread::Builder::new()
+            .name("plugin-watch".into())
+            .spawn(move || catalog.follow(rx, on_new))
+            .map_err(|e| notify::Error::generic(&format!("cannot start the watcher: {e}")))?;
+        Ok(watcher)
+    }
+
+    fn follow(
+        &self,
+        rx: std::sync::mpsc::Receiver<notify::Result<notify::Event>>,
+        on_new: impl Fn(TenantId),
+    ) {
+        let mut pending: HashMap<TenantId, Instant> = HashMap::new();
+        loop {
+            let wait = if pending.is_empty() { Duration::from_secs(3600) } else { SETTLE / 4 };
+            match rx.recv_timeout(wait) {
+                Ok(Ok(event)) => {
+                    for path in &event.paths {
+                        if let Some(tenant) = self.tenant_of(path) {
+                            pending.insert(tenant, Instant::now());
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("plugin directory watch: {e}"),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // The watcher was dropped: the host is stopping.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            let settled: Vec<TenantId> = pending
+                .iter()
+                .filter(|(_, at)| at.elapsed() >= SETTLE)
+                .map(|(t, _)| t.clone())
+                .collect();
+            for tenant in settled {
+                pending.remove(&tenant);
+                let had = self.slot(&tenant).active().is_some();
+                match self.reload(&tenant) {
+                    Reload::Loaded if !had => on_new(tenant),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The tenant a path in the plugin directory belongs to.
+    fn tenant_of(&self, path: &Path) -> Option<TenantId> {
+        let rel = path.strip_prefix(&self.dir).ok()?;
+        let first = rel.components().next()?;
+        TenantId::new(&first.as_os_str().to_string_lossy()).ok()
+    }
+}
+
+/// What status prints of a tenant's plugin: version, hash, load time, last reload error.
+pub fn describe(slot: &Slot) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let status = slot.status();
+    match slot.active() {
+        Some(a) => {
+            let info = a.plugin.info();
+            let _ = writeln!(
+                out,
+                "plugin: {} (storyline:correlator@{}, sha256 {}), loaded {} from {}; {} loads",
+                info.label(),
+                info.manifest.version,
+                info.sha256,
+                storyline_sdk::format::format_rfc3339(a.loaded_ms),
+                a.path.display(),
+                status.loads
+            );
+        }
+        None => out.push_str("plugin: none (the tenant's shards wait for one)\n"),
+    }
+    match status.last_error {
+        Some((at, e)) => {
+            let _ = writeln!(
+                out,
+                "last reload error: {}: {e}",
+                storyline_sdk::format::format_rfc3339(at)
+            );
+        }
+        None => out.push_str("last reload error: none\n"),
+    }
+    out
+}
+
+fn reject(slot: &Slot, message: String) -> Reload {
+    slot.record_error(message.clone());
+    Reload::Rejected(message)
+}
