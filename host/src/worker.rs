@@ -44,6 +44,11 @@ pub struct WorkerConfig {
     pub limits: Limits,
     /// Attempts at a failing bucket before it is dead-lettered. Default 3.
     pub attempts: u32,
+    /// What a shard does with a bucket that failed every attempt. Default: skip it.
+    pub on_failure: OnFailure,
+    /// First wait before trying a failing bucket again, ms; doubles with every further
+    /// failure up to 30 s, and starts over after a healthy minute. Default 1 000.
+    pub backoff_ms: u64,
     /// Offset and plugin state are committed at most this often while buckets flow (and at
     /// every tick that changed something, at shutdown, handover and drain). A crash replays
     /// the buckets since the last commit; their stories are the same and overwrite themselves.
@@ -62,6 +67,8 @@ impl Default for WorkerConfig {
             owner: format!("{}:{}", hostname(), std::process::id()),
             limits: Limits::default(),
             attempts: 3,
+            on_failure: OnFailure::Skip,
+            backoff_ms: 1000,
             checkpoint_ms: 5000,
         }
     }
@@ -72,6 +79,25 @@ fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "host".into())
 }
+
+/// What a shard does with a bucket its plugin failed on every attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    /// Record a dead letter and go on with the next bucket (`storyline replay` processes the
+    /// bucket later).
+    #[default]
+    Skip,
+    /// Record a dead letter and stay on the bucket, trying again with backoff (for instance
+    /// until a fixed plugin version is installed); other shards and tenants go on.
+    Pause,
+}
+
+/// Longest wait between attempts.
+const MAX_BACKOFF_MS: u64 = 30_000;
+/// A shard healthy for this long forgets its earlier failures.
+const HEALTHY_MS: i64 = 60_000;
+/// How often a shard looks for dead letters to replay.
+const REPLAY_CHECK_MS: i64 = 2_000;
 
 /// Counters shared by the shard threads of a run.
 #[derive(Debug, Default)]
@@ -310,6 +336,14 @@ struct Cursor {
     renewed_at: TimestampMs,
     /// When time last passed for the plugin.
     last_tick: TimestampMs,
+    /// Failures in a row (reset after a healthy minute): the backoff exponent.
+    failures: u32,
+    /// When the last failure happened.
+    failed_at: TimestampMs,
+    /// Paused on a bucket that failed every attempt (`OnFailure::Pause`): not before then.
+    paused: Option<(BucketStart, TimestampMs)>,
+    /// When dead letters to replay were last looked for.
+    replay_checked: TimestampMs,
 }
 
 impl<S: Store> ShardWorker<S> {
@@ -465,6 +499,10 @@ impl<S: Store> ShardWorker<S> {
             closing: None,
             renewed_at: now,
             last_tick: now,
+            failures: 0,
+            failed_at: i64::MIN,
+            paused: None,
+            replay_checked: i64::MIN,
         })
     }
 
@@ -524,6 +562,15 @@ impl<S: Store> ShardWorker<S> {
             }
             if self.slot.generation() != c.seen_generation && !self.switch(c)? {
                 return Ok(Stop::Unloaded);
+            }
+            if now_ms().saturating_sub(c.replay_checked) >= REPLAY_CHECK_MS {
+                self.replay_dead_letters(c)?;
+            }
+            if let Some((_, until)) = c.paused
+                && now_ms() < until
+            {
+                std::thread::sleep(Duration::from_millis(self.config.poll_ms));
+                continue;
             }
             // More shards than the fair share (a worker joined): one shard thread at a time
             // hands its shard over, at this bucket boundary, after its last commit.
@@ -677,9 +724,7 @@ impl<S: Store> ShardWorker<S> {
                 Ok(stories) => break Some(stories),
                 Err(err) => {
                     tracing::warn!(attempt, "{err}");
-                    if err.failure.poisons() {
-                        self.rewind(c, start)?;
-                    }
+                    let wait = self.failed(c);
                     if attempt >= self.config.attempts {
                         let letter = DeadLetter {
                             shard: self.shard,
@@ -688,15 +733,33 @@ impl<S: Store> ShardWorker<S> {
                             reason: err.to_string(),
                             attempts: attempt,
                             at_ms: now_ms(),
+                            replay: false,
                         };
                         self.block(self.store.put_dead_letter(&self.tenant, &letter))?;
+                        if err.failure.poisons() {
+                            self.rewind(c, start)?;
+                        }
+                        if self.config.on_failure == OnFailure::Pause {
+                            tracing::warn!(tenant = %self.tenant, shard = %self.shard, bucket = start.0, wait_ms = wait, "shard paused on a failing bucket");
+                            c.paused = Some((start, now_ms() + wait as i64));
+                            return Ok(());
+                        }
                         self.progress.dead_letters.fetch_add(1, Ordering::Relaxed);
                         break None;
                     }
-                    std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
+                    // An instance that trapped is re-created, after the backoff.
+                    std::thread::sleep(Duration::from_millis(wait));
+                    if err.failure.poisons() {
+                        self.rewind(c, start)?;
+                    }
                 }
             }
         };
+        if c.paused.take().is_some_and(|(b, _)| b == start) {
+            // The bucket it paused on went through: its dead letter is obsolete.
+            self.block(self.store.delete_dead_letter(&self.tenant, self.shard, start))?;
+            tracing::info!(tenant = %self.tenant, shard = %self.shard, bucket = start.0, "shard resumed");
+        }
         let stories = stories.unwrap_or_default();
         if !stories.is_empty() {
             self.block(self.store.publish(&self.tenant, &stories, now_ms()))?;
@@ -723,6 +786,83 @@ impl<S: Store> ShardWorker<S> {
         self.progress.events.fetch_add(n, Ordering::Relaxed);
         self.progress.buckets.fetch_add(1, Ordering::Relaxed);
         self.progress.stories.fetch_add(stories.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts a failure; the wait before the next attempt (1 s doubling up to 30 s by
+    /// default; a shard healthy for a minute starts over).
+    fn failed(&self, c: &mut Cursor) -> u64 {
+        let now = now_ms();
+        if now.saturating_sub(c.failed_at) >= HEALTHY_MS {
+            c.failures = 0;
+        }
+        c.failed_at = now;
+        let wait =
+            self.config.backoff_ms.saturating_mul(1 << c.failures.min(16)).min(MAX_BACKOFF_MS);
+        c.failures += 1;
+        wait
+    }
+
+    /// Processes again the dead letters of this shard an operator marked for replay
+    /// (`storyline replay`), typically after the plugin was fixed: their events go to the
+    /// current instance as a late bucket, the stories are published, the letter removed. A
+    /// letter that fails again stays, with the new reason.
+    fn replay_dead_letters(&self, c: &mut Cursor) -> Result<(), WorkerError> {
+        c.replay_checked = now_ms();
+        let letters = self.block(self.store.dead_letters(&self.tenant))?;
+        let bucket_ms = self.layout.bucket_ms;
+        for letter in letters.into_iter().filter(|l| l.shard == self.shard && l.replay) {
+            let events =
+                self.block(self.store.read_bucket(&self.tenant, self.shard, letter.bucket))?;
+            let n = events.len() as u64;
+            let end = letter.bucket.0 + bucket_ms;
+            let bucket = Bucket {
+                tenant: self.tenant.to_string(),
+                shard: self.shard.0,
+                start: letter.bucket.0,
+                end,
+                // Time does not go back for the plugin: the bucket comes in late.
+                watermark: c.offset.map_or(end, |o| (o.0 + bucket_ms).max(end)),
+                events,
+            };
+            match c.instance.process(&bucket, &|_| true) {
+                Ok(stories) => {
+                    if !stories.is_empty() {
+                        self.block(self.store.publish(&self.tenant, &stories, now_ms()))?;
+                        if let Some(sink) = &self.sink {
+                            sink(&stories);
+                        }
+                    }
+                    self.commit(c)?;
+                    self.block(self.store.delete_dead_letter(
+                        &self.tenant,
+                        self.shard,
+                        letter.bucket,
+                    ))?;
+                    self.progress.events.fetch_add(n, Ordering::Relaxed);
+                    self.progress.stories.fetch_add(stories.len() as u64, Ordering::Relaxed);
+                    tracing::info!(tenant = %self.tenant, shard = %self.shard, bucket = letter.bucket.0, events = n, stories = stories.len(), "dead letter replayed");
+                }
+                Err(err) => {
+                    tracing::warn!(tenant = %self.tenant, shard = %self.shard, bucket = letter.bucket.0, "replay failed: {err}");
+                    if err.failure.poisons() {
+                        let after = c
+                            .offset
+                            .map_or(BucketStart(i64::MIN), |o| BucketStart(o.0.saturating_add(1)));
+                        self.rewind(c, after)?;
+                    }
+                    let again = DeadLetter {
+                        plugin: c.instance.info().label(),
+                        reason: err.to_string(),
+                        attempts: letter.attempts + 1,
+                        at_ms: now_ms(),
+                        replay: false,
+                        ..letter
+                    };
+                    self.block(self.store.put_dead_letter(&self.tenant, &again))?;
+                }
+            }
+        }
         Ok(())
     }
 

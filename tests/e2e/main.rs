@@ -5,6 +5,7 @@ mod support;
 
 mod cli_plugin;
 mod crash;
+mod hot_reload;
 mod late_writes;
 mod network_session;
 mod plugin_faults;

@@ -174,11 +174,15 @@ pub async fn dead_letters_are_kept_per_bucket(s: &impl Store, t: &TenantId) {
         reason: "plugin trapped".into(),
         attempts: 1,
         at_ms: 99,
+        replay: false,
     };
     s.put_dead_letter(t, &letter).await.unwrap();
     letter.attempts = 3;
+    letter.replay = true;
     s.put_dead_letter(t, &letter).await.unwrap();
-    assert_eq!(s.dead_letters(t).await.unwrap(), vec![letter]);
+    assert_eq!(s.dead_letters(t).await.unwrap(), vec![letter.clone()]);
+    s.delete_dead_letter(t, letter.shard, letter.bucket).await.unwrap();
+    assert!(s.dead_letters(t).await.unwrap().is_empty());
 }
 
 pub async fn writes_into_closed_buckets_move_to_the_first_open_bucket(

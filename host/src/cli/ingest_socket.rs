@@ -230,6 +230,7 @@ fn answer<S: Store>(
                     &mut buf,
                 )
             }
+            "replay" => super::stories_cmd::mark_replay(handle, store, &tenant, &mut buf),
             other => Err(anyhow::anyhow!("unknown command {other}")),
         };
         match done {

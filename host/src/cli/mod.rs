@@ -8,6 +8,8 @@ mod plugin_cmd;
 mod run_cmd;
 mod stories_cmd;
 
+pub use stories_cmd::mark_replay;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -66,6 +68,15 @@ pub enum StoreKind {
     Scylla,
 }
 
+/// `--on-failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnFailureArg {
+    /// Dead-letter the bucket and go on.
+    Skip,
+    /// Dead-letter the bucket and stay on it until it goes through.
+    Pause,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -109,6 +120,24 @@ pub enum Command {
         /// themselves.
         #[arg(long, default_value_t = 5000)]
         checkpoint_ms: i64,
+        /// Attempts at a bucket the plugin fails on before it is dead-lettered.
+        #[arg(long, default_value_t = 3)]
+        attempts: u32,
+        /// After the last attempt: `skip` the bucket (replay it later with `storyline replay`)
+        /// or `pause` the shard on it, trying again with backoff until the plugin is fixed.
+        #[arg(long, value_enum, default_value = "skip")]
+        on_failure: OnFailureArg,
+        /// First wait between attempts, ms; doubles up to 30 s, starts over after a healthy
+        /// minute.
+        #[arg(long, default_value_t = 1000)]
+        backoff_ms: u64,
+    },
+    /// Process the tenant's dead-lettered buckets again (after the plugin was fixed): the
+    /// running workers pick them up, publish their stories and drop the letters.
+    Replay {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
     },
     /// Print published stories as JSONL: the latest revision of each.
     Stories {
@@ -234,13 +263,36 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })
         }
-        Command::Run { tenant, delay_ms, exit_when_idle, stories_out, checkpoint_ms } => {
-            let options =
-                run_cmd::RunOptions { delay_ms, exit_when_idle, stories_out, checkpoint_ms };
+        Command::Run {
+            tenant,
+            delay_ms,
+            exit_when_idle,
+            stories_out,
+            checkpoint_ms,
+            attempts,
+            on_failure,
+            backoff_ms,
+        } => {
+            let on_failure = match on_failure {
+                OnFailureArg::Skip => crate::worker::OnFailure::Skip,
+                OnFailureArg::Pause => crate::worker::OnFailure::Pause,
+            };
+            let options = run_cmd::RunOptions {
+                delay_ms,
+                exit_when_idle,
+                stories_out,
+                checkpoint_ms,
+                attempts: attempts.max(1),
+                on_failure,
+                backoff_ms,
+            };
             with_store!(|rt, store| run_cmd::run(&rt, &store, &dirs, &tenant, &options))
         }
         Command::Stories { tenant, all, follow } => {
             with_store!(|rt, store| stories_cmd::stories(&rt, &store, &dirs, &tenant, all, follow))
+        }
+        Command::Replay { tenant } => {
+            with_store!(|rt, store| stories_cmd::replay(&rt, &store, &dirs, &tenant))
         }
         Command::Status { tenant } => {
             with_store!(|rt, store| stories_cmd::status(&rt, &store, &dirs, &tenant))

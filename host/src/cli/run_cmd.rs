@@ -71,6 +71,12 @@ pub struct RunOptions {
     pub stories_out: Option<std::path::PathBuf>,
     /// Commit at most this often while buckets flow, ms.
     pub checkpoint_ms: i64,
+    /// Attempts at a failing bucket.
+    pub attempts: u32,
+    /// Skip or pause on a bucket that failed every attempt.
+    pub on_failure: crate::worker::OnFailure,
+    /// First wait between attempts, ms.
+    pub backoff_ms: u64,
 }
 
 /// Runs the workers until SIGINT/SIGTERM (or until idle with `exit_when_idle`).
@@ -160,6 +166,9 @@ pub fn run<S: Store + Clone>(
                 delay_ms: options.delay_ms,
                 exit_when_idle: options.exit_when_idle,
                 checkpoint_ms: options.checkpoint_ms,
+                attempts: options.attempts,
+                on_failure: options.on_failure,
+                backoff_ms: options.backoff_ms,
                 ..WorkerConfig::default()
             };
             let (handle, store, shared) = (rt.clone(), store.clone(), shared.clone());

@@ -6,7 +6,7 @@ use std::io::Write;
 use super::{Dirs, tenant_arg};
 use crate::model::{ShardId, TenantId};
 use crate::producer::now_ms;
-use crate::store::Store;
+use crate::store::{DeadLetter, Store};
 use storyline_sdk::format::format_rfc3339;
 
 /// Writes the tenant's stories not yet in `printed` (latest revisions, or all) as JSONL.
@@ -62,6 +62,43 @@ pub fn stories<S: Store + Clone>(
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+/// Marks every dead letter of the tenant for replay: the worker of each shard processes the
+/// bucket again (with the plugin version it runs now) and removes the letter.
+pub fn replay<S: Store + Clone>(
+    rt: &tokio::runtime::Runtime,
+    store: &S,
+    dirs: &Dirs,
+    tenant: &str,
+) -> anyhow::Result<()> {
+    let tenant = tenant_arg(tenant)?;
+    if let Some(socket) = super::ingest_socket::connect(dirs) {
+        print!("{}", super::ingest_socket::query(socket, "replay", &tenant, false)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    mark_replay(rt.handle(), store, &tenant, &mut out)
+}
+
+/// Flags the tenant's dead letters for replay and says how many.
+pub fn mark_replay<S: Store>(
+    handle: &tokio::runtime::Handle,
+    store: &S,
+    tenant: &TenantId,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let letters = handle.block_on(store.dead_letters(tenant))?;
+    let mut marked = 0;
+    for letter in letters.into_iter().filter(|l| !l.replay) {
+        handle.block_on(store.put_dead_letter(tenant, &DeadLetter { replay: true, ..letter }))?;
+        marked += 1;
+    }
+    writeln!(
+        out,
+        "{marked} dead letters of tenant {tenant} marked for replay; the running workers process them within seconds (or start `storyline run`)"
+    )?;
+    Ok(())
 }
 
 /// Prints the tenant's shards: owner, committed bucket, lag, dead letters.
@@ -156,6 +193,11 @@ pub fn write_status<S: Store>(
     for alarm in alarms {
         writeln!(out, "{alarm}")?;
     }
-    writeln!(out, "dead letters: {}", dead.len())?;
+    writeln!(
+        out,
+        "dead letters: {} ({} marked for replay)",
+        dead.len(),
+        dead.iter().filter(|d| d.replay).count()
+    )?;
     Ok(())
 }

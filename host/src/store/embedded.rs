@@ -285,6 +285,7 @@ struct DeadValue {
     reason: String,
     attempts: u32,
     at_ms: i64,
+    replay: bool,
 }
 
 impl Store for EmbeddedStore {
@@ -746,10 +747,26 @@ impl Store for EmbeddedStore {
             reason: letter.reason.clone(),
             attempts: letter.attempts,
             at_ms: letter.at_ms,
+            replay: letter.replay,
         });
         self.blocking(tenant, move |db| {
             let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
             batch.insert(&db.dead, key, value);
+            batch.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_dead_letter(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        bucket: BucketStart,
+    ) -> Result<(), StoreError> {
+        let key = partition_key(shard, bucket);
+        self.blocking(tenant, move |db| {
+            let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
+            batch.remove(&db.dead, key);
             batch.commit().map_err(backend)
         })
         .await
@@ -775,6 +792,7 @@ impl Store for EmbeddedStore {
                     reason: v.reason,
                     attempts: v.attempts,
                     at_ms: v.at_ms,
+                    replay: v.replay,
                 });
             }
             Ok(out)

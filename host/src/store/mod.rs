@@ -74,6 +74,9 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// When it was recorded, epoch ms.
     pub at_ms: TimestampMs,
+    /// An operator asked for it to be processed again (`storyline replay`); the shard's
+    /// worker does so and removes the letter.
+    pub replay: bool,
 }
 
 /// Events a producer wrote into buckets a worker had already closed, redirected to the first
@@ -334,6 +337,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         tenant: &TenantId,
         letter: &DeadLetter,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the dead letter of a bucket (it was replayed).
+    fn delete_dead_letter(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        bucket: BucketStart,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Dead letters, by shard and bucket.

@@ -117,7 +117,7 @@ pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.dead_letters (shard int, bucket bigint, plugin text, reason text, \
-             attempts int, at_ms bigint, PRIMARY KEY (shard, bucket))"
+             attempts int, at_ms bigint, replay boolean, PRIMARY KEY (shard, bucket))"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.meta (name text PRIMARY KEY, shards int, bucket_ms bigint)"
@@ -151,6 +151,7 @@ struct Tenant {
     all_stories: PreparedStatement,
     insert_dead: PreparedStatement,
     all_dead: PreparedStatement,
+    delete_dead: PreparedStatement,
     read_layout: PreparedStatement,
     heartbeat: PreparedStatement,
     workers: PreparedStatement,
@@ -311,10 +312,11 @@ impl ScyllaStore {
             ))
             .await?,
             insert_dead: prepare(format!(
-                "INSERT INTO {ks}.dead_letters (shard, bucket, plugin, reason, attempts, at_ms) VALUES (?, ?, ?, ?, ?, ?)"
+                "INSERT INTO {ks}.dead_letters (shard, bucket, plugin, reason, attempts, at_ms, replay) VALUES (?, ?, ?, ?, ?, ?, ?)"
             ))
             .await?,
-            all_dead: prepare(format!("SELECT shard, bucket, plugin, reason, attempts, at_ms FROM {ks}.dead_letters")).await?,
+            all_dead: prepare(format!("SELECT shard, bucket, plugin, reason, attempts, at_ms, replay FROM {ks}.dead_letters")).await?,
+            delete_dead: prepare(format!("DELETE FROM {ks}.dead_letters WHERE shard = ? AND bucket = ?")).await?,
             heartbeat: prepare(format!("INSERT INTO {ks}.workers (owner, expires_ms) VALUES (?, ?)")).await?,
             workers: prepare(format!("SELECT owner, expires_ms FROM {ks}.workers")).await?,
             read_layout: prepare(format!("SELECT shards, bucket_ms FROM {ks}.meta WHERE name = 'layout'")).await?,
@@ -963,8 +965,23 @@ impl Store for ScyllaStore {
                     l.reason.as_str(),
                     l.attempts as i32,
                     l.at_ms,
+                    l.replay,
                 ),
             )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn delete_dead_letter(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+        bucket: BucketStart,
+    ) -> Result<(), StoreError> {
+        let t = self.tenant(tenant).await?;
+        self.session
+            .execute_unpaged(&t.delete_dead, (shard.0 as i32, bucket.0))
             .await
             .map_err(backend)?;
         Ok(())
@@ -974,11 +991,11 @@ impl Store for ScyllaStore {
         let t = self.tenant(tenant).await?;
         let pager = self.session.execute_iter(t.all_dead.clone(), ()).await.map_err(backend)?;
         let mut rows = pager
-            .rows_stream::<(i32, i64, String, String, i32, i64)>()
+            .rows_stream::<(i32, i64, String, String, i32, i64, Option<bool>)>()
             .map_err(|e| corrupt("dead_letters", e))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().await {
-            let (shard, bucket, plugin, reason, attempts, at_ms) = row.map_err(backend)?;
+            let (shard, bucket, plugin, reason, attempts, at_ms, replay) = row.map_err(backend)?;
             out.push(DeadLetter {
                 shard: ShardId(shard as u32),
                 bucket: BucketStart(bucket),
@@ -986,6 +1003,7 @@ impl Store for ScyllaStore {
                 reason,
                 attempts: attempts as u32,
                 at_ms,
+                replay: replay.unwrap_or(false),
             });
         }
         out.sort_by_key(|d| (d.shard, d.bucket));

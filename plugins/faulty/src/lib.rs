@@ -1,8 +1,9 @@
 //! A deliberately faulty plugin for the host's tests: each fault the host must contain.
 //!
-//! Configuration: `{"mode": "<mode>", "only_kind": "<kind>"}`. With `only_kind`, the fault
-//! fires only on buckets holding an event of that kind; other buckets are processed well
-//! (one story per event). Modes:
+//! Configuration: `{"mode": "<mode>", "only_kind": "<kind>", "tag": "<text>"}`. With
+//! `only_kind`, the fault fires only on buckets holding an event of that kind; other buckets are
+//! processed well (one story per event). `tag` is copied into every story's fields (tests tell
+//! plugin versions apart by it). Modes:
 //!
 //! | mode          | what `process` does                                              |
 //! |---------------|------------------------------------------------------------------|
@@ -30,6 +31,8 @@ struct Config {
     mode: String,
     #[serde(default)]
     only_kind: Option<String>,
+    #[serde(default)]
+    tag: Option<String>,
 }
 
 fn none() -> String {
@@ -54,11 +57,16 @@ const MODES: &[&str] = &[
 pub struct Faulty {
     mode: String,
     only_kind: Option<String>,
+    tag: Option<String>,
     buckets_seen: u64,
 }
 
 impl Faulty {
-    fn one_story_per_event(bucket: &Bucket) -> Vec<Story> {
+    fn one_story_per_event(&self, bucket: &Bucket) -> Vec<Story> {
+        let mut fields = serde_json::Map::new();
+        if let Some(tag) = &self.tag {
+            fields.insert("tag".into(), tag.clone().into());
+        }
         bucket
             .events
             .iter()
@@ -69,7 +77,7 @@ impl Faulty {
                 event_ids: vec![e.id.clone()],
                 first_seen: e.event_time,
                 last_seen: e.event_time,
-                fields: serde_json::Map::new(),
+                fields: fields.clone(),
             })
             .collect()
     }
@@ -125,7 +133,7 @@ impl Correlator for Faulty {
                 MODES.join(", ")
             )));
         }
-        Ok(Faulty { mode: c.mode, only_kind: c.only_kind, buckets_seen: 0 })
+        Ok(Faulty { mode: c.mode, only_kind: c.only_kind, tag: c.tag, buckets_seen: 0 })
     }
 
     fn process(&mut self, bucket: &Bucket) -> Result<Vec<Story>, Error> {
@@ -135,7 +143,7 @@ impl Correlator for Faulty {
             Some(kind) => bucket.events.iter().any(|e| &e.kind == kind),
         };
         if !armed {
-            return Ok(Self::one_story_per_event(bucket));
+            return Ok(self.one_story_per_event(bucket));
         }
         match self.mode.as_str() {
             "trap" => panic!("deliberate trap in bucket starting at {}", bucket.start),
@@ -155,8 +163,8 @@ impl Correlator for Faulty {
             }
             "fail" => Err(Error::Failed(format!("refusing bucket {}", bucket.start))),
             "unknown-ids" => {
-                let mut stories = Self::one_story_per_event(bucket);
-                let mut bogus = Self::one_story_per_event(bucket).pop().unwrap_or(Story {
+                let mut stories = self.one_story_per_event(bucket);
+                let mut bogus = self.one_story_per_event(bucket).pop().unwrap_or(Story {
                     id: story_id("faulty", "bogus"),
                     revision: 0,
                     kind: "faulty".into(),
@@ -171,14 +179,14 @@ impl Correlator for Faulty {
                 Ok(stories)
             }
             "oversized" => {
-                let mut stories = Self::one_story_per_event(bucket);
+                let mut stories = self.one_story_per_event(bucket);
                 if let Some(s) = stories.first_mut() {
                     s.fields.insert("blob".into(), "x".repeat(12 << 20).into());
                 }
                 Ok(stories)
             }
             "empty-id" => {
-                let mut stories = Self::one_story_per_event(bucket);
+                let mut stories = self.one_story_per_event(bucket);
                 if let Some(s) = stories.first_mut() {
                     s.id.clear();
                 }
@@ -189,9 +197,9 @@ impl Correlator for Faulty {
                 for i in 0..10_000 {
                     log(Level::Info, &format!("chatter {i} {}", "y".repeat(200)), &[("i", "x")]);
                 }
-                Ok(Self::one_story_per_event(bucket))
+                Ok(self.one_story_per_event(bucket))
             }
-            _ => Ok(Self::one_story_per_event(bucket)),
+            _ => Ok(self.one_story_per_event(bucket)),
         }
     }
 }
