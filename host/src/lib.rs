@@ -21,6 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod catalog;
 pub mod cli;
 pub mod generate;
+pub mod metrics;
 pub mod model;
 pub mod plugin;
 pub mod producer;

@@ -2,16 +2,18 @@
 //! closed are moved to the first open bucket, counted as late, and still reach the plugin.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::sync::Arc;
 
-use storyline::catalog::Slot;
+use storyline::catalog::{Catalog, Slot};
 use storyline::generate::{GenConfig, generate};
 use storyline::model::{ShardId, TenantId};
 use storyline::producer::{IngestReport, Producer, fnv1a, now_ms};
 use storyline::store::embedded::EmbeddedStore;
 use storyline::store::{Layout, Store};
-use storyline::worker::{Shared, WorkerConfig, run_tenant};
+use storyline::worker::{Progress, Shared, WorkerConfig, run_tenant};
 
-use crate::support::{Scratch, loaded, test_limits};
+use crate::support::{Scratch, loaded, runtime, test_limits};
 
 fn behind_30s() -> i64 {
     now_ms() - 30_000
@@ -92,6 +94,28 @@ fn producers_with_clocks_30_s_off_either_way_lose_nothing() {
     let late: u64 =
         (0..4).map(|s| rt.block_on(store.late_stats(&t, ShardId(s))).unwrap().events).sum();
     assert!(late > events.len() as u64 / 10, "only {late} late events");
+
+    // The same counts are served as metrics.
+    let catalog = Catalog::new(runtime().clone(), scratch.path("plugins"), test_limits());
+    catalog.slot(&t);
+    let progress = Arc::new(Progress::default());
+    let (handle, s) = (rt.handle().clone(), store.clone());
+    let addr = storyline::metrics::serve("127.0.0.1:0".parse().unwrap(), move || {
+        storyline::metrics::render(&handle, &s, &catalog, &progress)
+    })
+    .unwrap();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let served: f64 = response
+        .lines()
+        .filter(|l| l.starts_with("storyline_late_events_total{tenant=\"acme\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(served as u64, late, "{response}");
+    assert!(response.contains("storyline_lag_seconds{tenant=\"acme\",shard=\"0\"}"), "{response}");
 
     // Every event reached the plugin and the stories are the generated sessions.
     let stories = rt.block_on(store.stories(&t, false)).unwrap();

@@ -131,6 +131,10 @@ pub enum Command {
         /// minute.
         #[arg(long, default_value_t = 1000)]
         backoff_ms: u64,
+        /// Serve Prometheus metrics (lag, late events, dead letters, reloads) at this address,
+        /// e.g. `127.0.0.1:9464`.
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Process the tenant's dead-lettered buckets again (after the plugin was fixed): the
     /// running workers pick them up, publish their stories and drop the letters.
@@ -272,6 +276,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             attempts,
             on_failure,
             backoff_ms,
+            metrics_addr,
         } => {
             let on_failure = match on_failure {
                 OnFailureArg::Skip => crate::worker::OnFailure::Skip,
@@ -285,6 +290,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 attempts: attempts.max(1),
                 on_failure,
                 backoff_ms,
+                metrics_addr,
             };
             with_store!(|rt, store| run_cmd::run(&rt, &store, &dirs, &tenant, &options))
         }

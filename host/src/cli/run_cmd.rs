@@ -77,6 +77,8 @@ pub struct RunOptions {
     pub on_failure: crate::worker::OnFailure,
     /// First wait between attempts, ms.
     pub backoff_ms: u64,
+    /// Where to serve metrics, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs the workers until SIGINT/SIGTERM (or until idle with `exit_when_idle`).
@@ -230,6 +232,15 @@ pub fn run<S: Store + Clone>(
         }
     };
     let status_writer = spawn_status_writer(dirs, catalog.clone(), shutdown.clone());
+    if let Some(addr) = options.metrics_addr {
+        let (handle, store, catalog, progress) =
+            (rt.handle().clone(), store.clone(), catalog.clone(), progress.clone());
+        let bound = crate::metrics::serve(addr, move || {
+            crate::metrics::render(&handle, &store, &catalog, &progress)
+        })
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        eprintln!("metrics at http://{bound}/metrics");
+    }
     if !options.exit_when_idle {
         // Serve until a signal, or until every tenant's workers stopped on an error.
         while !shutdown.load(Ordering::Relaxed) {
