@@ -870,6 +870,20 @@ impl<S: Store> ShardWorker<S> {
     /// last committed state, brought up to just before `failing` by processing again the
     /// buckets since the commit (their stories were published already and would be the same).
     fn rewind(&self, c: &mut Cursor, failing: BucketStart) -> Result<(), WorkerError> {
+        loop {
+            match self.try_rewind(c, failing) {
+                // The tenant's memory may be held by its other shards for a while: wait.
+                Err(WorkerError::Plugin(e)) if !self.shutdown.load(Ordering::Relaxed) => {
+                    let wait = self.failed(c);
+                    tracing::warn!(tenant = %self.tenant, shard = %self.shard, wait_ms = wait, "cannot re-create the plugin instance: {e}");
+                    std::thread::sleep(Duration::from_millis(wait));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn try_rewind(&self, c: &mut Cursor, failing: BucketStart) -> Result<(), WorkerError> {
         c.instance = self.reinstantiate(c)?;
         let bucket_ms = self.layout.bucket_ms;
         let mut at = c.committed;

@@ -135,6 +135,9 @@ pub enum Command {
         /// e.g. `127.0.0.1:9464`.
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Memory of each tenant's plugin instances together (all shards and versions), MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory_mb: usize,
     },
     /// Process the tenant's dead-lettered buckets again (after the plugin was fixed): the
     /// running workers pick them up, publish their stories and drop the letters.
@@ -277,6 +280,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             on_failure,
             backoff_ms,
             metrics_addr,
+            memory_mb,
         } => {
             let on_failure = match on_failure {
                 OnFailureArg::Skip => crate::worker::OnFailure::Skip,
@@ -291,6 +295,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 on_failure,
                 backoff_ms,
                 metrics_addr,
+                limits: crate::plugin::Limits {
+                    memory_bytes: memory_mb.saturating_mul(1 << 20),
+                    ..crate::plugin::Limits::default()
+                },
             };
             with_store!(|rt, store| run_cmd::run(&rt, &store, &dirs, &tenant, &options))
         }

@@ -79,6 +79,8 @@ pub struct RunOptions {
     pub backoff_ms: u64,
     /// Where to serve metrics, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Limits of plugin calls and of each tenant's memory.
+    pub limits: Limits,
 }
 
 /// Runs the workers until SIGINT/SIGTERM (or until idle with `exit_when_idle`).
@@ -148,7 +150,7 @@ pub fn run<S: Store + Clone>(
     };
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
-    let catalog = Catalog::new(runtime, &dirs.plugins, Limits::default());
+    let catalog = Catalog::new(runtime, &dirs.plugins, options.limits);
     let workers = Arc::new(Mutex::new(Vec::new()));
     let start_tenant = {
         let (rt, store, catalog, workers) =
@@ -171,6 +173,7 @@ pub fn run<S: Store + Clone>(
                 attempts: options.attempts,
                 on_failure: options.on_failure,
                 backoff_ms: options.backoff_ms,
+                limits: options.limits,
                 ..WorkerConfig::default()
             };
             let (handle, store, shared) = (rt.clone(), store.clone(), shared.clone());

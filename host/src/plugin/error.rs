@@ -199,7 +199,7 @@ impl fmt::Display for Failure {
             }
             Failure::MemoryLimit { limit } => write!(
                 f,
-                "plugin tried to use more than its {} MiB memory limit and was stopped",
+                "plugin tried to use more than the tenant's {} MiB memory limit (all its instances together) and was stopped; raise it (`run --memory-mb`) or make the plugin keep less",
                 limit / (1 << 20)
             ),
             Failure::OutputTooLarge { bytes, limit } => {

@@ -241,6 +241,10 @@ impl PluginInstance {
                 self.poisoned = true;
                 let limit_hit = self.store.data().limiter.hit;
                 let stderr = self.new_stderr();
+                // The instance is unusable: drop its memories now (not when the instance is
+                // dropped), so that their bytes go back to the tenant's budget at once.
+                let emptied = Store::new(self.store.engine(), self.store.data().emptied());
+                drop(std::mem::replace(&mut self.store, emptied));
                 Err(self.error(call, bucket, classify(e, limit_hit, &self.limits, stderr)))
             }
         }

@@ -38,6 +38,18 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
+    /// A state holding nothing for the same tenant, plugin and limits: it replaces the state
+    /// of an instance that trapped, so that its memory goes back to the tenant at once.
+    pub(crate) fn emptied(&self) -> HostState {
+        HostState::new(
+            &self.log.tenant,
+            &self.log.plugin,
+            self.limiter.limit,
+            self.limiter.tenant.clone(),
+            self.log.caps,
+        )
+    }
+
     pub(crate) fn new(
         tenant: &TenantId,
         plugin: &str,
