@@ -2,7 +2,9 @@
 //! process): producer → durable batches → workers → network-session → published stories.
 //!
 //! Run: `cargo bench -p storyline --bench pipeline` (`-- --events N`, default 1,000,000;
-//! `-- --config '{"gap_ms": 10000}'` for the plugin).
+//! `-- --config '{"gap_ms": 10000}'` for the plugin; `-- --reload-every-ms N` hot-reloads a
+//! new plugin version every N ms through the watched plugin directory, to see the cost;
+//! `-- --no-latency` stops after the throughput figures).
 //!
 //! Prints: ingest rate; end-to-end rate (first event written → last event handed to the plugin
 //! and committed, producer and workers running together); story latency p50/p99, measured for
@@ -14,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use storyline::catalog::Slot;
+use storyline::catalog::Catalog;
 use storyline::generate::{GenConfig, generate};
 use storyline::model::{BucketStart, ShardId, TenantId};
 use storyline::plugin::{Limits, Runtime};
@@ -62,9 +64,19 @@ fn main() {
         .build()
         .expect("runtime");
     let store = EmbeddedStore::new(&dir);
-    let runtime = Runtime::new(None).expect("wasm runtime");
+    let reload_every: Option<u64> = arg(&args, "--reload-every-ms").and_then(|n| n.parse().ok());
+    let runtime = Runtime::new(Some(dir.join("cache"))).expect("wasm runtime");
     let plugin = runtime.load(&plugin_build::plugin("network-session")).expect("plugin");
     let tenant = TenantId::new("bench").expect("tenant");
+    // The plugin directory, followed for changes like `storyline run` does.
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(plugins.join("bench")).expect("plugin dir");
+    std::fs::copy(plugin_build::plugin("network-session"), plugins.join("bench/rules.wasm"))
+        .expect("plugin copy");
+    std::fs::write(plugins.join("bench/rules.json"), &plugin_config).expect("config");
+    let catalog = Catalog::new(runtime.clone(), &plugins, Limits::default());
+    catalog.reload(&tenant);
+    let _watcher = catalog.watch(|_| {}).expect("watch");
     let layout = Layout::default();
     println!(
         "pipeline: {total} events ({sessions} sessions), {} shards, {} ms buckets, plugin config {plugin_config}",
@@ -76,9 +88,24 @@ fn main() {
         let (handle, store, tenant, plugin, shared) =
             (rt.handle().clone(), store.clone(), tenant.clone(), plugin.clone(), shared.clone());
         let config = WorkerConfig { delay_ms: 1000, ..WorkerConfig::default() };
-        let slot = Slot::fixed(tenant.clone(), plugin, &plugin_config);
+        let slot = catalog.slot(&tenant);
         std::thread::spawn(move || run_tenant(&handle, &store, &tenant, &slot, &config, &shared))
     };
+    // New versions while the pipeline runs: the configuration changes (a new gap) each time.
+    let reloads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(every) = reload_every {
+        let (plugins, reloads, progress) =
+            (plugins.clone(), reloads.clone(), shared.progress.clone());
+        std::thread::spawn(move || {
+            while progress.events.load(Ordering::Relaxed) < total {
+                std::thread::sleep(Duration::from_millis(every));
+                let n = reloads.fetch_add(1, Ordering::Relaxed) + 1;
+                let tmp = plugins.join("bench/.rules.tmp");
+                let _ = std::fs::write(&tmp, format!(r#"{{"gap_ms": {}}}"#, 60_000 + n));
+                let _ = std::fs::rename(&tmp, plugins.join("bench/rules.json"));
+            }
+        });
+    }
 
     // The producer, on this thread, routing with its own plugin instance as `ingest` does.
     let router = plugin.instantiate(&tenant, &plugin_config, Limits::default()).expect("router");
@@ -104,7 +131,21 @@ fn main() {
         "  end to end  {:>9.0} events/s  (all {total} events through the plugin, stories published, {processed:.2?} after the first write; offsets committed every 5 s; 2 cores)",
         total as f64 / processed.as_secs_f64()
     );
+    if reload_every.is_some() {
+        let status = catalog.slot(&tenant).status();
+        println!(
+            "  reloads     {} new versions written, {} loaded during the run (every shard switched at a bucket boundary)",
+            reloads.load(Ordering::Relaxed),
+            status.loads.saturating_sub(1)
+        );
+    }
 
+    if args.iter().any(|a| a == "--no-latency") {
+        shared.shutdown.store(true, Ordering::Relaxed);
+        worker.join().expect("worker thread").expect("worker");
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     // Wait until every session's story is out: sessions close on their timeout.
     let give_up = Instant::now() + Duration::from_secs(600);
     let stories = loop {
