@@ -85,8 +85,8 @@ fn main() {
 
     let shared = Shared::default();
     let worker = {
-        let (handle, store, tenant, plugin, shared) =
-            (rt.handle().clone(), store.clone(), tenant.clone(), plugin.clone(), shared.clone());
+        let (handle, store, tenant, shared) =
+            (rt.handle().clone(), store.clone(), tenant.clone(), shared.clone());
         let config = WorkerConfig { delay_ms: 1000, ..WorkerConfig::default() };
         let slot = catalog.slot(&tenant);
         std::thread::spawn(move || run_tenant(&handle, &store, &tenant, &slot, &config, &shared))
