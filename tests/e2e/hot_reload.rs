@@ -416,3 +416,112 @@ fn a_paused_shard_waits_on_its_bucket_until_a_fixed_version_takes_it() {
     }
     host.stop();
 }
+
+/// The real binary: status reports the plugin and its reload errors, `storyline replay` goes
+/// through the running host, and a tenant whose plugin appears later is started.
+#[test]
+fn the_running_binary_reloads_reports_replays_and_starts_new_tenants() {
+    let scratch = Scratch::new("binary-reload");
+    let dir = scratch.path("plugins");
+    let wasm = std::fs::read(plugin("faulty")).unwrap();
+    std::fs::create_dir_all(dir.join("acme")).unwrap();
+    put(&dir.join("acme/faulty.wasm"), &wasm);
+    faulty_config(&dir, "acme", r#"{"mode": "fail", "only_kind": "poison", "tag": "v1"}"#);
+    let (data, plugins) = (scratch.str("data"), scratch.str("plugins"));
+    let sl = |args: &[&str]| {
+        let mut all = vec!["--data-dir", &data, "--plugin-dir", &plugins];
+        all.extend_from_slice(args);
+        let out = crate::support::storyline(&all);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let wait_until = |what: &str, args: &[&str], ok: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = sl(args);
+            if ok(&out) {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {out}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_storyline"))
+        .args(["--data-dir", &data, "--plugin-dir", &plugins, "run", "--delay-ms", "100"])
+        .args(["--attempts", "2", "--backoff-ms", "50"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = scratch.path("data/ingest.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the host did not open its socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let events = |tenant: &str, kinds: &[(&str, &str)]| {
+        let path = scratch.path(&format!("{tenant}.jsonl"));
+        let lines: Vec<String> = kinds
+            .iter()
+            .map(|(id, kind)| {
+                format!(r#"{{"id":"{id}","source":"s","kind":"{kind}","time":1000}}"#)
+            })
+            .collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        path.display().to_string()
+    };
+    let file = events("acme", &[("poison-1", "poison"), ("ok-1", "k")]);
+    sl(&["ingest", "--tenant", "acme", "--bucket-ms", "100", &file]);
+
+    // The failing bucket is dead-lettered; status names the plugin version.
+    let status = wait_until("a dead letter", &["status", "--tenant", "acme"], &|s| {
+        s.contains("dead letters: 1 ")
+    });
+    assert!(status.contains("plugin: faulty@"), "{status}");
+    assert!(status.contains("storyline:correlator@0.1.0"), "{status}");
+    assert!(status.contains("last reload error: none"), "{status}");
+
+    // A bad file is rejected and shows in status; the fix is taken.
+    put(&dir.join("acme/faulty.wasm"), b"not a plugin");
+    wait_until("the reload error", &["status", "--tenant", "acme"], &|s| {
+        s.contains("last reload error: ") && s.contains("not a WebAssembly file")
+    });
+    put(&dir.join("acme/faulty.wasm"), &wasm);
+    faulty_config(&dir, "acme", r#"{"tag": "v2"}"#);
+    wait_until("the fixed version", &["status", "--tenant", "acme"], &|s| {
+        s.contains("last reload error: none") && s.contains("; 2 loads")
+    });
+
+    // Replay through the running host: the dead-lettered event gets its story.
+    let replay = sl(&["replay", "--tenant", "acme"]);
+    assert!(replay.starts_with("1 dead letters of tenant acme marked for replay"), "{replay}");
+    let stories = wait_until("the replayed story", &["stories", "--tenant", "acme"], &|s| {
+        s.contains("\"poison-1\"")
+    });
+    let poison = stories.lines().find(|l| l.contains("\"poison-1\"")).unwrap();
+    assert!(poison.contains(r#""tag":"v2""#), "{poison}");
+    wait_until("no dead letters", &["status", "--tenant", "acme"], &|s| {
+        s.contains("dead letters: 0 ")
+    });
+
+    // A tenant whose plugin appears while the host runs is served.
+    std::fs::create_dir_all(dir.join("globex")).unwrap();
+    put(&dir.join("globex/faulty.wasm"), &wasm);
+    faulty_config(&dir, "globex", r#"{"tag": "g"}"#);
+    std::thread::sleep(Duration::from_millis(600));
+    let file = events("globex", &[("g-1", "k")]);
+    sl(&["ingest", "--tenant", "globex", &file]);
+    wait_until("the new tenant's story", &["stories", "--tenant", "globex"], &|s| {
+        s.contains("\"g-1\"") && s.contains(r#""tag":"g""#)
+    });
+
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
