@@ -150,6 +150,9 @@ pub struct Catalog {
     dir: PathBuf,
     limits: Limits,
     slots: Mutex<BTreeMap<TenantId, Arc<Slot>>>,
+    /// One reload at a time (the watcher's and a caller's may race): compare and install are
+    /// one step.
+    reloading: Mutex<()>,
 }
 
 /// What a reload did.
@@ -170,7 +173,13 @@ pub enum Reload {
 impl Catalog {
     /// A catalog of the plugin directory `dir`; nothing is loaded yet.
     pub fn new(runtime: Runtime, dir: impl Into<PathBuf>, limits: Limits) -> Arc<Self> {
-        Arc::new(Catalog { runtime, dir: dir.into(), limits, slots: Mutex::new(BTreeMap::new()) })
+        Arc::new(Catalog {
+            runtime,
+            dir: dir.into(),
+            limits,
+            slots: Mutex::new(BTreeMap::new()),
+            reloading: Mutex::new(()),
+        })
     }
 
     /// The plugin directory.
@@ -205,6 +214,7 @@ impl Catalog {
     /// Loads the tenant's plugin from the directory if it changed. The new version must
     /// compile, match the world and pass `init` before it replaces the current one.
     pub fn reload(&self, tenant: &TenantId) -> Reload {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let slot = self.slot(tenant);
         let found = match find_plugin(&self.dir, tenant) {
             Ok(found) => found,

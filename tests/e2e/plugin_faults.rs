@@ -62,15 +62,37 @@ fn unbounded_allocation_hits_the_memory_limit() {
     assert_eq!(err.failure, Failure::MemoryLimit { limit: 64 << 20 });
     assert!(inst.is_poisoned());
     assert_a_new_instance_serves();
-    // The cap is the tenant's, across all its instances: while the hoarder lives, another
-    // instance of the same tenant cannot get memory; once it is gone, one can.
+    // The trapped instance gave its memory back at once: the tenant can start another one
+    // while the poisoned instance still exists.
     let tenant = TenantId::new("acme-alloc").unwrap();
     let none = r#"{"mode": "none"}"#;
-    let refused = loaded("faulty").instantiate(&tenant, none, test_limits()).unwrap_err();
-    assert_eq!(refused.failure, Failure::MemoryLimit { limit: 64 << 20 });
-    drop(inst);
     let mut next = loaded("faulty").instantiate(&tenant, none, test_limits()).unwrap();
     assert_eq!(next.process(&bucket("acme", 2000, &["b"]), &no_earlier_events).unwrap().len(), 1);
+    drop(inst);
+}
+
+#[test]
+fn the_memory_limit_is_the_tenants_across_all_its_instances() {
+    let limits = storyline::plugin::Limits { memory_bytes: 16 << 20, ..test_limits() };
+    let tenant = TenantId::new("acme-budget").unwrap();
+    let none = r#"{"mode": "none"}"#;
+    // Each instance reserves its initial memory from the tenant's 16 MiB: a handful fit.
+    let mut held = Vec::new();
+    let refused = loop {
+        match loaded("faulty").instantiate(&tenant, none, limits) {
+            Ok(i) => held.push(i),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 64, "16 MiB held {} instances: the limit is not shared", held.len());
+    };
+    assert_eq!(refused.failure, Failure::MemoryLimit { limit: 16 << 20 });
+    assert!(!held.is_empty());
+    // Another tenant has its own budget.
+    let other = TenantId::new("acme-budget-other").unwrap();
+    assert!(loaded("faulty").instantiate(&other, none, limits).is_ok());
+    // Dropping an instance gives its memory back to the tenant.
+    held.pop();
+    assert!(loaded("faulty").instantiate(&tenant, none, limits).is_ok());
 }
 
 #[test]
