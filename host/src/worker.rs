@@ -292,6 +292,9 @@ enum Stop {
     Done,
     /// The tenant's plugin was removed: the shard waits for one, offset kept.
     Unloaded,
+    /// The lease lapsed and another worker took the shard (this one stalled): nothing is
+    /// committed (the commit would be fenced); the thread waits to take a shard again.
+    Lost,
     /// The shard goes to another worker; this thread waits to take a shard again.
     Handoff,
 }
@@ -364,6 +367,7 @@ impl<S: Store> ShardWorker<S> {
                     released?;
                     tracing::info!(tenant = %self.tenant, shard = %self.shard, "handed over");
                 }
+                Stop::Lost => {}
                 Stop::Unloaded => {
                     released?;
                     tracing::warn!(tenant = %self.tenant, shard = %self.shard, "no plugin: shard stopped at its commit until one is installed");
@@ -599,8 +603,8 @@ impl<S: Store> ShardWorker<S> {
                         c.renewed_at = now;
                     }
                     None => {
-                        tracing::warn!(tenant = %self.tenant, shard = %self.shard, "lease lost; stopping this shard");
-                        return Ok(Stop::Done);
+                        tracing::warn!(tenant = %self.tenant, shard = %self.shard, "lease lost (another worker took the shard); this worker will take it again only when it is free");
+                        return Ok(Stop::Lost);
                     }
                 }
             }
