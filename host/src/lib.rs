@@ -9,8 +9,11 @@
 //!   cache, per-tenant instances, limits, the sandbox. Knows nothing of stores or shards.
 //! - [`store`]: the [`store::Store`] trait (events by shard and bucket, offsets with plugin
 //!   state, leases, stories, dead letters) and its embedded implementation.
+//! - [`catalog`]: the plugin directory while running: which version each tenant runs, hot
+//!   reload with validation before the switch.
 //! - [`producer`]: validation, shard choice by routing key, insert-time buckets, batches.
 //! - [`worker`]: the per-shard loop: lease, offset, wait, read, plugin, publish, commit.
+//! - [`metrics`]: Prometheus text over HTTP (lag, late events, dead letters, reloads).
 //! - [`generate`]: a realistic multi-sensor event stream with ground truth (demo, tests, benches).
 //! - [`cli`]: the `storyline` command line; parses arguments and calls the modules above.
 
