@@ -201,6 +201,24 @@ fn a_chatty_plugin_is_capped_and_its_call_still_succeeds() {
     let mut inst = faulty("chatty");
     let stories = inst.process(&bucket("acme", 1000, &["a"]), &no_earlier_events).unwrap();
     assert_eq!(stories.len(), 1);
+    // 10,000 records logged: 100 forwarded (the per-call cap), the rest dropped and counted.
+    assert_eq!(inst.log_counts(), (100, 9_900));
+}
+
+#[test]
+fn guest_logs_are_rate_limited_across_calls() {
+    let caps = storyline::plugin::LogCaps { records_per_second: 150, ..Default::default() };
+    let limits = storyline::plugin::Limits { log: caps, ..test_limits() };
+    let tenant = TenantId::new("acme-chatty-rate").unwrap();
+    let mut inst = loaded("faulty").instantiate(&tenant, r#"{"mode": "chatty"}"#, limits).unwrap();
+    let b = bucket("acme", 1000, &["a"]);
+    inst.process(&b, &no_earlier_events).unwrap();
+    inst.process(&b, &no_earlier_events).unwrap();
+    // Two calls within a second: 100, then only the 50 left of the second's 150.
+    assert_eq!(inst.log_counts().0, 150);
+    std::thread::sleep(Duration::from_millis(1100));
+    inst.process(&b, &no_earlier_events).unwrap();
+    assert_eq!(inst.log_counts().0, 250);
 }
 
 #[test]

@@ -127,6 +127,11 @@ impl PluginInstance {
         &self.info
     }
 
+    /// Guest log records forwarded to the host's log and dropped by the caps, so far.
+    pub fn log_counts(&self) -> (u64, u64) {
+        self.store.data().log.totals
+    }
+
     /// True after a trap or a limit: every further call fails with [`Failure::Poisoned`].
     pub fn is_poisoned(&self) -> bool {
         self.poisoned

@@ -181,18 +181,20 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Limits on what a guest may log in one call.
+/// Limits on what a guest may log: per call, and per second across calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogCaps {
     /// Records forwarded per call; the rest are counted and dropped. Default 100.
     pub records_per_call: u32,
     /// Bytes (message plus fields) forwarded per call. Default 64 KiB.
     pub bytes_per_call: usize,
+    /// Records forwarded per second by one instance, whatever the number of calls. Default 200.
+    pub records_per_second: u32,
 }
 
 impl Default for LogCaps {
     fn default() -> Self {
-        LogCaps { records_per_call: 100, bytes_per_call: 64 << 10 }
+        LogCaps { records_per_call: 100, bytes_per_call: 64 << 10, records_per_second: 200 }
     }
 }
 
@@ -205,11 +207,24 @@ pub(crate) struct GuestLog {
     bytes: usize,
     /// Records dropped during the current call.
     pub(crate) dropped: u64,
+    /// Start of the current one-second window, and records forwarded in it.
+    window: (std::time::Instant, u32),
+    /// Records forwarded and dropped over the instance's life.
+    pub(crate) totals: (u64, u64),
 }
 
 impl GuestLog {
     fn new(tenant: TenantId, plugin: String, caps: LogCaps) -> Self {
-        GuestLog { tenant, plugin, caps, records: 0, bytes: 0, dropped: 0 }
+        GuestLog {
+            tenant,
+            plugin,
+            caps,
+            records: 0,
+            bytes: 0,
+            dropped: 0,
+            window: (std::time::Instant::now(), 0),
+            totals: (0, 0),
+        }
     }
 
     /// Starts a new call's allowance; reports what the previous call dropped.
@@ -219,9 +234,10 @@ impl GuestLog {
                 tenant = %self.tenant,
                 plugin = %self.plugin,
                 dropped = self.dropped,
-                "plugin logged more than {} records or {} bytes in one call; the excess was dropped",
+                "plugin logged more than {} records or {} bytes in one call, or {} records in a second; the excess was dropped",
                 self.caps.records_per_call,
-                self.caps.bytes_per_call
+                self.caps.bytes_per_call,
+                self.caps.records_per_second
             );
         }
         self.records = 0;
@@ -236,12 +252,21 @@ impl host::Host for HostState {
     fn log(&mut self, level: types::Level, message: String, fields: Vec<(String, String)>) {
         let log = &mut self.log;
         let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        if log.records >= log.caps.records_per_call || log.bytes + size > log.caps.bytes_per_call {
+        if log.window.0.elapsed() >= std::time::Duration::from_secs(1) {
+            log.window = (std::time::Instant::now(), 0);
+        }
+        if log.records >= log.caps.records_per_call
+            || log.bytes + size > log.caps.bytes_per_call
+            || log.window.1 >= log.caps.records_per_second
+        {
             log.dropped += 1;
+            log.totals.1 += 1;
             return;
         }
         log.records += 1;
         log.bytes += size;
+        log.window.1 += 1;
+        log.totals.0 += 1;
         let fields = fields.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         let (tenant, plugin) = (&log.tenant, &log.plugin);
         match level {
