@@ -711,14 +711,7 @@ impl<S: Store> ShardWorker<S> {
     ) -> Result<(), WorkerError> {
         let bucket_ms = self.layout.bucket_ms;
         let n = events.len() as u64;
-        let bucket = Bucket {
-            tenant: self.tenant.to_string(),
-            shard: self.shard.0,
-            start: start.0,
-            end: start.0 + bucket_ms,
-            watermark: start.0 + bucket_ms,
-            events,
-        };
+        let bucket = self.bucket(start, events, start.0 + bucket_ms);
         let mut attempt = 0;
         let stories = loop {
             attempt += 1;
@@ -793,6 +786,23 @@ impl<S: Store> ShardWorker<S> {
         Ok(())
     }
 
+    /// The bucket starting at `start` as the plugin sees it.
+    fn bucket(
+        &self,
+        start: BucketStart,
+        events: Vec<crate::model::Event>,
+        watermark: TimestampMs,
+    ) -> Bucket {
+        Bucket {
+            tenant: self.tenant.to_string(),
+            shard: self.shard.0,
+            start: start.0,
+            end: start.0 + self.layout.bucket_ms,
+            watermark,
+            events,
+        }
+    }
+
     /// Counts a failure; the wait before the next attempt (1 s doubling up to 30 s by
     /// default; a shard healthy for a minute starts over).
     fn failed(&self, c: &mut Cursor) -> u64 {
@@ -820,15 +830,9 @@ impl<S: Store> ShardWorker<S> {
                 self.block(self.store.read_bucket(&self.tenant, self.shard, letter.bucket))?;
             let n = events.len() as u64;
             let end = letter.bucket.0 + bucket_ms;
-            let bucket = Bucket {
-                tenant: self.tenant.to_string(),
-                shard: self.shard.0,
-                start: letter.bucket.0,
-                end,
-                // Time does not go back for the plugin: the bucket comes in late.
-                watermark: c.offset.map_or(end, |o| (o.0 + bucket_ms).max(end)),
-                events,
-            };
+            // Time does not go back for the plugin: the bucket comes in late.
+            let watermark = c.offset.map_or(end, |o| (o.0 + bucket_ms).max(end));
+            let bucket = self.bucket(letter.bucket, events, watermark);
             match c.instance.process(&bucket, &|_| true) {
                 Ok(stories) => {
                     if !stories.is_empty() {
@@ -896,15 +900,7 @@ impl<S: Store> ShardWorker<S> {
                 break;
             }
             let events = self.block(self.store.read_bucket(&self.tenant, self.shard, b))?;
-            let bucket = Bucket {
-                tenant: self.tenant.to_string(),
-                shard: self.shard.0,
-                start: b.0,
-                end: b.0 + bucket_ms,
-                watermark: b.0 + bucket_ms,
-                events,
-            };
-            c.instance.process(&bucket, &|_| true)?;
+            c.instance.process(&self.bucket(b, events, b.0 + bucket_ms), &|_| true)?;
             at = Some(b);
         }
         Ok(())

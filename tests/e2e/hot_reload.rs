@@ -15,7 +15,7 @@ use storyline::store::embedded::EmbeddedStore;
 use storyline::store::{Layout, Store};
 use storyline::worker::{OnFailure, Progress, Shared, WorkerConfig, WorkerError, run_tenant};
 
-use crate::support::{Scratch, plugin, runtime, test_limits};
+use crate::support::{Scratch, component_exporting, plugin, runtime, test_limits};
 
 /// Short buckets so that a version switch shows within a fraction of a second.
 const LAYOUT: Layout = Layout { shards: 4, bucket_ms: 100 };
@@ -247,17 +247,6 @@ fn bad_plugin_files_are_rejected_with_their_own_error_and_the_old_version_keeps_
     let dir = host.plugin_dir();
     let wasm = std::fs::read(plugin("faulty")).unwrap();
     let slot = host.catalog.slot(&TenantId::new("acme").unwrap());
-    let component_exporting = |name: &str| {
-        wat::parse_str(format!(
-            r#"(component
-                (core module $m (func (export "f")))
-                (core instance $i (instantiate $m))
-                (func $f (canon lift (core func $i "f")))
-                (instance $api (export "init" (func $f)))
-                (export "{name}" (instance $api)))"#
-        ))
-        .unwrap()
-    };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", Vec::new(), "the file is empty"),
         ("truncated", wasm[..wasm.len() / 2].to_vec(), "truncated or corrupt component"),

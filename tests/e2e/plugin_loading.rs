@@ -5,20 +5,7 @@ use std::path::Path;
 
 use storyline::plugin::{LoadError, Origin, Runtime, SUPPORTED_VERSIONS};
 
-use crate::support::{Scratch, plugin, runtime};
-
-/// A component exporting one interface `name` with a single `init` function.
-fn component_exporting(name: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(component
-            (core module $m (func (export "f")))
-            (core instance $i (instantiate $m))
-            (func $f (canon lift (core func $i "f")))
-            (instance $api (export "init" (func $f)))
-            (export "{name}" (instance $api)))"#
-    ))
-    .unwrap()
-}
+use crate::support::{Scratch, component_exporting, plugin, runtime};
 
 fn load(bytes: &[u8]) -> Result<storyline::plugin::Plugin, LoadError> {
     runtime().load_bytes(Path::new("p.wasm"), bytes)

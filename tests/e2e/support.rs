@@ -115,3 +115,17 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A component exporting one interface `name` with a single `init` function: the right file
+/// type, the wrong plugin.
+pub fn component_exporting(name: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func $f (canon lift (core func $i "f")))
+            (instance $api (export "init" (func $f)))
+            (export "{name}" (instance $api)))"#
+    ))
+    .unwrap()
+}

@@ -351,27 +351,9 @@ impl Dirs {
         self.data.join("cache").join("components")
     }
 
-    /// The tenant's plugin file and its configuration (`{}` when it has no `.json` beside it),
-    /// or `None` when the tenant has no plugin directory or no `.wasm` in it.
+    /// The tenant's plugin file and its configuration (see [`crate::catalog::find_plugin`]).
     pub fn tenant_plugin(&self, tenant: &TenantId) -> anyhow::Result<Option<(PathBuf, String)>> {
-        let dir = self.plugins.join(tenant.as_str());
-        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(None) };
-        let mut wasm: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-            .collect();
-        wasm.sort();
-        let Some(path) = wasm.into_iter().next() else { return Ok(None) };
-        let config_path = path.with_extension("json");
-        let config = if config_path.exists() {
-            std::fs::read_to_string(&config_path).with_context(|| {
-                format!("cannot read plugin configuration {}", config_path.display())
-            })?
-        } else {
-            "{}".to_string()
-        };
-        Ok(Some((path, config)))
+        crate::catalog::find_plugin(&self.plugins, tenant).map_err(anyhow::Error::msg)
     }
 
     /// Tenants that have a directory in the plugin directory.

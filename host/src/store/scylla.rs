@@ -369,6 +369,19 @@ impl ScyllaStore {
         }))
     }
 
+    /// The error of a transaction refused because the lease moved on.
+    async fn fenced(&self, t: &Tenant, tenant: &TenantId, lease: &Lease) -> StoreError {
+        match self.shard_row(t, lease.shard).await {
+            Ok(row) => StoreError::Fenced {
+                tenant: tenant.clone(),
+                shard: lease.shard,
+                held: lease.epoch,
+                current: row.map_or(0, |r| r.epoch as u64),
+            },
+            Err(e) => e,
+        }
+    }
+
     /// The closed marks of a tenant's shards, re-read when the copy is older than
     /// [`CLOSED_REFRESH`] (or when `fresh`).
     async fn closed_marks(
@@ -657,13 +670,7 @@ impl Store for ScyllaStore {
         if self.lwt(&t.close, (to.0, lease.shard.0 as i32, lease.epoch as i64)).await? {
             return Ok(());
         }
-        let current = self.shard_row(&t, lease.shard).await?.map_or(0, |r| r.epoch as u64);
-        Err(StoreError::Fenced {
-            tenant: tenant.clone(),
-            shard: lease.shard,
-            held: lease.epoch,
-            current,
-        })
+        Err(self.fenced(&t, tenant, lease).await)
     }
 
     async fn closed_until(
@@ -789,13 +796,7 @@ impl Store for ScyllaStore {
         if applied {
             return Ok(());
         }
-        let current = self.shard_row(&t, lease.shard).await?.map_or(0, |r| r.epoch as u64);
-        Err(StoreError::Fenced {
-            tenant: tenant.clone(),
-            shard: lease.shard,
-            held: lease.epoch,
-            current,
-        })
+        Err(self.fenced(&t, tenant, lease).await)
     }
 
     async fn acquire_lease(
