@@ -504,13 +504,7 @@ fn the_running_binary_reloads_reports_replays_and_starts_new_tenants() {
         s.contains("\"g-1\"") && s.contains(r#""tag":"g""#)
     });
 
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::support::sigterm(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -195,11 +195,7 @@ fn sigterm_finishes_the_current_bucket_commits_and_exits_0() {
     // The events are already stored and the delay is 200 ms: a few seconds are ample for the
     // worker to hand all 800 to the plugin (the assertion below checks that it did).
     std::thread::sleep(std::time::Duration::from_secs(5));
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::support::sigterm(&child);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -249,13 +245,7 @@ fn ingest_reaches_a_running_worker_through_its_socket() {
         "the run owns every shard: {status}"
     );
     site.ok(&["stories", "--tenant", "acme"]);
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::support::sigterm(&child);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");

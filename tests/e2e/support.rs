@@ -129,3 +129,9 @@ pub fn component_exporting(name: &str) -> Vec<u8> {
     ))
     .unwrap()
 }
+
+/// Sends SIGTERM to a child process (asserting the signal was delivered).
+pub fn sigterm(child: &std::process::Child) {
+    let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success(), "kill -TERM {} failed", child.id());
+}

@@ -73,12 +73,22 @@ pub fn replay<S: Store + Clone>(
     tenant: &str,
 ) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
+    here_or_by_socket(dirs, "replay", &tenant, |out| mark_replay(rt.handle(), store, &tenant, out))
+}
+
+/// Runs `local` on stdout, or, when a running `storyline run` owns the embedded store, asks it
+/// to run `command` and prints its answer.
+fn here_or_by_socket(
+    dirs: &Dirs,
+    command: &str,
+    tenant: &TenantId,
+    local: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     if let Some(socket) = super::ingest_socket::connect(dirs) {
-        print!("{}", super::ingest_socket::query(socket, "replay", &tenant, false)?);
+        print!("{}", super::ingest_socket::query(socket, command, tenant, false)?);
         return Ok(());
     }
-    let mut out = std::io::stdout().lock();
-    mark_replay(rt.handle(), store, &tenant, &mut out)
+    local(&mut std::io::stdout().lock())
 }
 
 /// Flags the tenant's dead letters for replay and says how many.
@@ -109,12 +119,9 @@ pub fn status<S: Store + Clone>(
     tenant: &str,
 ) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
-    if let Some(socket) = super::ingest_socket::connect(dirs) {
-        print!("{}", super::ingest_socket::query(socket, "status", &tenant, false)?);
-        return Ok(());
-    }
-    let mut out = std::io::stdout().lock();
-    write_status(rt.handle(), store, &dirs.data, &tenant, &mut out)
+    here_or_by_socket(dirs, "status", &tenant, |out| {
+        write_status(rt.handle(), store, &dirs.data, &tenant, out)
+    })
 }
 
 /// Writes the status table of a tenant.
