@@ -6,8 +6,10 @@
 //! strings are accepted, because some sensors write them that way.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::net::IpAddr;
 
+use serde::de::{self, IgnoredAny, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::community_id::{CommunityId, FlowTuple, transport_number};
@@ -272,20 +274,82 @@ fn endpoint_addr(e: Option<&Endpoint<'_>>) -> Option<(IpAddr, Option<u16>)> {
     Some((ip, e.port))
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NumOrText<'a> {
-    Num(i64),
+/// A JSON value read leniently where ECS expects a number or a text: sensors write ports and
+/// ids both ways, and a value of another type (array, object, boolean) reads as nothing
+/// instead of failing the event. A visitor, not an untagged enum: an untagged enum buffers the
+/// value and builds an error message for each variant it rejects, on every event.
+enum Scalar<'a> {
+    Int(i64),
     Float(f64),
-    #[serde(borrow)]
     Text(Cow<'a, str>),
+    Nothing,
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number or a text")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Int(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(v).map_or(Scalar::Nothing, Scalar::Int))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Float(v))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v)))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Nothing)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Nothing)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Nothing)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nothing)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nothing)
+    }
 }
 
 fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    Ok(match Option::<NumOrText<'de>>::deserialize(d).unwrap_or(None) {
-        Some(NumOrText::Num(n)) => Some(n),
-        Some(NumOrText::Float(f)) if f.is_finite() => Some(f as i64),
-        Some(NumOrText::Text(s)) => s.trim().parse().ok(),
+    Ok(match d.deserialize_any(ScalarVisitor)? {
+        Scalar::Int(n) => Some(n),
+        Scalar::Float(f) if f.is_finite() => Some(f as i64),
+        Scalar::Text(s) => s.trim().parse().ok(),
         _ => None,
     })
 }
@@ -295,9 +359,9 @@ fn lenient_u16<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error>
 }
 
 fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-    Ok(match Option::<NumOrText<'de>>::deserialize(d).unwrap_or(None) {
-        Some(NumOrText::Num(n)) => Some(Cow::Owned(n.to_string())),
-        Some(NumOrText::Text(s)) => Some(s),
+    Ok(match d.deserialize_any(ScalarVisitor)? {
+        Scalar::Int(n) => Some(Cow::Owned(n.to_string())),
+        Scalar::Text(s) => Some(s),
         _ => None,
     })
 }
@@ -347,6 +411,15 @@ mod tests {
         let p = br#"{"source":{"ip":"10.0.0.5","port":[1]},"process":{"pid":"x"},"network":null}"#;
         let e = EcsEvent::parse(p).unwrap();
         assert_eq!(e.source_addr(), Some(("10.0.0.5".parse().unwrap(), None)));
+        // A nested value where a scalar belongs is skipped whole; the fields after it still read.
+        let p = br#"{"source":{"port":{"a":[1,{"b":2}]},"ip":"10.0.0.6"},"event":{"duration":true},
+            "destination":{"ip":"10.0.0.7","port":"8080"},"http":{"response":{"status_code":2.0e2}}}"#;
+        let e = EcsEvent::parse(p).unwrap();
+        assert_eq!(e.source_addr(), Some(("10.0.0.6".parse().unwrap(), None)));
+        assert_eq!(e.destination_addr(), Some(("10.0.0.7".parse().unwrap(), Some(8080))));
+        assert_eq!(e.duration_ms(), 0);
+        assert_eq!(e.http.unwrap().response.unwrap().status_code, Some(200));
+        assert!(EcsEvent::parse(br#"{"source":{"port":[1,}}"#).is_err(), "broken JSON still fails");
         assert!(EcsEvent::parse(b"not json").is_err());
         assert_eq!(EcsEvent::parse(b"").unwrap(), EcsEvent::default());
     }

@@ -153,7 +153,10 @@ fn describe_json_error(e: &serde_json::Error) -> String {
 
 /// Parses the `time` field: an RFC 3339 string or integer epoch milliseconds.
 pub fn parse_time(raw_json: &str) -> Result<TimestampMs, String> {
-    if let Ok(ms) = serde_json::from_str::<i64>(raw_json) {
+    // Try the form the text starts like: a failed attempt builds an error message, per line.
+    if !raw_json.starts_with('"')
+        && let Ok(ms) = serde_json::from_str::<i64>(raw_json)
+    {
         return Ok(ms);
     }
     match serde_json::from_str::<&str>(raw_json) {
