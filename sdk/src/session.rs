@@ -17,9 +17,11 @@
 //! gives the same ids across restarts and replays. The whole state serialises with
 //! [`Sessionizer::snapshot`] and comes back with [`Sessionizer::restore`].
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use rustc_hash::FxBuildHasher;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 use sha1::{Digest, Sha1};
 
 use crate::model::{Error, Story, TimestampMs};
@@ -110,7 +112,7 @@ impl<D> Session<D> {
             event_ids: self.event_ids.clone(),
             first_seen: self.first_seen,
             last_seen: self.last_seen,
-            fields: serde_json::Map::new(),
+            fields: crate::model::Fields::new(),
         }
     }
 
@@ -144,18 +146,55 @@ impl<D> Session<D> {
     }
 }
 
+/// Sessions by key; a key has more than one session when its tuple was reused. A hash map with a
+/// fixed hasher: looking a key up is one hash instead of a dozen comparisons of keys that share
+/// long prefixes (community ids all start alike). Its order is never observed: stories leave
+/// sorted by id and snapshots list keys sorted.
+type Sessions<D> = HashMap<String, Vec<Session<D>>, FxBuildHasher>;
+
 /// Groups events into sessions by key. `D` is the per-session data of the rule.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Sessionizer<D> {
     config: SessionConfig,
-    /// Sessions by key; a key has more than one session when its tuple was reused.
-    sessions: BTreeMap<String, Vec<Session<D>>>,
+    sessions: Sessions<D>,
+}
+
+/// Snapshots hold the sessions as a map sorted by key, so that equal states give equal bytes
+/// (the host skips rewriting an unchanged snapshot) whatever order the keys were added in.
+impl<D: Serialize> Serialize for Sessionizer<D> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Sorted<'a, D>(Vec<(&'a String, &'a Vec<Session<D>>)>);
+        impl<D: Serialize> Serialize for Sorted<'_, D> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+            }
+        }
+        let mut sorted: Vec<_> = self.sessions.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut s = serializer.serialize_struct("Sessionizer", 2)?;
+        s.serialize_field("config", &self.config)?;
+        s.serialize_field("sessions", &Sorted(sorted))?;
+        s.end()
+    }
+}
+
+impl<'de, D: Deserialize<'de>> Deserialize<'de> for Sessionizer<D> {
+    fn deserialize<De: Deserializer<'de>>(deserializer: De) -> Result<Self, De::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "Sessionizer")]
+        struct Stored<D> {
+            config: SessionConfig,
+            sessions: Sessions<D>,
+        }
+        let stored = Stored::<D>::deserialize(deserializer)?;
+        Ok(Sessionizer { config: stored.config, sessions: stored.sessions })
+    }
 }
 
 impl<D> Sessionizer<D> {
     /// An empty sessionizer.
     pub fn new(config: SessionConfig) -> Self {
-        Sessionizer { config, sessions: BTreeMap::new() }
+        Sessionizer { config, sessions: Sessions::default() }
     }
 
     /// The configuration in use.
@@ -173,7 +212,7 @@ impl<D> Sessionizer<D> {
         self.sessions.is_empty()
     }
 
-    /// Every kept session, in key order.
+    /// Every kept session, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Session<D>> {
         self.sessions.values().flatten()
     }
@@ -256,7 +295,7 @@ impl<D> Sessionizer<D> {
     }
 
     /// Closes the sessions whose deadline the watermark has passed and returns their stories,
-    /// built by `emit`, in key order. Forgets published sessions older than `reopen_ms`.
+    /// built by `emit`, in story-id order. Forgets published sessions older than `reopen_ms`.
     pub fn advance(
         &mut self,
         watermark: TimestampMs,
@@ -276,14 +315,18 @@ impl<D> Sessionizer<D> {
             });
             !list.is_empty()
         });
+        out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         out
     }
 
-    /// Publishes every session that has unpublished events and forgets all state: the input is
-    /// over.
+    /// Publishes every session that has unpublished events, in story-id order, and forgets all
+    /// state: the input is over.
     pub fn drain(&mut self, mut emit: impl FnMut(&Session<D>) -> Story) -> Vec<Story> {
         let sessions = std::mem::take(&mut self.sessions);
-        sessions.values().flatten().filter(|s| s.dirty).map(&mut emit).collect()
+        let mut out: Vec<Story> =
+            sessions.values().flatten().filter(|s| s.dirty).map(&mut emit).collect();
+        out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     /// The whole state as bytes (compact binary).
