@@ -120,8 +120,7 @@ pub mod glue {
                 event_ids: s.event_ids,
                 first_seen: s.first_seen,
                 last_seen: s.last_seen,
-                // A map of JSON values always serialises.
-                fields: serde_json::to_string(&s.fields).unwrap_or_else(|_| "{}".into()),
+                fields: s.fields.into_string(),
             })
             .collect()
     }

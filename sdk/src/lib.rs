@@ -61,7 +61,7 @@ mod model;
 pub mod session;
 pub mod testing;
 
-pub use model::{Bucket, Error, Event, Level, Story, TimestampMs};
+pub use model::{Bucket, Error, Event, Fields, FieldsBuilder, Level, Story, TimestampMs};
 
 /// The version of the WIT package `storyline:correlator` this SDK builds plugins for.
 pub const WIT_VERSION: &str = "0.1.0";

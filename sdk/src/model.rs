@@ -68,7 +68,104 @@ pub struct Story {
     /// Latest event time.
     pub last_seen: TimestampMs,
     /// Enriched fields (endpoints, names, sensors...), one JSON object.
-    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub fields: Fields,
+}
+
+/// The enriched fields of a story: the text of one JSON object, as the story leaves the plugin.
+///
+/// Write them with [`Fields::builder`], which serialises each value straight into the text
+/// (no `serde_json::Value` tree is built and dropped per publication), or convert a
+/// `serde_json::Map`. Read them back with [`Fields::get`] or [`Fields::to_map`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields(String);
+
+impl Default for Fields {
+    fn default() -> Self {
+        Fields("{}".to_string())
+    }
+}
+
+impl Fields {
+    /// No fields: `{}`.
+    pub fn new() -> Fields {
+        Fields::default()
+    }
+
+    /// Starts writing an object field by field.
+    pub fn builder() -> FieldsBuilder {
+        FieldsBuilder { text: b"{".to_vec() }
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The JSON text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// The fields as a map (empty if the text were not an object, which the builder and the
+    /// conversions never produce).
+    pub fn to_map(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+
+    /// The value of field `key`; `Null` when absent.
+    pub fn get(&self, key: &str) -> serde_json::Value {
+        self.to_map().remove(key).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Sets field `key` (reads and rewrites the whole text: for occasional use).
+    pub fn insert(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        let mut map = self.to_map();
+        map.insert(key.to_string(), value.into());
+        *self = Fields::from(map);
+    }
+}
+
+impl From<serde_json::Map<String, serde_json::Value>> for Fields {
+    fn from(map: serde_json::Map<String, serde_json::Value>) -> Self {
+        // A map of JSON values always serialises.
+        Fields(serde_json::to_string(&map).unwrap_or_else(|_| "{}".into()))
+    }
+}
+
+/// Writes a [`Fields`] object; see [`Fields::builder`]. Each key should be given once.
+#[derive(Debug)]
+pub struct FieldsBuilder {
+    text: Vec<u8>,
+}
+
+impl FieldsBuilder {
+    /// Adds field `key` with `value` serialised as JSON. A value that cannot be serialised as
+    /// JSON (a map with non-text keys) is written as `null`.
+    pub fn field<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) -> &mut Self {
+        if self.text.len() > 1 {
+            self.text.push(b',');
+        }
+        // Writing into a Vec fails only for values JSON cannot represent.
+        let _ = serde_json::to_writer(&mut self.text, key);
+        self.text.push(b':');
+        let start = self.text.len();
+        if serde_json::to_writer(&mut self.text, value).is_err() {
+            self.text.truncate(start);
+            self.text.extend_from_slice(b"null");
+        }
+        self
+    }
+
+    /// The object.
+    pub fn finish(&mut self) -> Fields {
+        let mut text = std::mem::take(&mut self.text);
+        if text.is_empty() {
+            text.push(b'{');
+        }
+        text.push(b'}');
+        // serde_json writes UTF-8 only.
+        Fields(String::from_utf8(text).unwrap_or_else(|_| "{}".into()))
+    }
 }
 
 /// Why a correlator refused a call.
@@ -118,5 +215,37 @@ impl fmt::Display for Level {
             Level::Warn => "WARN",
             Level::Error => "ERROR",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fields_builder_writes_one_json_object() {
+        let set: std::collections::BTreeSet<String> = ["b".into(), "a\"q".into()].into();
+        let fields = Fields::builder()
+            .field("n", &7)
+            .field("none", &Option::<u8>::None)
+            .field("set", &set)
+            .field("text", "x\ny")
+            .finish();
+        assert_eq!(fields.as_str(), r#"{"n":7,"none":null,"set":["a\"q","b"],"text":"x\ny"}"#);
+        assert_eq!(fields.get("set"), json!(["a\"q", "b"]));
+        assert_eq!(fields.get("absent"), serde_json::Value::Null);
+        assert_eq!(Fields::builder().finish(), Fields::new());
+        // A value JSON cannot hold (a map with non-text keys) is written as null.
+        let odd: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let f = Fields::builder().field("odd", &odd).field("after", &1).finish();
+        assert_eq!(f.to_map(), json!({"odd": null, "after": 1}).as_object().unwrap().clone());
+    }
+
+    #[test]
+    fn fields_convert_from_a_map_and_take_inserts() {
+        let mut f = Fields::from(json!({"a": 1}).as_object().unwrap().clone());
+        f.insert("b", "two");
+        assert_eq!(f.as_str(), r#"{"a":1,"b":"two"}"#);
     }
 }

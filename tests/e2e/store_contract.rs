@@ -28,7 +28,7 @@ fn story(id: &str, revision: u32, events: &[&str]) -> Story {
         event_ids: events.iter().map(|e| e.to_string()).collect(),
         first_seen: 1,
         last_seen: 2,
-        fields: serde_json::from_str(r#"{"a":1}"#).unwrap(),
+        fields: storyline_sdk::Fields::builder().field("a", &1).finish(),
     })
 }
 

@@ -42,8 +42,8 @@ impl PartialEq for Story {
 impl From<storyline_sdk::Story> for Story {
     /// The story a native correlator returned, in the form a component's would arrive.
     fn from(s: storyline_sdk::Story) -> Self {
-        // A map of JSON values always serialises.
-        let fields = serde_json::value::to_raw_value(&s.fields).unwrap_or_default();
+        // The SDK writes valid JSON objects only.
+        let fields = RawValue::from_string(s.fields.into_string()).unwrap_or_default();
         Story {
             id: s.id,
             revision: s.revision,

@@ -67,6 +67,7 @@ impl Faulty {
         if let Some(tag) = &self.tag {
             fields.insert("tag".into(), tag.clone().into());
         }
+        let fields = storyline_sdk::Fields::from(fields);
         bucket
             .events
             .iter()
@@ -117,7 +118,7 @@ impl Faulty {
             event_ids: bucket.events.iter().map(|e| e.id.clone()).collect(),
             first_seen: bucket.start,
             last_seen: bucket.start,
-            fields,
+            fields: fields.into(),
         }
     }
 }
@@ -171,7 +172,7 @@ impl Correlator for Faulty {
                     event_ids: Vec::new(),
                     first_seen: bucket.start,
                     last_seen: bucket.start,
-                    fields: serde_json::Map::new(),
+                    fields: Default::default(),
                 });
                 bogus.id = story_id("faulty", "bogus");
                 bogus.event_ids.push("no-such-event".into());
@@ -181,7 +182,7 @@ impl Correlator for Faulty {
             "oversized" => {
                 let mut stories = self.one_story_per_event(bucket);
                 if let Some(s) = stories.first_mut() {
-                    s.fields.insert("blob".into(), "x".repeat(12 << 20).into());
+                    s.fields.insert("blob", "x".repeat(12 << 20));
                 }
                 Ok(stories)
             }

@@ -7,10 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use storyline_sdk::community_id::proto;
 use storyline_sdk::session::Session;
-use storyline_sdk::{Story, TimestampMs};
+use storyline_sdk::{Fields, Story, TimestampMs};
 
 use crate::observe::{Endpoint, Facts, Flow};
 
@@ -241,77 +240,96 @@ impl SessionData {
     /// The published fields. `key` is the session's key (the community id for a connection,
     /// `dns:<community id>` for a lone lookup).
     ///
-    /// Built value by value rather than with `json!`/`to_value`, which go through serde's
-    /// serializer for every list: this runs for every publication.
-    pub fn fields(&self, key: &str) -> Map<String, Value> {
+    /// Written straight into JSON text, keys in alphabetical order (objects too), without
+    /// building `serde_json::Value`s: this runs for every publication.
+    pub fn fields(&self, key: &str) -> Fields {
         let community_id = match self.kind {
             Kind::Network => Some(key),
             Kind::DnsLookup => key.strip_prefix("dns:"),
             Kind::Event => None,
         };
-        let endpoint = |e: &Endpoint| {
-            object([("ip", Value::String(e.ip.to_string())), ("port", number(e.port))])
-        };
-        let dns = self.dns.iter().map(|(name, answers)| {
-            object([("name", text(name.as_deref())), ("answers", texts(answers))])
-        });
-        let http = self.http.iter().map(|h| {
-            object([
-                ("method", text(h.method.as_deref())),
-                ("url", text(h.url.as_deref())),
-                ("domain", text(h.domain.as_deref())),
-                ("status", number(h.status)),
-            ])
-        });
-        let processes = self
-            .processes
-            .iter()
-            .map(|p| object([("name", text(p.name.as_deref())), ("pid", number(p.pid))]));
         let sides = self.sides.as_ref();
-        let fields = [
-            ("community_id", text(community_id)),
-            ("transport", self.transport.map_or(Value::Null, |(t, _)| transport_name(t))),
-            ("client", sides.map_or(Value::Null, |s| endpoint(&s.client))),
-            ("server", sides.map_or(Value::Null, |s| endpoint(&s.server))),
-            ("sensors", texts(&self.sensors)),
-            ("event_kinds", texts(&self.event_kinds)),
-            ("dns", Value::Array(dns.collect())),
-            ("http", Value::Array(http.collect())),
-            ("tls_sni", texts(&self.tls_sni)),
-            ("processes", Value::Array(processes.collect())),
-            ("users", texts(&self.users)),
-            ("hosts", texts(&self.hosts)),
-        ];
-        fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+        let dns = Seq(|| {
+            self.dns.iter().map(|(name, answers)| DnsOut { answers, name: name.as_deref() })
+        });
+        let http = Seq(|| {
+            self.http.iter().map(|h| HttpOut {
+                domain: h.domain.as_deref(),
+                method: h.method.as_deref(),
+                status: h.status,
+                url: h.url.as_deref(),
+            })
+        });
+        Fields::builder()
+            .field("client", &sides.map(|s| EndpointOut::of(&s.client)))
+            .field("community_id", &community_id)
+            .field("dns", &dns)
+            .field("event_kinds", &self.event_kinds)
+            .field("hosts", &self.hosts)
+            .field("http", &http)
+            .field("processes", &self.processes)
+            .field("sensors", &self.sensors)
+            .field("server", &sides.map(|s| EndpointOut::of(&s.server)))
+            .field("tls_sni", &self.tls_sni)
+            .field("transport", &self.transport.map(|(t, _)| TransportName(t)))
+            .field("users", &self.users)
+            .finish()
     }
 }
 
-fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    Value::Object(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+/// A connection side as published: `{"ip": "10.0.0.5", "port": 51514}`.
+#[derive(Serialize)]
+struct EndpointOut {
+    ip: IpAddr,
+    port: Option<u16>,
 }
 
-fn text(v: Option<&str>) -> Value {
-    v.map_or(Value::Null, |s| Value::String(s.to_owned()))
+impl EndpointOut {
+    fn of(e: &Endpoint) -> EndpointOut {
+        EndpointOut { ip: e.ip, port: e.port }
+    }
 }
 
-fn number<N: Into<serde_json::Number>>(v: Option<N>) -> Value {
-    v.map_or(Value::Null, |n| Value::Number(n.into()))
+/// A DNS question as published: `{"answers": [...], "name": "..."}`.
+#[derive(Serialize)]
+struct DnsOut<'a> {
+    answers: &'a BTreeSet<String>,
+    name: Option<&'a str>,
 }
 
-fn texts(set: &BTreeSet<String>) -> Value {
-    Value::Array(set.iter().map(|s| Value::String(s.clone())).collect())
+/// An HTTP request as published (keys in alphabetical order, unlike [`HttpRecord`], whose
+/// field order is its sort order and its snapshot format).
+#[derive(Serialize)]
+struct HttpOut<'a> {
+    domain: Option<&'a str>,
+    method: Option<&'a str>,
+    status: Option<u16>,
+    url: Option<&'a str>,
 }
 
-/// `tcp`, `udp`, ... as ECS writes `network.transport`; other protocols by number.
-fn transport_name(t: u8) -> Value {
-    Value::String(match t {
-        proto::TCP => "tcp".into(),
-        proto::UDP => "udp".into(),
-        proto::ICMP => "icmp".into(),
-        proto::ICMPV6 => "ipv6-icmp".into(),
-        proto::SCTP => "sctp".into(),
-        other => other.to_string(),
-    })
+/// A sequence serialised from an iterator, without collecting it.
+struct Seq<F>(F);
+
+impl<F: Fn() -> I, I: Iterator<Item = T>, T: Serialize> Serialize for Seq<F> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq((self.0)())
+    }
+}
+
+/// `tcp`, `udp`, ... as ECS writes `network.transport`; other protocols by number, as text.
+struct TransportName(u8);
+
+impl Serialize for TransportName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            proto::TCP => serializer.serialize_str("tcp"),
+            proto::UDP => serializer.serialize_str("udp"),
+            proto::ICMP => serializer.serialize_str("icmp"),
+            proto::ICMPV6 => serializer.serialize_str("ipv6-icmp"),
+            proto::SCTP => serializer.serialize_str("sctp"),
+            other => serializer.collect_str(&other),
+        }
+    }
 }
 
 /// The story of a session, as published.
