@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p storyline --bench pipeline` (`-- --events N`, default 1,000,000;
 //! `-- --config '{"gap_ms": 10000}'` for the plugin; `-- --reload-every-ms N` hot-reloads a
 //! new plugin version every N ms through the watched plugin directory, to see the cost;
-//! `-- --no-latency` stops after the throughput figures).
+//! `-- --no-latency` stops after the throughput figures; `-- --checkpoint-ms N` changes how often
+//! offsets and plugin state are committed, 5,000 by default as in `storyline run`).
 //!
 //! Prints: ingest rate; end-to-end rate (first event written → last event handed to the plugin
 //! and committed, producer and workers running together); story latency p50/p99, measured for
@@ -87,7 +88,10 @@ fn main() {
     let worker = {
         let (handle, store, tenant, shared) =
             (rt.handle().clone(), store.clone(), tenant.clone(), shared.clone());
-        let config = WorkerConfig { delay_ms: 1000, ..WorkerConfig::default() };
+        let mut config = WorkerConfig { delay_ms: 1000, ..WorkerConfig::default() };
+        if let Some(ms) = arg(&args, "--checkpoint-ms").and_then(|n| n.parse().ok()) {
+            config.checkpoint_ms = ms;
+        }
         let slot = catalog.slot(&tenant);
         std::thread::spawn(move || run_tenant(&handle, &store, &tenant, &slot, &config, &shared))
     };
