@@ -495,6 +495,33 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_are_canonical_and_read_those_of_the_ordered_map_layout() {
+        // Same sessions added in two orders: the same bytes.
+        let mut a: Sessionizer<u8> = Sessionizer::new(cfg());
+        let mut b: Sessionizer<u8> = Sessionizer::new(cfg());
+        let keys: Vec<String> = (0..200).map(|i| format!("1:key{i:03}")).collect();
+        for k in &keys {
+            a.add(k, k, 100 * S, 0, 100 * S);
+        }
+        for k in keys.iter().rev() {
+            b.add(k, k, 100 * S, 0, 100 * S);
+        }
+        assert_eq!(a.snapshot(), b.snapshot());
+        // Snapshots taken when sessions were a BTreeMap (the layout up to this version).
+        #[derive(Serialize)]
+        struct Ordered<'a> {
+            config: SessionConfig,
+            sessions: std::collections::BTreeMap<&'a String, &'a Vec<Session<u8>>>,
+        }
+        let old = Ordered { config: *a.config(), sessions: a.sessions.iter().collect() };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        assert_eq!(bytes, a.snapshot());
+        let restored: Sessionizer<u8> = Sessionizer::restore(&bytes).unwrap();
+        assert_eq!(restored.len(), 200);
+        assert!(keys.iter().all(|k| restored.contains_key(k)));
+    }
+
+    #[test]
     fn ids_are_deterministic_and_differ_by_key() {
         assert_eq!(story_id("k", "a"), story_id("k", "a"));
         assert_ne!(story_id("k", "a"), story_id("k2", "a"));
