@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
@@ -34,7 +34,8 @@ pub struct WorkerConfig {
     pub poll_ms: u64,
     /// Lease lifetime; renewed at a third of it. Default 10 000 ms.
     pub lease_ttl_ms: i64,
-    /// Time passes for the plugin at least this often when idle. Default 1 000 ms.
+    /// Time passes for the plugin at least this often when idle (spaced further for a large
+    /// state, see [`SNAPSHOT_SPACING`]). Default 1 000 ms.
     pub tick_ms: i64,
     /// Stop when caught up and nothing new arrived for a bucket; drain the plugin first.
     pub exit_when_idle: bool,
@@ -52,8 +53,20 @@ pub struct WorkerConfig {
     /// Offset and plugin state are committed at most this often while buckets flow (and at
     /// every tick that changed something, at shutdown, handover and drain). A crash replays
     /// the buckets since the last commit; their stories are the same and overwrite themselves.
-    /// Default 5 000 ms.
+    /// Default 5 000 ms; a large state spaces them further (see [`SNAPSHOT_SPACING`]).
     pub checkpoint_ms: i64,
+}
+
+/// Checkpoints and idle ticks each take a snapshot of the plugin's state, whose cost grows with
+/// the state (open sessions, and published ones kept for late events). They are spaced at least
+/// this many times the last snapshot's cost apart, so that snapshots take at most about a
+/// twentieth of a shard's time however large the state: with a 1 s snapshot, checkpoints come
+/// every 20 s (a crash then replays up to 20 s of buckets) and idle ticks every 20 s.
+pub const SNAPSHOT_SPACING: i64 = 20;
+
+/// The interval `base_ms`, widened for a snapshot that costs `snapshot_ms`.
+pub fn spaced(base_ms: i64, snapshot_ms: i64) -> i64 {
+    base_ms.max(snapshot_ms.saturating_mul(SNAPSHOT_SPACING))
 }
 
 impl Default for WorkerConfig {
@@ -339,6 +352,8 @@ struct Cursor {
     renewed_at: TimestampMs,
     /// When time last passed for the plugin.
     last_tick: TimestampMs,
+    /// What the last snapshot cost (taking it, and writing it when committed), ms.
+    snapshot_ms: i64,
     /// Failures in a row (reset after a healthy minute): the backoff exponent.
     failures: u32,
     /// When the last failure happened.
@@ -503,6 +518,7 @@ impl<S: Store> ShardWorker<S> {
             closing: None,
             renewed_at: now,
             last_tick: now,
+            snapshot_ms: 0,
             failures: 0,
             failed_at: i64::MIN,
             paused: None,
@@ -625,7 +641,7 @@ impl<S: Store> ShardWorker<S> {
                     let holds_something =
                         c.offset != c.committed || c.state_digest != c.blank_digest;
                     let latest = self.close_to(now);
-                    if now - c.last_tick >= self.config.tick_ms
+                    if now - c.last_tick >= spaced(self.config.tick_ms, c.snapshot_ms)
                         && holds_something
                         && c.offset.is_none_or(|o| o < latest)
                         && self.closed_for(c, latest, now)?
@@ -769,13 +785,17 @@ impl<S: Store> ShardWorker<S> {
             // A tick (time passing, no events) is committed whenever it changed something, so
             // that a replay after a crash never has to reproduce when ticks happened. A tick
             // that changed nothing is not committed: an idle shard writes nothing.
-            if !stories.is_empty() || digest(&c.instance.snapshot()?) != c.state_digest {
+            let started = Instant::now();
+            let state = c.instance.snapshot()?;
+            if !stories.is_empty() || digest(&state) != c.state_digest {
                 c.offset = Some(start);
-                self.commit(c)?;
+                self.commit_state(c, state, started)?;
+            } else {
+                c.snapshot_ms = started.elapsed().as_millis() as i64;
             }
         } else {
             c.offset = Some(start);
-            if now - c.committed_at >= self.config.checkpoint_ms {
+            if now - c.committed_at >= spaced(self.config.checkpoint_ms, c.snapshot_ms) {
                 self.commit(c)?;
             }
         }
@@ -925,14 +945,29 @@ impl<S: Store> ShardWorker<S> {
 
     /// Commits the processed offset with the plugin state (fenced by the lease epoch).
     fn commit(&self, c: &mut Cursor) -> Result<(), WorkerError> {
-        let Some(bucket) = c.offset else { return Ok(()) };
+        if c.offset.is_none() {
+            return Ok(());
+        }
+        let started = Instant::now();
         let state = c.instance.snapshot()?;
+        self.commit_state(c, state, started)
+    }
+
+    /// [`Self::commit`] of a snapshot taken since `started` (the cost counted for spacing).
+    fn commit_state(
+        &self,
+        c: &mut Cursor,
+        state: Vec<u8>,
+        started: Instant,
+    ) -> Result<(), WorkerError> {
+        let Some(bucket) = c.offset else { return Ok(()) };
         let d = digest(&state);
         let changed = (d != c.state_digest).then_some(state.as_slice());
         self.block(self.store.commit(&self.tenant, &c.lease, bucket, changed))?;
         c.state_digest = d;
         c.committed = Some(bucket);
         c.committed_at = now_ms();
+        c.snapshot_ms = started.elapsed().as_millis() as i64;
         Ok(())
     }
 
@@ -956,4 +991,19 @@ fn digest(bytes: &[u8]) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     // SipHash with fixed keys: an order of magnitude faster than byte-wise FNV on large states.
     BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_costly_snapshot_spaces_checkpoints_and_ticks() {
+        // Small states keep the configured intervals.
+        assert_eq!(spaced(5000, 0), 5000);
+        assert_eq!(spaced(5000, 250), 5000);
+        // A 1.5 s snapshot: one every 30 s, a twentieth of the shard's time.
+        assert_eq!(spaced(5000, 1500), 30_000);
+        assert_eq!(spaced(1000, i64::MAX), i64::MAX);
+    }
 }
