@@ -6,7 +6,7 @@
 //! when a look-up meets it, and the whole index is swept whenever it has doubled since the last
 //! sweep, so it stays within twice the live sessions at an amortised O(log n) per session.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use storyline_sdk::session::Sessionizer;
@@ -19,8 +19,9 @@ const MIN_SWEEP: usize = 4096;
 /// Address pair → keys (community ids) of the sessions between those addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairIndex {
-    /// The entries.
-    keys: BTreeMap<Pair, BTreeSet<String>>,
+    /// The entries: a pair's keys sorted, in a vector (a pair has one or two sessions; a
+    /// B-tree node per pair would cost hundreds of bytes each). Serialised like a set.
+    keys: BTreeMap<Pair, Vec<String>>,
     /// Number of (pair, key) entries.
     entries: usize,
     /// Sweep when `entries` reaches this.
@@ -37,8 +38,8 @@ impl PairIndex {
     /// Records that a session of `key` connects the addresses of `pair`.
     pub fn insert(&mut self, pair: Pair, key: &str) {
         let keys = self.keys.entry(pair).or_default();
-        if !keys.contains(key) {
-            keys.insert(key.to_owned());
+        if let Err(i) = keys.binary_search_by(|k| k.as_str().cmp(key)) {
+            keys.insert(i, key.to_owned());
             self.entries += 1;
         }
     }
@@ -51,7 +52,8 @@ impl PairIndex {
     /// Drops one entry (its sessions are gone).
     pub fn remove(&mut self, pair: Pair, key: &str) {
         if let Some(keys) = self.keys.get_mut(&pair) {
-            if keys.remove(key) {
+            if let Ok(i) = keys.binary_search_by(|k| k.as_str().cmp(key)) {
+                keys.remove(i);
                 self.entries -= 1;
             }
             if keys.is_empty() {
@@ -70,7 +72,7 @@ impl PairIndex {
             keys.retain(|k| sessions.contains_key(k));
             !keys.is_empty()
         });
-        self.entries = self.keys.values().map(BTreeSet::len).sum();
+        self.entries = self.keys.values().map(Vec::len).sum();
         self.sweep_at = self.entries * 2;
     }
 

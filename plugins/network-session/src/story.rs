@@ -3,7 +3,7 @@
 //! Every collection is a `BTreeSet`/`BTreeMap`, so the published fields do not depend on the
 //! order events arrived in, and the whole value serialises (the sessionizer snapshots it).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Ordering;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -102,39 +102,81 @@ pub struct SessionData {
     /// and widen the published first/last seen here instead.
     lookups: Option<(TimestampMs, TimestampMs)>,
     /// Sensors that reported an event.
-    sensors: BTreeSet<String>,
+    sensors: SortedSet<String>,
     /// Event kinds seen.
-    event_kinds: BTreeSet<String>,
-    /// DNS question name → answers.
-    dns: BTreeMap<Option<String>, BTreeSet<String>>,
+    event_kinds: SortedSet<String>,
+    /// DNS question names with their answers, by name.
+    dns: SortedSet<(Option<String>, SortedSet<String>)>,
     /// HTTP requests.
-    http: BTreeSet<HttpRecord>,
+    http: SortedSet<HttpRecord>,
     /// TLS server names.
-    tls_sni: BTreeSet<String>,
+    tls_sni: SortedSet<String>,
     /// Processes.
-    processes: BTreeSet<ProcessRecord>,
+    processes: SortedSet<ProcessRecord>,
     /// User names.
-    users: BTreeSet<String>,
+    users: SortedSet<String>,
     /// Host names.
-    hosts: BTreeSet<String>,
+    hosts: SortedSet<String>,
+}
+
+/// A set of at most [`MAX_VALUES`] values (the smallest) kept as a sorted vector. A story's
+/// sets hold a handful of values, for which a B-tree node (hundreds of bytes, allocated even for
+/// one value) costs more memory and time than the values; a session's state is kept for ten
+/// minutes after publication, so its size is what limits how many a tenant can hold. Serialised
+/// as a sorted sequence, byte for byte what a `BTreeSet` (or, of pairs, a `BTreeMap`) writes,
+/// so snapshots taken before read alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SortedSet<T>(Vec<T>);
+
+impl<T> Default for SortedSet<T> {
+    fn default() -> Self {
+        SortedSet(Vec::new())
+    }
+}
+
+impl<T> SortedSet<T> {
+    /// The values, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    /// Finds the value that `cmp` locates (it orders a value against the one sought) or inserts
+    /// the one `make` builds, built only when kept. Returns it, or `None` when the set is full
+    /// of smaller values.
+    fn find_or_insert(
+        &mut self,
+        cmp: impl FnMut(&T) -> Ordering,
+        make: impl FnOnce() -> T,
+    ) -> Option<&mut T> {
+        let i = match self.0.binary_search_by(cmp) {
+            Ok(i) => i,
+            Err(i) if i >= MAX_VALUES => return None,
+            Err(i) => {
+                self.0.insert(i, make());
+                self.0.truncate(MAX_VALUES);
+                i
+            }
+        };
+        self.0.get_mut(i)
+    }
+}
+
+impl<T: Ord> SortedSet<T> {
+    /// Inserts `value` unless present (or the set is full of smaller values).
+    fn insert(&mut self, value: T) {
+        if let Err(i) = self.0.binary_search(&value)
+            && i < MAX_VALUES
+        {
+            self.0.insert(i, value);
+            self.0.truncate(MAX_VALUES);
+        }
+    }
 }
 
 /// Inserts `value` unless present, allocating only when it is kept.
-fn insert_text(set: &mut BTreeSet<String>, value: &str) {
-    if set.contains(value) {
-        return;
-    }
-    if set.len() >= MAX_VALUES && set.last().is_some_and(|last| value > last.as_str()) {
-        return;
-    }
-    set.insert(value.to_owned());
-    cap(set);
-}
-
-fn cap<T: Ord>(set: &mut BTreeSet<T>) {
-    while set.len() > MAX_VALUES {
-        set.pop_last();
-    }
+fn insert_text(set: &mut SortedSet<String>, value: &str) {
+    set.find_or_insert(|x| x.as_str().cmp(value), || value.to_owned());
 }
 
 impl SessionData {
@@ -143,16 +185,15 @@ impl SessionData {
         insert_text(&mut self.sensors, &facts.sensor);
         insert_text(&mut self.event_kinds, &facts.kind);
         if let Some(d) = &facts.dns {
-            let name = d.name.as_deref().map(str::to_owned);
+            let name = d.name.as_deref();
             // Like every other list: when full, only a name smaller than the largest gets in.
-            let full = self.dns.len() >= MAX_VALUES && !self.dns.contains_key(&name);
-            if !(full && self.dns.last_key_value().is_some_and(|(last, _)| name > *last)) {
-                let answers = self.dns.entry(name).or_default();
+            let entry = self.dns.find_or_insert(
+                |(n, _)| n.as_deref().cmp(&name),
+                || (name.map(str::to_owned), SortedSet::default()),
+            );
+            if let Some((_, answers)) = entry {
                 for a in &d.answers {
                     insert_text(answers, a);
-                }
-                while self.dns.len() > MAX_VALUES {
-                    self.dns.pop_last();
                 }
             }
         }
@@ -163,7 +204,6 @@ impl SessionData {
                 domain: h.domain.as_deref().map(str::to_owned),
                 status: h.status,
             });
-            cap(&mut self.http);
         }
         if let Some(sni) = &facts.sni {
             insert_text(&mut self.tls_sni, sni);
@@ -171,7 +211,6 @@ impl SessionData {
         if let Some(p) = &facts.process {
             self.processes
                 .insert(ProcessRecord { name: p.name.as_deref().map(str::to_owned), pid: p.pid });
-            cap(&mut self.processes);
         }
         if let Some(u) = &facts.user {
             insert_text(&mut self.users, u);
@@ -293,7 +332,7 @@ impl EndpointOut {
 /// A DNS question as published: `{"answers": [...], "name": "..."}`.
 #[derive(Serialize)]
 struct DnsOut<'a> {
-    answers: &'a BTreeSet<String>,
+    answers: &'a SortedSet<String>,
     name: Option<&'a str>,
 }
 
@@ -342,4 +381,47 @@ pub fn story_of(session: &Session<SessionData>) -> Story {
     }
     story.fields = d.fields(&session.key);
     story
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    #[test]
+    fn sorted_sets_keep_the_smallest_values_and_serialise_like_btree_collections() {
+        let mut set = SortedSet::default();
+        let mut reference = BTreeSet::new();
+        for i in (0..250).rev().chain(0..250) {
+            let v = format!("v{:03}", (i * 37) % 250);
+            insert_text(&mut set, &v);
+            reference.insert(v);
+        }
+        let reference: BTreeSet<String> = reference.into_iter().take(MAX_VALUES).collect();
+        assert_eq!(set.iter().collect::<Vec<_>>(), reference.iter().collect::<Vec<_>>());
+        assert_eq!(
+            postcard::to_allocvec(&set).unwrap(),
+            postcard::to_allocvec(&reference).unwrap()
+        );
+
+        // DNS names with their answers: a map before, sorted pairs now; the same bytes.
+        let mut d = SessionData::default();
+        let mut map: BTreeMap<Option<String>, BTreeSet<String>> = BTreeMap::new();
+        for (name, answer) in [(Some("b"), "2"), (None, "0"), (Some("a"), "1"), (Some("b"), "3")] {
+            let facts = Facts {
+                dns: Some(crate::observe::DnsFacts {
+                    name: name.map(Into::into),
+                    answers: vec![answer.into()],
+                }),
+                ..Facts::default()
+            };
+            d.merge(&facts);
+            map.entry(name.map(str::to_owned)).or_default().insert(answer.to_owned());
+        }
+        assert_eq!(postcard::to_allocvec(&d.dns).unwrap(), postcard::to_allocvec(&map).unwrap());
+        let back: SortedSet<(Option<String>, SortedSet<String>)> =
+            postcard::from_bytes(&postcard::to_allocvec(&map).unwrap()).unwrap();
+        assert_eq!(back, d.dns);
+    }
 }
