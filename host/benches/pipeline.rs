@@ -5,10 +5,12 @@
 //! `-- --config '{"gap_ms": 10000}'` for the plugin; `-- --reload-every-ms N` hot-reloads a
 //! new plugin version every N ms through the watched plugin directory, to see the cost;
 //! `-- --no-latency` stops after the throughput figures; `-- --checkpoint-ms N` changes how often
-//! offsets and plugin state are committed, 5,000 by default as in `storyline run`).
+//! offsets and plugin state are committed, 5,000 by default as in `storyline run`; `-- --memory-mb N`
+//! the tenant's memory limit, 2,048 by default as in `storyline run`).
 //!
 //! Prints: ingest rate; end-to-end rate (first event written → last event handed to the plugin
-//! and committed, producer and workers running together); story latency p50/p99, measured for
+//! and committed, producer and workers running together); the steady rate (events through the
+//! plugin per second while the producer writes, from a tenth of the input on); story latency p50/p99, measured for
 //! each story as the publication time of its latest revision minus the insert time of its last
 //! event. Latency includes the plugin's session timeout (a session closes after gap + skew
 //! without events, 90 s by default), so it is printed with the configuration used.
@@ -41,6 +43,13 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 fn main() {
+    // Warnings and errors of the workers (a failing plugin call, a refused commit) go to stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("STORYLINE_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
     let args: Vec<String> = std::env::args().collect();
     let events: usize = arg(&args, "--events").and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let plugin_config = arg(&args, "--config").unwrap_or_else(|| "{}".into());
@@ -75,7 +84,12 @@ fn main() {
     std::fs::copy(plugin_build::plugin("network-session"), plugins.join("bench/rules.wasm"))
         .expect("plugin copy");
     std::fs::write(plugins.join("bench/rules.json"), &plugin_config).expect("config");
-    let catalog = Catalog::new(runtime.clone(), &plugins, Limits::default());
+    // `--memory-mb N`: the tenant's memory limit, as `run --memory-mb` (default 2048).
+    let mut limits = Limits::default();
+    if let Some(mb) = arg(&args, "--memory-mb").and_then(|n| n.parse::<usize>().ok()) {
+        limits.memory_bytes = mb << 20;
+    }
+    let catalog = Catalog::new(runtime.clone(), &plugins, limits);
     catalog.reload(&tenant);
     let _watcher = catalog.watch(|_| {}).expect("watch");
     let layout = Layout::default();
@@ -88,7 +102,7 @@ fn main() {
     let worker = {
         let (handle, store, tenant, shared) =
             (rt.handle().clone(), store.clone(), tenant.clone(), shared.clone());
-        let mut config = WorkerConfig { delay_ms: 1000, ..WorkerConfig::default() };
+        let mut config = WorkerConfig { delay_ms: 1000, limits, ..WorkerConfig::default() };
         if let Some(ms) = arg(&args, "--checkpoint-ms").and_then(|n| n.parse().ok()) {
             config.checkpoint_ms = ms;
         }
@@ -112,15 +126,23 @@ fn main() {
     }
 
     // The producer, on this thread, routing with its own plugin instance as `ingest` does.
-    let router = plugin.instantiate(&tenant, &plugin_config, Limits::default()).expect("router");
+    let router = plugin.instantiate(&tenant, &plugin_config, limits).expect("router");
     let mut producer = Producer::new(&store, tenant.clone(), layout, Some(router));
     let mut report = IngestReport::default();
     let started = Instant::now();
+    // Workers' progress when a tenth of the input is written: the steady rate is measured from
+    // there to the last write, without the start-up and the tail (read delay, last buckets).
+    let mut tenth = (Duration::ZERO, 0);
     for (i, line) in lines.iter().enumerate() {
         rt.block_on(producer.push_line(line, i + 1, &mut report)).expect("ingest");
+        if i == lines.len() / 10 {
+            tenth = (started.elapsed(), shared.progress.events.load(Ordering::Relaxed));
+        }
     }
     rt.block_on(producer.flush(&mut report)).expect("flush");
     let ingested = started.elapsed();
+    let steady = (shared.progress.events.load(Ordering::Relaxed) - tenth.1) as f64
+        / (ingested - tenth.0).as_secs_f64();
     while shared.progress.events.load(Ordering::Relaxed) < total {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -135,6 +157,11 @@ fn main() {
         "  end to end  {:>9.0} events/s  (all {total} events through the plugin, stories published, {processed:.2?} after the first write; offsets committed every 5 s; 2 cores)",
         total as f64 / processed.as_secs_f64()
     );
+    if steady > 0.0 {
+        println!(
+            "  steady      {steady:>9.0} events/s  (through the plugin while the producer writes, from a tenth of the input to the last write)"
+        );
+    }
     if reload_every.is_some() {
         let status = catalog.slot(&tenant).status();
         println!(
@@ -147,6 +174,8 @@ fn main() {
     if args.iter().any(|a| a == "--no-latency") {
         shared.shutdown.store(true, Ordering::Relaxed);
         worker.join().expect("worker thread").expect("worker");
+        // The store's background work ends with it, before its directory goes.
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
@@ -189,5 +218,6 @@ fn main() {
         percentile(&latencies, 0.99) as f64 / 1000.0,
         latencies.len()
     );
+    drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
