@@ -210,6 +210,44 @@ impl<'a> EcsEvent<'a> {
         if payload.is_empty() { Ok(EcsEvent::default()) } else { serde_json::from_slice(payload) }
     }
 
+    /// Parses only what says where a connection goes and what it carries: `source`,
+    /// `destination`, `network`, `dns`, `url`, `http` and `tls`; the other fields stay `None`
+    /// and are skipped unread (faster, for routing decisions made once per event).
+    pub fn parse_network(payload: &'a [u8]) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Part<'a> {
+            #[serde(borrow)]
+            source: Option<Endpoint<'a>>,
+            #[serde(borrow)]
+            destination: Option<Endpoint<'a>>,
+            #[serde(borrow)]
+            network: Option<Network<'a>>,
+            #[serde(borrow)]
+            dns: Option<Dns<'a>>,
+            #[serde(borrow)]
+            url: Option<Url<'a>>,
+            #[serde(borrow)]
+            http: Option<Http<'a>>,
+            #[serde(borrow)]
+            tls: Option<Tls<'a>>,
+        }
+        if payload.is_empty() {
+            return Ok(EcsEvent::default());
+        }
+        let p: Part<'a> = serde_json::from_slice(payload)?;
+        Ok(EcsEvent {
+            source: p.source,
+            destination: p.destination,
+            network: p.network,
+            dns: p.dns,
+            url: p.url,
+            http: p.http,
+            tls: p.tls,
+            ..EcsEvent::default()
+        })
+    }
+
     /// Source address and port, when the address parses.
     pub fn source_addr(&self) -> Option<(IpAddr, Option<u16>)> {
         endpoint_addr(self.source.as_ref())
@@ -383,6 +421,20 @@ mod tests {
         assert_eq!(e.tls.unwrap().client.unwrap().server_name.as_deref(), Some("example.com"));
         assert_eq!(e.process.unwrap().pid, Some(4242));
         assert_eq!(e.event.unwrap().duration, Some(2_500_000_000));
+    }
+
+    #[test]
+    fn the_network_part_reads_the_same_addressing_and_skips_the_rest() {
+        let p = br#"{"source":{"ip":"10.0.0.5","port":"51514"},"destination":{"ip":"93.184.216.34","port":443},
+            "network":{"transport":"tcp","community_id":"1:x"},"dns":{"question":{"name":"a.example"}},
+            "url":{"full":"https://a.example/"},"http":{"request":{"method":"GET"}},"tls":{"client":{"server_name":"a.example"}},
+            "process":{"name":"curl","pid":4242},"user":{"name":"alice"},"host":{"name":"ws"},"event":{"duration":5}}"#;
+        let full = EcsEvent::parse(p).unwrap();
+        let part = EcsEvent::parse_network(p).unwrap();
+        let addressing = EcsEvent { process: None, user: None, host: None, event: None, ..full };
+        assert_eq!(part, addressing);
+        assert_eq!(EcsEvent::parse_network(b"").unwrap(), EcsEvent::default());
+        assert!(EcsEvent::parse_network(b"[1]").is_err());
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub fn flow(ecs: &EcsEvent<'_>, transport: Option<u8>) -> Option<Flow> {
 /// - no addresses but a sensor-given community id: that id;
 /// - nothing usable: `None` (the event is a story of its own; any shard will do).
 pub fn route(event: &Event) -> Option<String> {
-    let ecs = EcsEvent::parse(&event.payload).ok()?;
+    let ecs = EcsEvent::parse_network(&event.payload).ok()?;
     let class = class(&event.kind, &ecs);
     if let Some(f) = flow(&ecs, transport(&ecs, class)) {
         let ip = if class == Class::Dns || f.by_tuple {
