@@ -264,7 +264,9 @@ impl<D> Sessionizer<D> {
         let cfg = self.config;
         // Look the key up before allocating it: most events join a key that exists.
         if !self.sessions.contains_key(key) {
-            self.sessions.insert(key.to_string(), Vec::new());
+            // Room for one session: a key rarely has two, and a vector's first allocation would
+            // otherwise hold four (over a kilobyte of sessions kept for ten minutes).
+            self.sessions.insert(key.to_string(), Vec::with_capacity(1));
         }
         let Some(list) = self.sessions.get_mut(key) else { unreachable!("inserted above") };
         let best = list

@@ -39,6 +39,7 @@ impl PairIndex {
     pub fn insert(&mut self, pair: Pair, key: &str) {
         let keys = self.keys.entry(pair).or_default();
         if let Err(i) = keys.binary_search_by(|k| k.as_str().cmp(key)) {
+            keys.reserve_exact(1);
             keys.insert(i, key.to_owned());
             self.entries += 1;
         }

@@ -153,6 +153,9 @@ impl<T> SortedSet<T> {
             Ok(i) => i,
             Err(i) if i >= MAX_VALUES => return None,
             Err(i) => {
+                // Grown one by one: most sets hold one to three values, and a vector's first
+                // allocation would otherwise be room for four.
+                self.0.reserve_exact(1);
                 self.0.insert(i, make());
                 self.0.truncate(MAX_VALUES);
                 i
@@ -168,6 +171,7 @@ impl<T: Ord> SortedSet<T> {
         if let Err(i) = self.0.binary_search(&value)
             && i < MAX_VALUES
         {
+            self.0.reserve_exact(1);
             self.0.insert(i, value);
             self.0.truncate(MAX_VALUES);
         }
