@@ -6,7 +6,8 @@
 //! new plugin version every N ms through the watched plugin directory, to see the cost;
 //! `-- --no-latency` stops after the throughput figures; `-- --checkpoint-ms N` changes how often
 //! offsets and plugin state are committed, 5,000 by default as in `storyline run`; `-- --memory-mb N`
-//! the tenant's memory limit, 2,048 by default as in `storyline run`).
+//! the tenant's memory limit, 2,048 by default as in `storyline run`; `-- --plugin NAME` another
+//! plugin of `plugins/`, e.g. `template`, to see what the host's path costs with a lighter rule).
 //!
 //! Prints: ingest rate; end-to-end rate (first event written → last event handed to the plugin
 //! and committed, producer and workers running together); the steady rate (events through the
@@ -53,6 +54,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let events: usize = arg(&args, "--events").and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let plugin_config = arg(&args, "--config").unwrap_or_else(|| "{}".into());
+    let plugin_name = arg(&args, "--plugin").unwrap_or_else(|| "network-session".into());
     let sessions = events / 4;
     let interval_ms = 50;
     let lines: Vec<String> = generate(&GenConfig {
@@ -76,12 +78,12 @@ fn main() {
     let store = EmbeddedStore::new(&dir);
     let reload_every: Option<u64> = arg(&args, "--reload-every-ms").and_then(|n| n.parse().ok());
     let runtime = Runtime::new(Some(dir.join("cache"))).expect("wasm runtime");
-    let plugin = runtime.load(&plugin_build::plugin("network-session")).expect("plugin");
+    let plugin = runtime.load(&plugin_build::plugin(&plugin_name)).expect("plugin");
     let tenant = TenantId::new("bench").expect("tenant");
     // The plugin directory, followed for changes like `storyline run` does.
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(plugins.join("bench")).expect("plugin dir");
-    std::fs::copy(plugin_build::plugin("network-session"), plugins.join("bench/rules.wasm"))
+    std::fs::copy(plugin_build::plugin(&plugin_name), plugins.join("bench/rules.wasm"))
         .expect("plugin copy");
     std::fs::write(plugins.join("bench/rules.json"), &plugin_config).expect("config");
     // `--memory-mb N`: the tenant's memory limit, as `run --memory-mb` (default 2048).
@@ -94,18 +96,19 @@ fn main() {
     let _watcher = catalog.watch(|_| {}).expect("watch");
     let layout = Layout::default();
     println!(
-        "pipeline: {total} events ({sessions} sessions), {} shards, {} ms buckets, plugin config {plugin_config}",
+        "pipeline: {total} events ({sessions} sessions), {} shards, {} ms buckets, plugin {plugin_name}, config {plugin_config}",
         layout.shards, layout.bucket_ms
     );
 
+    let checkpoint_ms: i64 = arg(&args, "--checkpoint-ms")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(WorkerConfig::default().checkpoint_ms);
     let shared = Shared::default();
     let worker = {
         let (handle, store, tenant, shared) =
             (rt.handle().clone(), store.clone(), tenant.clone(), shared.clone());
-        let mut config = WorkerConfig { delay_ms: 1000, limits, ..WorkerConfig::default() };
-        if let Some(ms) = arg(&args, "--checkpoint-ms").and_then(|n| n.parse().ok()) {
-            config.checkpoint_ms = ms;
-        }
+        let config =
+            WorkerConfig { delay_ms: 1000, limits, checkpoint_ms, ..WorkerConfig::default() };
         let slot = catalog.slot(&tenant);
         std::thread::spawn(move || run_tenant(&handle, &store, &tenant, &slot, &config, &shared))
     };
@@ -154,8 +157,9 @@ fn main() {
         storyline::producer::DEFAULT_BATCH
     );
     println!(
-        "  end to end  {:>9.0} events/s  (all {total} events through the plugin, stories published, {processed:.2?} after the first write; offsets committed every 5 s; 2 cores)",
-        total as f64 / processed.as_secs_f64()
+        "  end to end  {:>9.0} events/s  (all {total} events through the plugin, stories published, {processed:.2?} after the first write; offsets committed every {} s or more; 2 cores)",
+        total as f64 / processed.as_secs_f64(),
+        checkpoint_ms as f64 / 1000.0
     );
     if steady > 0.0 {
         println!(
