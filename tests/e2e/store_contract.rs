@@ -57,6 +57,19 @@ pub async fn appended_events_read_back_by_partition_in_id_order(s: &impl Store, 
     assert_eq!(s.layout(t).await.unwrap(), Some(LAYOUT));
 }
 
+pub async fn an_event_written_twice_is_read_once_as_last_written(s: &impl Store, t: &TenantId) {
+    // A producer that retries a batch whose acknowledgement it lost writes its events again.
+    let mut first = new_event(0, 2000, "a");
+    first.event.kind = "first".into();
+    s.append(t, LAYOUT, &[first, new_event(0, 2000, "b")]).await.unwrap();
+    let mut again = new_event(0, 2000, "a");
+    again.event.kind = "again".into();
+    s.append(t, LAYOUT, &[again]).await.unwrap();
+    let read = s.read_bucket(t, ShardId(0), BucketStart(2000)).await.unwrap();
+    assert_eq!(read.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(read[0].kind, "again");
+}
+
 pub async fn next_bucket_walks_non_empty_buckets_only(s: &impl Store, t: &TenantId) {
     // Insert-time buckets are near the present (a store may look back only as far as its
     // retention when no offset is given).
@@ -259,6 +272,7 @@ macro_rules! all_contract_tests {
     () => {
         contract_tests!(
             appended_events_read_back_by_partition_in_id_order,
+            an_event_written_twice_is_read_once_as_last_written,
             next_bucket_walks_non_empty_buckets_only,
             a_write_with_another_layout_is_refused_and_changes_nothing,
             checkpoints_keep_offset_and_state_together,

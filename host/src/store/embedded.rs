@@ -6,12 +6,13 @@
 //! tenant's directory (fjall locks it), so leases here only order the workers of one process;
 //! several hosts share shards through the ScyllaDB store.
 //!
-//! Layout of a tenant directory `<data-dir>/tenants/<tenant>/`, one keyspace each:
+//! Events live in an append-only log, `<data-dir>/tenants/<tenant>/events/` (see
+//! [`super::event_log`]): written once, read once, never updated, they need no LSM tree. The
+//! index of non-empty partitions is rebuilt from it when the tenant is opened. Everything else
+//! is in the tenant's fjall database, one keyspace each:
 //!
 //! | keyspace      | key                                  | value                                  |
 //! |---------------|--------------------------------------|----------------------------------------|
-//! | `events`      | shard, bucket, event id              | the event (source, kind, times, ...)   |
-//! | `buckets`     | shard, bucket                        | events written (the non-empty index)   |
 //! | `offsets`     | shard                                | committed bucket, epoch, state digest  |
 //! | `state`       | shard                                | plugin snapshot (rewritten on change)  |
 //! | `leases`      | shard                                | owner, epoch, expiry                   |
@@ -26,6 +27,7 @@
 //! Integers in keys are big-endian (bucket starts with the sign bit flipped) so that byte order
 //! is numeric order and a range scan walks buckets in time order.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::event_log::{EventLog, Record};
 use super::{
     Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent, Store, StoreError, StoredStory,
 };
@@ -66,8 +69,7 @@ impl std::fmt::Debug for EmbeddedStore {
 /// One tenant's database and keyspaces.
 struct TenantDb {
     db: Database,
-    events: Keyspace,
-    buckets: Keyspace,
+    events: EventLog,
     offsets: Keyspace,
     state: Keyspace,
     leases: Keyspace,
@@ -123,9 +125,10 @@ impl TenantDb {
             backend(format!("cannot open {}: {e} (is another storyline using it?)", dir.display()))
         })?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(backend);
+        let events = EventLog::open(&dir.join("events")).map_err(backend)?;
+        migrate_events(&db, &events)?;
         let tenant = TenantDb {
-            events: ks("events")?,
-            buckets: ks("buckets")?,
+            events,
             offsets: ks("offsets")?,
             state: ks("state")?,
             leases: ks("leases")?,
@@ -247,18 +250,144 @@ fn partition_key(shard: ShardId, bucket: BucketStart) -> [u8; 12] {
     k
 }
 
-/// The stored form of an event (its id is in the key).
+/// The stored form of an event, as the event log holds it.
 #[derive(Serialize, Deserialize)]
-struct EventValue<'a> {
+struct StoredEvent<'a> {
     #[serde(borrow)]
-    source: std::borrow::Cow<'a, str>,
+    id: Cow<'a, str>,
     #[serde(borrow)]
-    kind: std::borrow::Cow<'a, str>,
+    source: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    event_time: i64,
+    insert_time: i64,
+    #[serde(borrow)]
+    attributes: Cow<'a, [(String, String)]>,
+    #[serde(borrow)]
+    payload: Bytes<'a>,
+}
+
+impl<'a> StoredEvent<'a> {
+    fn of(e: &'a Event) -> Self {
+        StoredEvent {
+            id: Cow::Borrowed(&e.id),
+            source: Cow::Borrowed(&e.source),
+            kind: Cow::Borrowed(&e.kind),
+            event_time: e.event_time,
+            insert_time: e.insert_time,
+            attributes: Cow::Borrowed(&e.attributes),
+            payload: Bytes(Cow::Borrowed(&e.payload)),
+        }
+    }
+
+    fn into_event(self) -> Event {
+        Event {
+            id: self.id.into_owned(),
+            source: self.source.into_owned(),
+            kind: self.kind.into_owned(),
+            event_time: self.event_time,
+            insert_time: self.insert_time,
+            attributes: self.attributes.into_owned(),
+            payload: self.payload.0.into_owned(),
+        }
+    }
+}
+
+/// Bytes encoded as one byte string (serde would write a `[u8]` byte by byte). Postcard
+/// writes both forms alike: a length, then the bytes.
+struct Bytes<'a>(Cow<'a, [u8]>);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Bytes<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Bytes<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(Bytes(Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(Bytes(Cow::Owned(v.to_vec())))
+            }
+        }
+        d.deserialize_bytes(Visit)
+    }
+}
+
+/// Events stored by earlier versions in the LSM tree (`events` keyspace, with the `buckets`
+/// index) move to the event log once, when the tenant is opened; then both keyspaces go.
+fn migrate_events(db: &Database, log: &EventLog) -> Result<(), StoreError> {
+    let names = db.list_keyspace_names();
+    if !names.iter().any(|n| n.as_ref() == "events") {
+        return Ok(());
+    }
+    let events = db.keyspace("events", KeyspaceCreateOptions::default).map_err(backend)?;
+    let mut records: Vec<Record> = Vec::new();
+    let mut moved = 0u64;
+    for guard in events.iter() {
+        let (key, value) = guard.into_inner().map_err(backend)?;
+        let shard = key.get(..4).and_then(|k| k.try_into().ok()).map(u32::from_be_bytes);
+        let bucket = bucket_from(key.get(4..12).unwrap_or_default());
+        let id = key.get(12..).map(std::str::from_utf8);
+        let (Some(shard), Some(bucket), Some(Ok(id))) = (shard, bucket, id) else {
+            return Err(corrupt("events", "bad key"));
+        };
+        let v: LegacyEventValue<'_> =
+            postcard::from_bytes(&value).map_err(|e| corrupt("events", e))?;
+        if !records.last().is_some_and(|r| r.is(shard, bucket.0)) {
+            // Written a partition at a time, in key order; the log keeps them apart.
+            if records.len() >= 64 {
+                log.append(&records).map_err(backend)?;
+                records.clear();
+            }
+            records.push(Record::new(shard, bucket.0));
+        }
+        let stored = StoredEvent {
+            id: Cow::Borrowed(id),
+            source: v.source,
+            kind: v.kind,
+            event_time: v.event_time,
+            insert_time: v.insert_time,
+            attributes: Cow::Owned(v.attributes),
+            payload: Bytes(v.payload),
+        };
+        if let Some(r) = records.last_mut() {
+            r.push(&stored);
+        }
+        moved += 1;
+    }
+    log.append(&records).map_err(backend)?;
+    drop(events);
+    for name in ["events", "buckets"] {
+        if names.iter().any(|n| n.as_ref() == name) {
+            let ks = db.keyspace(name, KeyspaceCreateOptions::default).map_err(backend)?;
+            db.delete_keyspace(ks).map_err(backend)?;
+        }
+    }
+    tracing::info!(events = moved, "moved stored events to the event log");
+    Ok(())
+}
+
+/// How earlier versions stored an event in the LSM tree (its id was in the key).
+#[derive(Deserialize)]
+struct LegacyEventValue<'a> {
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
     event_time: i64,
     insert_time: i64,
     attributes: Vec<(String, String)>,
     #[serde(borrow)]
-    payload: std::borrow::Cow<'a, [u8]>,
+    payload: Cow<'a, [u8]>,
 }
 
 /// The stored form of a commit.
@@ -302,82 +431,76 @@ impl Store for EmbeddedStore {
         if events.is_empty() {
             return Ok(());
         }
-        // Encode on the caller's thread; the blocking section only keys and writes.
-        let mut rows: Vec<(ShardId, BucketStart, Vec<u8>)> = Vec::with_capacity(events.len());
         for e in events {
             if e.shard.0 >= layout.shards {
                 return Err(StoreError::shard_out_of_range(tenant, e.shard, layout));
             }
-            let value = encode(&EventValue {
-                source: e.event.source.as_str().into(),
-                kind: e.event.kind.as_str().into(),
-                event_time: e.event.event_time,
-                insert_time: e.event.insert_time,
-                attributes: e.event.attributes.clone(),
-                payload: e.event.payload.as_slice().into(),
-            });
-            rows.push((e.shard, e.bucket, value));
         }
-        let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
+        let events = events.to_vec();
         let tenant_id = tenant.clone();
         self.blocking(tenant, move |db| {
             let _guard = db.lock();
-            if let Some(existing) = db.layout()?.filter(|existing| *existing != layout) {
-                return Err(StoreError::layout_mismatch(&tenant_id, existing, layout));
+            match db.layout()? {
+                Some(existing) if existing != layout => {
+                    return Err(StoreError::layout_mismatch(&tenant_id, existing, layout));
+                }
+                Some(_) => {}
+                // The layout is fixed by the first write, before any event is.
+                None => {
+                    let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
+                    batch.insert(&db.meta, "layout", encode(&(layout.shards, layout.bucket_ms)));
+                    batch.commit().map_err(backend)?;
+                }
             }
             // Under the lock that closing takes too: an event for a closed bucket goes to the
             // first open one, so a worker that read the closed bucket still gets it.
             let mut closed: Vec<(ShardId, Option<BucketStart>, LateStats)> = Vec::new();
-            let mut counts: Vec<([u8; 12], u64)> = Vec::new();
-            let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
-            batch.insert(&db.meta, "layout", encode(&(layout.shards, layout.bucket_ms)));
-            for ((shard, bucket, value), id) in rows.into_iter().zip(ids) {
-                let at = match closed.iter().position(|(s, _, _)| *s == shard) {
+            let mut records: Vec<Record> = Vec::new();
+            for e in &events {
+                let at = match closed.iter().position(|(s, _, _)| *s == e.shard) {
                     Some(i) => i,
                     None => {
-                        closed.push((shard, db.closed_until(shard)?, LateStats::default()));
+                        closed.push((e.shard, db.closed_until(e.shard)?, LateStats::default()));
                         closed.len() - 1
                     }
                 };
                 let (_, closed_until, late) = &mut closed[at];
                 let bucket = match *closed_until {
-                    Some(c) if bucket <= c => {
+                    Some(c) if e.bucket <= c => {
                         let open = BucketStart(c.0 + layout.bucket_ms);
                         late.events += 1;
-                        late.lateness_ms += (open.0 - bucket.0) as u64;
+                        late.lateness_ms += (open.0 - e.bucket.0) as u64;
                         open
                     }
-                    _ => bucket,
+                    _ => e.bucket,
                 };
-                let pk = partition_key(shard, bucket);
-                match counts.iter_mut().find(|(k, _)| *k == pk) {
-                    Some((_, n)) => *n += 1,
-                    None => counts.push((pk, 1)),
+                let i = match records.iter().position(|r| r.is(e.shard.0, bucket.0)) {
+                    Some(i) => i,
+                    None => {
+                        records.push(Record::new(e.shard.0, bucket.0));
+                        records.len() - 1
+                    }
+                };
+                records[i].push(&StoredEvent::of(&e.event));
+            }
+            db.events.append(&records).map_err(backend)?;
+            let late: Vec<_> = closed.into_iter().filter(|(_, _, l)| l.events > 0).collect();
+            if !late.is_empty() {
+                let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
+                for (shard, _, late) in late {
+                    let old = db.late_stats(shard)?;
+                    let total = (old.events + late.events, old.lateness_ms + late.lateness_ms);
+                    batch.insert(&db.late, shard.0.to_be_bytes(), encode(&total));
+                    tracing::warn!(
+                        tenant = %tenant_id,
+                        shard = %shard,
+                        events = late.events,
+                        "late write: events for buckets this shard already closed were moved to its first open bucket"
+                    );
                 }
-                let mut key = Vec::with_capacity(12 + id.len());
-                key.extend_from_slice(&pk);
-                key.extend_from_slice(id.as_bytes());
-                batch.insert(&db.events, key, value);
+                batch.commit().map_err(backend)?;
             }
-            for (pk, n) in counts {
-                let old = match db.buckets.get(pk).map_err(backend)? {
-                    Some(v) => u64::from_le_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
-                    None => 0,
-                };
-                batch.insert(&db.buckets, pk, (old + n).to_le_bytes());
-            }
-            for (shard, _, late) in closed.into_iter().filter(|(_, _, l)| l.events > 0) {
-                let old = db.late_stats(shard)?;
-                let total = (old.events + late.events, old.lateness_ms + late.lateness_ms);
-                batch.insert(&db.late, shard.0.to_be_bytes(), encode(&total));
-                tracing::warn!(
-                    tenant = %tenant_id,
-                    shard = %shard,
-                    events = late.events,
-                    "late write: events for buckets this shard already closed were moved to its first open bucket"
-                );
-            }
-            batch.commit().map_err(backend)
+            Ok(())
         })
         .await
     }
@@ -429,19 +552,12 @@ impl Store for EmbeddedStore {
         after: Option<BucketStart>,
     ) -> Result<Option<BucketStart>, StoreError> {
         self.blocking(tenant, move |db| {
-            let from = match after {
-                Some(b) if b.0 == i64::MAX => return Ok(None),
-                Some(b) => partition_key(shard, BucketStart(b.0 + 1)),
-                None => partition_key(shard, BucketStart(i64::MIN)),
-            };
-            let to = partition_key(shard, BucketStart(i64::MAX));
-            match db.buckets.range(from..=to).next() {
-                None => Ok(None),
-                Some(guard) => {
-                    let key = guard.key().map_err(backend)?;
-                    Ok(bucket_from(key.get(4..).unwrap_or_default()))
-                }
+            Ok(match after {
+                Some(b) if b.0 == i64::MAX => None,
+                Some(b) => db.events.next_bucket(shard.0, b.0 + 1),
+                None => db.events.next_bucket(shard.0, i64::MIN),
             }
+            .map(BucketStart))
         })
         .await
     }
@@ -453,25 +569,26 @@ impl Store for EmbeddedStore {
         bucket: BucketStart,
     ) -> Result<Vec<Event>, StoreError> {
         self.blocking(tenant, move |db| {
-            let pk = partition_key(shard, bucket);
-            let mut out = Vec::new();
-            for guard in db.events.prefix(pk) {
-                let (key, value) = guard.into_inner().map_err(backend)?;
-                let id = std::str::from_utf8(key.get(12..).unwrap_or_default())
-                    .map_err(|e| corrupt("events", e))?
-                    .to_string();
-                let v: EventValue<'_> =
-                    postcard::from_bytes(&value).map_err(|e| corrupt("events", e))?;
-                out.push(Event {
-                    id,
-                    source: v.source.into_owned(),
-                    kind: v.kind.into_owned(),
-                    event_time: v.event_time,
-                    insert_time: v.insert_time,
-                    attributes: v.attributes,
-                    payload: v.payload.into_owned(),
-                });
-            }
+            let mut out: Vec<Event> = Vec::new();
+            db.events
+                .read(shard.0, bucket.0, |bytes| match postcard::from_bytes::<StoredEvent>(bytes) {
+                    Ok(e) => {
+                        out.push(e.into_event());
+                        true
+                    }
+                    Err(_) => false,
+                })
+                .map_err(backend)?;
+            // In id order, an id written twice once with its last write: a partition is keyed
+            // by event id, as in ScyllaDB.
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            out.dedup_by(|later, kept| {
+                let same = later.id == kept.id;
+                if same {
+                    std::mem::swap(later, kept);
+                }
+                same
+            });
             Ok(out)
         })
         .await
@@ -484,18 +601,11 @@ impl Store for EmbeddedStore {
         after: Option<BucketStart>,
     ) -> Result<u64, StoreError> {
         self.blocking(tenant, move |db| {
-            let from = match after {
-                Some(b) if b.0 == i64::MAX => return Ok(0),
-                Some(b) => partition_key(shard, BucketStart(b.0 + 1)),
-                None => partition_key(shard, BucketStart(i64::MIN)),
-            };
-            let to = partition_key(shard, BucketStart(i64::MAX));
-            let mut total = 0u64;
-            for guard in db.buckets.range(from..=to) {
-                let v = guard.value().map_err(backend)?;
-                total += u64::from_le_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
-            }
-            Ok(total)
+            Ok(match after {
+                Some(b) if b.0 == i64::MAX => 0,
+                Some(b) => db.events.events_from(shard.0, b.0 + 1),
+                None => db.events.events_from(shard.0, i64::MIN),
+            })
         })
         .await
     }
@@ -798,5 +908,64 @@ impl Store for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_stored_by_earlier_versions_move_to_the_event_log() {
+        let root = std::env::temp_dir().join(format!("storyline-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = EmbeddedStore::new(&root);
+        let tenant = TenantId::new("acme").unwrap();
+        {
+            // The layout of earlier versions: events and their bucket counts in the LSM tree.
+            let db = Database::builder(store.tenant_dir(&tenant)).open().unwrap();
+            let events = db.keyspace("events", KeyspaceCreateOptions::default).unwrap();
+            let buckets = db.keyspace("buckets", KeyspaceCreateOptions::default).unwrap();
+            let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+            meta.insert("layout", encode(&(4u32, 1000i64))).unwrap();
+            for (shard, bucket, id) in [(1, 2000, "b"), (1, 2000, "a"), (2, 5000, "c")] {
+                let mut key = partition_key(ShardId(shard), BucketStart(bucket)).to_vec();
+                key.extend_from_slice(id.as_bytes());
+                let value = (
+                    "fw",
+                    "flow",
+                    7i64,
+                    bucket,
+                    vec![("k".to_string(), "v".to_string())],
+                    id.as_bytes().to_vec(),
+                );
+                events.insert(key, encode(&value)).unwrap();
+                buckets
+                    .insert(partition_key(ShardId(shard), BucketStart(bucket)), 1u64.to_le_bytes())
+                    .unwrap();
+            }
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let read = store.read_bucket(&tenant, ShardId(1), BucketStart(2000)).await.unwrap();
+        assert_eq!(read.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(read[0].attributes, [("k".to_string(), "v".to_string())]);
+        assert_eq!(read[0].payload, b"a");
+        assert_eq!(
+            (read[0].source.as_str(), read[0].event_time, read[0].insert_time),
+            ("fw", 7, 2000)
+        );
+        assert_eq!(
+            store.next_bucket(&tenant, ShardId(2), None).await.unwrap(),
+            Some(BucketStart(5000))
+        );
+        assert_eq!(store.pending_events(&tenant, ShardId(1), None).await.unwrap(), 2);
+        drop(store);
+        // Once moved, the old keyspaces are gone and a reopening does not move anything twice.
+        let store = EmbeddedStore::new(&root);
+        assert_eq!(store.pending_events(&tenant, ShardId(1), None).await.unwrap(), 2);
+        let db = store.tenant(&tenant).unwrap();
+        assert!(!db.db.list_keyspace_names().iter().any(|n| n.as_ref() == "events"));
+        drop((db, store));
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -8,6 +8,7 @@
 //! forward, under a lease whose epoch fences out a worker that lost the shard.
 
 pub mod embedded;
+mod event_log;
 pub mod scylla;
 
 use std::future::Future;

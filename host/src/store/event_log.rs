@@ -1,0 +1,540 @@
+//! The embedded store's events: an append-only log of segment files, with the index of
+//! partitions kept in memory.
+//!
+//! Events are written once, read once by the worker of their shard (again only on a replay),
+//! and never updated, so a log suits them better than the LSM tree that holds the store's
+//! small, rewritten records: no memtable, no flush, no compaction, and a read is one `pread`
+//! per record from the page cache.
+//!
+//! A segment `<dir>/<n>.log` (n = 1, 2, ...; a new one past [`SEGMENT_BYTES`]) is a sequence of
+//! records, one per `(shard, bucket)` of an appended batch:
+//!
+//! | bytes | field                                                              |
+//! |-------|--------------------------------------------------------------------|
+//! | 4     | body length, little-endian                                         |
+//! | 4     | shard                                                              |
+//! | 8     | bucket start                                                       |
+//! | 4     | events in the body                                                 |
+//! | 8     | XXH3-64 of the 20 bytes above and of the body                      |
+//! | len   | body: the events, each a 4-byte length and the encoded event       |
+//!
+//! An append writes all its records with one `write` and one `fdatasync` before it returns:
+//! an acknowledged batch survives kill -9. A write cut short (a crash, a full disk) leaves a
+//! partial record at the end of the last segment; opening the log checks the records of the
+//! last segment and cuts the file before the first one that is incomplete or fails its hash.
+//! Such a record was never acknowledged. A failed append is cut off at once, so later
+//! appends never follow garbage.
+//!
+//! The index maps `(shard, bucket)` to its records and event count. It is rebuilt when the log
+//! is opened, from the record headers (sealed segments are not read further).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use xxhash_rust::xxh3::Xxh3;
+
+/// A segment is sealed and a new one started once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+const HEADER: usize = 28;
+
+/// Why the log failed. The message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Reading or writing a segment failed.
+    #[error("event log {path}: {what}: {source}")]
+    Io {
+        /// The segment or directory.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// A segment's content is not what was written.
+    #[error(
+        "event log {path}: {what} at byte {offset}; the file was changed or damaged outside storyline (restore it from a backup, or move it away to drop its events)"
+    )]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// What is wrong.
+        what: &'static str,
+        /// Where.
+        offset: u64,
+    },
+    /// An earlier append failed and could not be cut off; nothing more is written.
+    #[error(
+        "event log {path}: an earlier write failed and its partial record could not be removed; restart storyline (opening the log removes it)"
+    )]
+    Poisoned {
+        /// The segment.
+        path: PathBuf,
+    },
+}
+
+/// Where a record is.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    segment: usize,
+    offset: u64,
+    len: u32,
+}
+
+/// One `(shard, bucket)`: its records in write order and how many events they hold.
+#[derive(Debug, Default)]
+struct Partition {
+    records: Vec<Loc>,
+    events: u64,
+}
+
+/// A record to append: one partition's events of a batch.
+#[derive(Debug)]
+pub struct Record {
+    shard: u32,
+    bucket: i64,
+    count: u32,
+    body: Vec<u8>,
+}
+
+impl Record {
+    /// An empty record for `(shard, bucket)`.
+    pub fn new(shard: u32, bucket: i64) -> Self {
+        Record { shard, bucket, count: 0, body: Vec::new() }
+    }
+
+    /// Whether this is the record of `(shard, bucket)`.
+    pub fn is(&self, shard: u32, bucket: i64) -> bool {
+        self.shard == shard && self.bucket == bucket
+    }
+
+    /// Adds an event, encoded with postcard.
+    pub fn push<T: serde::Serialize>(&mut self, event: &T) {
+        let at = self.body.len();
+        self.body.extend_from_slice(&[0; 4]);
+        // Plain data into a Vec: postcard cannot fail here.
+        self.body = postcard::to_extend(event, std::mem::take(&mut self.body)).unwrap_or_default();
+        let len = (self.body.len() - at - 4) as u32;
+        if let Some(slot) = self.body.get_mut(at..at + 4) {
+            slot.copy_from_slice(&len.to_le_bytes());
+        }
+        self.count += 1;
+    }
+}
+
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+struct Inner {
+    segments: Vec<Segment>,
+    /// Bytes in the last segment (where the next record goes).
+    tail: u64,
+    index: BTreeMap<(u32, i64), Partition>,
+    poisoned: bool,
+}
+
+/// The log of one tenant. Appends are serialised; reads run beside them.
+pub struct EventLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> LogError + 'a {
+    move |source| LogError::Io { path: path.to_path_buf(), what, source }
+}
+
+fn header(shard: u32, bucket: i64, count: u32, body: &[u8]) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&shard.to_le_bytes());
+    h[8..16].copy_from_slice(&bucket.to_le_bytes());
+    h[16..20].copy_from_slice(&count.to_le_bytes());
+    let mut hash = Xxh3::new();
+    hash.update(&h[..20]);
+    hash.update(body);
+    h[20..28].copy_from_slice(&hash.digest().to_le_bytes());
+    h
+}
+
+/// The fields of a record header: body length, shard, bucket, count, hash.
+fn parse_header(h: &[u8; HEADER]) -> (u32, u32, i64, u32, u64) {
+    let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[8..16]);
+    let bucket = i64::from_le_bytes(b);
+    b.copy_from_slice(&h[20..28]);
+    (u32_at(0), u32_at(4), bucket, u32_at(16), u64::from_le_bytes(b))
+}
+
+fn hash_ok(h: &[u8; HEADER], body: &[u8]) -> bool {
+    let (_, shard, bucket, count, _) = parse_header(h);
+    header(shard, bucket, count, body) == *h
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir`, removing a partial record a crash left at its end.
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        Self::open_with(dir, SEGMENT_BYTES)
+    }
+
+    /// As [`EventLog::open`], with segments sealed past `segment_bytes` (tests use small ones).
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir).map_err(io(dir, "cannot create the directory"))?;
+        let mut numbers: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(io(dir, "cannot list the directory"))?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".log")?.parse().ok()
+            })
+            .collect();
+        numbers.sort_unstable();
+        let mut inner =
+            Inner { segments: Vec::new(), tail: 0, index: BTreeMap::new(), poisoned: false };
+        for (i, n) in numbers.iter().enumerate() {
+            let path = dir.join(format!("{n}.log"));
+            let last = i + 1 == numbers.len();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(last)
+                .open(&path)
+                .map_err(io(&path, "cannot open the segment"))?;
+            let end = scan(&file, &path, i, last, &mut inner.index)?;
+            if last {
+                let size = file.metadata().map_err(io(&path, "cannot read its size"))?.len();
+                if end < size {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        bytes = size - end,
+                        "event log: removed the end of a write that was cut short (never acknowledged)"
+                    );
+                    file.set_len(end).map_err(io(&path, "cannot cut the partial record"))?;
+                    file.sync_all().map_err(io(&path, "cannot sync the segment"))?;
+                }
+                inner.tail = end;
+            }
+            inner.segments.push(Segment { path, file: Arc::new(file) });
+        }
+        let log = EventLog { dir: dir.to_path_buf(), segment_bytes, inner: Mutex::new(inner) };
+        if numbers.is_empty() {
+            let mut inner = log.lock();
+            log.start_segment(&mut inner, 1)?;
+        }
+        Ok(log)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start_segment(&self, inner: &mut Inner, n: u64) -> Result<(), LogError> {
+        let path = self.dir.join(format!("{n}.log"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io(&path, "cannot create the segment"))?;
+        // The new name must survive a crash too.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir, "cannot sync the directory"))?;
+        inner.segments.push(Segment { path, file: Arc::new(file) });
+        inner.tail = 0;
+        Ok(())
+    }
+
+    /// Appends records durably: when this returns `Ok`, they survive a crash. All of them or
+    /// none become visible.
+    pub fn append(&self, records: &[Record]) -> Result<(), LogError> {
+        let size: usize = records.iter().map(|r| HEADER + r.body.len()).sum();
+        let mut buf = Vec::with_capacity(size);
+        let mut placed: Vec<(u32, i64, u64, u32, u64)> = Vec::with_capacity(records.len());
+        for r in records.iter().filter(|r| r.count > 0) {
+            let at = buf.len() as u64;
+            buf.extend_from_slice(&header(r.shard, r.bucket, r.count, &r.body));
+            buf.extend_from_slice(&r.body);
+            placed.push((r.shard, r.bucket, at, r.body.len() as u32, u64::from(r.count)));
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        let last = inner.segments.len().saturating_sub(1);
+        if inner.poisoned {
+            return Err(LogError::Poisoned { path: inner.segments[last].path.clone() });
+        }
+        if inner.tail > 0 && inner.tail + buf.len() as u64 > self.segment_bytes {
+            let next = inner.segments.len() as u64 + 1;
+            self.start_segment(&mut inner, next)?;
+        }
+        let segment = inner.segments.len() - 1;
+        let (file, path) =
+            (inner.segments[segment].file.clone(), inner.segments[segment].path.clone());
+        let start = inner.tail;
+        let written = file
+            .write_all_at(&buf, start)
+            .and_then(|()| file.sync_data())
+            .map_err(io(&path, "cannot write events"));
+        if let Err(e) = written {
+            // Cut the partial write off, so that the next append does not follow it.
+            if file.set_len(start).and_then(|()| file.sync_all()).is_err() {
+                inner.poisoned = true;
+            }
+            return Err(e);
+        }
+        inner.tail = start + buf.len() as u64;
+        for (shard, bucket, at, len, count) in placed {
+            let p = inner.index.entry((shard, bucket)).or_default();
+            p.records.push(Loc { segment, offset: start + at, len });
+            p.events += count;
+        }
+        Ok(())
+    }
+
+    /// Hands every event of a partition to `each`, in the order written (an event written
+    /// twice comes twice). `each` returns `false` for an event it cannot decode.
+    pub fn read(
+        &self,
+        shard: u32,
+        bucket: i64,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), LogError> {
+        let records: Vec<(Loc, Arc<File>, PathBuf)> = {
+            let inner = self.lock();
+            match inner.index.get(&(shard, bucket)) {
+                None => return Ok(()),
+                Some(p) => p
+                    .records
+                    .iter()
+                    .map(|l| {
+                        let s = &inner.segments[l.segment];
+                        (*l, s.file.clone(), s.path.clone())
+                    })
+                    .collect(),
+            }
+        };
+        let mut buf = Vec::new();
+        for (loc, file, path) in records {
+            let corrupt = |what| LogError::Corrupt { path: path.clone(), what, offset: loc.offset };
+            buf.resize(HEADER + loc.len as usize, 0);
+            file.read_exact_at(&mut buf, loc.offset).map_err(io(&path, "cannot read events"))?;
+            let (h, mut body) = buf.split_at(HEADER);
+            let h: &[u8; HEADER] = h.try_into().map_err(|_| corrupt("a record is short"))?;
+            if !hash_ok(h, body) {
+                return Err(corrupt("a record fails its hash"));
+            }
+            while !body.is_empty() {
+                let (len, rest) =
+                    body.split_at_checked(4).ok_or_else(|| corrupt("a record is short"))?;
+                let len = u32::from_le_bytes(len.try_into().unwrap_or([0; 4])) as usize;
+                let (event, rest) =
+                    rest.split_at_checked(len).ok_or_else(|| corrupt("a record is short"))?;
+                if !each(event) {
+                    return Err(corrupt("an event does not decode"));
+                }
+                body = rest;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first non-empty bucket of `shard` at or after `from`.
+    pub fn next_bucket(&self, shard: u32, from: i64) -> Option<i64> {
+        self.lock().index.range((shard, from)..=(shard, i64::MAX)).next().map(|((_, b), _)| *b)
+    }
+
+    /// Events written to `shard` in buckets at or after `from`.
+    pub fn events_from(&self, shard: u32, from: i64) -> u64 {
+        self.lock().index.range((shard, from)..=(shard, i64::MAX)).map(|(_, p)| p.events).sum()
+    }
+}
+
+/// Reads the record headers of a segment into the index; returns where the valid records end.
+/// The last segment's records are checked whole (a crash may have cut its end); a sealed
+/// segment must be complete.
+fn scan(
+    file: &File,
+    path: &Path,
+    segment: usize,
+    last: bool,
+    index: &mut BTreeMap<(u32, i64), Partition>,
+) -> Result<u64, LogError> {
+    let size = file.metadata().map_err(io(path, "cannot read its size"))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader.seek(SeekFrom::Start(0)).map_err(io(path, "cannot read the segment"))?;
+    let mut offset = 0u64;
+    let mut body = Vec::new();
+    loop {
+        if offset == size {
+            return Ok(offset);
+        }
+        let mut h = [0u8; HEADER];
+        let mut valid = size - offset >= HEADER as u64;
+        if valid {
+            reader.read_exact(&mut h).map_err(io(path, "cannot read the segment"))?;
+        }
+        let (len, shard, bucket, count, _) = parse_header(&h);
+        valid = valid && offset + (HEADER as u64) + u64::from(len) <= size;
+        if valid && last {
+            body.resize(len as usize, 0);
+            reader.read_exact(&mut body).map_err(io(path, "cannot read the segment"))?;
+            valid = hash_ok(&h, &body);
+        } else if valid {
+            reader.seek_relative(i64::from(len)).map_err(io(path, "cannot read the segment"))?;
+        }
+        if !valid {
+            if last {
+                return Ok(offset);
+            }
+            return Err(LogError::Corrupt {
+                path: path.to_path_buf(),
+                what: "a sealed segment ends in an incomplete record",
+                offset,
+            });
+        }
+        let p = index.entry((shard, bucket)).or_default();
+        p.records.push(Loc { segment, offset, len });
+        p.events += u64::from(count);
+        offset += HEADER as u64 + u64::from(len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("storyline-log-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn rec(shard: u32, bucket: i64, events: &[(&str, &[u8])]) -> Record {
+        let mut r = Record::new(shard, bucket);
+        for e in events {
+            r.push(e);
+        }
+        r
+    }
+
+    fn read(log: &EventLog, shard: u32, bucket: i64) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        log.read(shard, bucket, |bytes| {
+            let (id, v): (&str, &[u8]) = postcard::from_bytes(bytes).unwrap();
+            out.push((id.to_string(), v.to_vec()));
+            true
+        })
+        .unwrap();
+        out
+    }
+
+    fn ids(v: &[(String, Vec<u8>)]) -> Vec<&str> {
+        v.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    #[test]
+    fn appended_records_read_back_by_partition_and_survive_reopening() {
+        let d = dir("roundtrip");
+        let log = EventLog::open(&d).unwrap();
+        log.append(&[rec(0, 1000, &[("b", b"B"), ("a", b"A")]), rec(1, 1000, &[("c", b"C")])])
+            .unwrap();
+        log.append(&[rec(0, 1000, &[("d", b"D")]), rec(0, 3000, &[("e", b"E")])]).unwrap();
+        for log in [log, EventLog::open(&d).unwrap()] {
+            let got = read(&log, 0, 1000);
+            assert_eq!(ids(&got), ["b", "a", "d"]);
+            assert_eq!(got[0].1, b"B");
+            assert_eq!(ids(&read(&log, 1, 1000)), ["c"]);
+            assert!(read(&log, 2, 1000).is_empty());
+            assert_eq!(log.next_bucket(0, 1001), Some(3000));
+            assert_eq!(log.next_bucket(0, i64::MIN), Some(1000));
+            assert_eq!(log.next_bucket(1, 1001), None);
+            assert_eq!(log.events_from(0, i64::MIN), 4);
+            assert_eq!(log.events_from(0, 1001), 1);
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_write_cut_short_is_removed_and_appends_go_on() {
+        let d = dir("torn");
+        let log = EventLog::open(&d).unwrap();
+        log.append(&[rec(0, 0, &[("a", b"A")])]).unwrap();
+        drop(log);
+        // A crash in the middle of the next record: its header and half its body.
+        let seg = d.join("1.log");
+        let whole = std::fs::read(&seg).unwrap();
+        let r = rec(0, 0, &[("b", b"B")]);
+        let mut torn = header(0, 0, 1, &r.body).to_vec();
+        torn.extend_from_slice(&r.body[..r.body.len() / 2]);
+        std::fs::write(&seg, [whole.clone(), torn].concat()).unwrap();
+        let log = EventLog::open(&d).unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), whole.len() as u64);
+        assert_eq!(ids(&read(&log, 0, 0)), ["a"]);
+        log.append(&[rec(0, 0, &[("c", b"C")])]).unwrap();
+        drop(log);
+        // Garbage that looks like a complete record but fails its hash is cut off too.
+        let mut bad = header(0, 0, 1, b"xyz").to_vec();
+        bad.extend_from_slice(b"xyw");
+        let before = std::fs::read(&seg).unwrap();
+        std::fs::write(&seg, [before.clone(), bad].concat()).unwrap();
+        let log = EventLog::open(&d).unwrap();
+        assert_eq!(ids(&read(&log, 0, 0)), ["a", "c"]);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), before.len() as u64);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn segments_roll_and_partitions_span_them() {
+        let d = dir("roll");
+        let log = EventLog::open_with(&d, 200).unwrap();
+        let payload = [7u8; 100];
+        for i in 0..10 {
+            let id = format!("e{i}");
+            log.append(&[rec(0, 0, &[(&id, &payload)]), rec(1, i, &[(&id, &payload)])]).unwrap();
+        }
+        let segments = std::fs::read_dir(&d).unwrap().count();
+        assert!(segments >= 5, "{segments} segments");
+        drop(log);
+        let log = EventLog::open_with(&d, 200).unwrap();
+        let got = read(&log, 0, 0);
+        assert_eq!(got.len(), 10);
+        assert_eq!(got[9].0, "e9");
+        assert_eq!(log.events_from(1, 0), 10);
+        assert_eq!(log.next_bucket(1, 5), Some(5));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_damaged_record_is_reported_not_returned() {
+        let d = dir("damaged");
+        let log = EventLog::open(&d).unwrap();
+        log.append(&[rec(0, 0, &[("a", b"AAAA")])]).unwrap();
+        // Flip a byte of the body behind the log's back.
+        let seg = d.join("1.log");
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .write_all_at(&bytes, 0)
+            .unwrap();
+        let err = log.read(0, 0, |_| true).unwrap_err().to_string();
+        assert!(err.contains("fails its hash") && err.contains("1.log"), "{err}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
