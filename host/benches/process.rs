@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench -p storyline --bench process` (`-- --events N` to change the size).
 //! Buckets hold 1,000 events in arrival order, as the worker reads them; payloads are the
-//! generator's ECS JSON (about 300 bytes).
+//! generator's ECS JSON (about 300 bytes). Then the cost of `snapshot` of the state all of it
+//! leaves behind (sessions kept for late events), Wasm and native.
 
 use std::time::{Duration, Instant};
 
@@ -87,4 +88,29 @@ fn main() {
         "  wasm/native time ratio: {:.2}x  ({native_stories} story publications)",
         wasm.as_secs_f64() / native.as_secs_f64()
     );
+
+    // Snapshot of the state after every bucket (before drain), best of ROUNDS.
+    let mut c = network_session::NetworkSession::init("{}").expect("init");
+    let mut inst = plugin.instantiate(&tenant, "{}", Limits::default()).expect("instantiate");
+    for b in &buckets {
+        c.process(b).expect("process");
+        inst.process(b, &|_| true).expect("process");
+    }
+    let best = |f: &mut dyn FnMut() -> usize| {
+        (0..ROUNDS)
+            .map(|_| {
+                let started = Instant::now();
+                let n = f();
+                (started.elapsed(), n)
+            })
+            .min()
+            .unwrap_or_default()
+    };
+    let (native, bytes) = best(&mut || c.snapshot().len());
+    let (wasm, wasm_bytes) = best(&mut || inst.snapshot().expect("snapshot").len());
+    assert_eq!(bytes, wasm_bytes, "native and Wasm must take the same snapshot");
+    let mbps = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64();
+    println!("snapshot of the state left ({:.1} MB):", bytes as f64 / 1e6);
+    println!("  native  {:>8.0} MB/s  ({native:?})", mbps(native));
+    println!("  wasm    {:>8.0} MB/s  ({wasm:?}, with the copy out of the guest)", mbps(wasm));
 }

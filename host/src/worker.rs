@@ -968,6 +968,15 @@ impl<S: Store> ShardWorker<S> {
         c.committed = Some(bucket);
         c.committed_at = now_ms();
         c.snapshot_ms = started.elapsed().as_millis() as i64;
+        tracing::debug!(
+            tenant = %self.tenant,
+            shard = %self.shard,
+            bucket = bucket.0,
+            state_bytes = state.len(),
+            written = changed.is_some(),
+            ms = c.snapshot_ms,
+            "committed"
+        );
         Ok(())
     }
 
