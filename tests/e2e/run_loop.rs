@@ -254,3 +254,24 @@ fn ingest_reaches_a_running_worker_through_its_socket() {
     site.ok(&["run", "--exit-when-idle", "--delay-ms", "200"]);
     assert_one_story_per_session(&site.stories(), &truth(&file));
 }
+
+#[test]
+fn a_shard_lagging_by_half_the_retention_raises_the_alarm() {
+    let site = Site::new("lag-alarm");
+    let file = site.generate("events.jsonl", 50, 3);
+    // Events are kept 6 s: a lag of 3 s is the alarm.
+    let retention = ["--retention-secs", "6"];
+    site.ok(&[&retention[..], &["ingest", "--tenant", "acme", &file]].concat());
+    let (status, _) = site.ok(&[&retention[..], &["status", "--tenant", "acme"]].concat());
+    assert!(!status.contains("ALARM"), "{status}");
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    let (status, _) = site.ok(&[&retention[..], &["status", "--tenant", "acme"]].concat());
+    assert!(status.contains("ALARM shard") && status.contains("retention (6 s)"), "{status}");
+    // The worker says so too, and still processes every event (none is that old yet).
+    let (_, run) =
+        site.ok(&[&retention[..], &["run", "--exit-when-idle", "--delay-ms", "300"]].concat());
+    assert!(run.contains("lag is over half the events' retention"), "{run}");
+    assert_eq!(processed(&run), 200, "{run}");
+    let (status, _) = site.ok(&[&retention[..], &["status", "--tenant", "acme"]].concat());
+    assert!(!status.contains("ALARM"), "{status}");
+}

@@ -50,6 +50,12 @@ pub struct Cli {
     )]
     pub scylla_replication: String,
 
+    /// How long events are kept after they are written, seconds (default 7 days): the TTL of
+    /// new ScyllaDB tables; on the embedded store, log segments are removed once that old. A
+    /// shard lagging by half of it raises an alarm.
+    #[arg(long, global = true, env = "STORYLINE_RETENTION_SECS", default_value_t = 7 * 24 * 3600, value_parser = clap::value_parser!(i64).range(1..))]
+    pub retention_secs: i64,
+
     /// Log filter, e.g. `info` or `storyline=debug,guest=info`.
     #[arg(long, global = true, env = "STORYLINE_LOG", default_value = "warn")]
     pub log: String,
@@ -237,6 +243,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let scylla = ScyllaConfig {
         nodes: cli.scylla_nodes.split(',').map(|n| n.trim().to_string()).collect(),
         replication: cli.scylla_replication,
+        retention_secs: cli.retention_secs,
         ..ScyllaConfig::default()
     };
     // Runs `$body` with `$store` bound to the chosen backend.
@@ -246,7 +253,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             match cli.store {
                 StoreKind::Embedded => {
                     ensure_dir(&dirs.data)?;
-                    let $store = EmbeddedStore::new(&dirs.data);
+                    let $store = EmbeddedStore::new(&dirs.data)
+                        .with_retention(cli.retention_secs.saturating_mul(1000));
                     $body
                 }
                 StoreKind::Scylla => {

@@ -52,10 +52,15 @@ fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { backend: BACKEND, what, message: e.to_string() }
 }
 
+/// How long events are kept by default: 7 days, as on ScyllaDB.
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// The embedded store rooted at a data directory.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     root: PathBuf,
+    /// Events are dropped this long after they were written (whole log segments at a time).
+    retention_ms: i64,
     /// Open tenants. A std mutex: held only to look up or insert, never across an await.
     tenants: Arc<Mutex<HashMap<TenantId, Arc<TenantDb>>>>,
 }
@@ -83,12 +88,24 @@ struct TenantDb {
     /// Serialises read-modify-write sequences (bucket counts, leases, fenced commits) of this
     /// tenant. A std mutex: the sections are short and never await.
     write: Mutex<()>,
+    /// How long events are kept after they were written.
+    retention_ms: i64,
 }
 
 impl EmbeddedStore {
     /// A store under `root` (created when the first tenant is opened).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        EmbeddedStore { root: root.into(), tenants: Arc::new(Mutex::new(HashMap::new())) }
+        EmbeddedStore {
+            root: root.into(),
+            retention_ms: DEFAULT_RETENTION_MS,
+            tenants: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Keeps events `ms` after they were written (default [`DEFAULT_RETENTION_MS`]).
+    pub fn with_retention(mut self, ms: i64) -> Self {
+        self.retention_ms = ms.max(1);
+        self
     }
 
     /// The directory of a tenant.
@@ -101,7 +118,7 @@ impl EmbeddedStore {
         if let Some(db) = open.get(tenant) {
             return Ok(db.clone());
         }
-        let db = Arc::new(TenantDb::open(&self.tenant_dir(tenant))?);
+        let db = Arc::new(TenantDb::open(&self.tenant_dir(tenant), self.retention_ms)?);
         open.insert(tenant.clone(), db.clone());
         Ok(db)
     }
@@ -120,13 +137,14 @@ impl EmbeddedStore {
 }
 
 impl TenantDb {
-    fn open(dir: &Path) -> Result<Self, StoreError> {
+    fn open(dir: &Path, retention_ms: i64) -> Result<Self, StoreError> {
         let db = Database::builder(dir).open().map_err(|e| {
             backend(format!("cannot open {}: {e} (is another storyline using it?)", dir.display()))
         })?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(backend);
         let events = EventLog::open(&dir.join("events")).map_err(backend)?;
         migrate_events(&db, &events)?;
+        events.expire(crate::producer::now_ms() - retention_ms);
         let tenant = TenantDb {
             events,
             offsets: ks("offsets")?,
@@ -141,6 +159,7 @@ impl TenantDb {
             late: ks("late")?,
             db,
             write: Mutex::new(()),
+            retention_ms,
         };
         tenant.expire_leases()?;
         Ok(tenant)
@@ -345,7 +364,7 @@ fn migrate_events(db: &Database, log: &EventLog) -> Result<(), StoreError> {
         if !records.last().is_some_and(|r| r.is(shard, bucket.0)) {
             // Written a partition at a time, in key order; the log keeps them apart.
             if records.len() >= 64 {
-                log.append(&records).map_err(backend)?;
+                log.append(&records, crate::producer::now_ms()).map_err(backend)?;
                 records.clear();
             }
             records.push(Record::new(shard, bucket.0));
@@ -364,7 +383,7 @@ fn migrate_events(db: &Database, log: &EventLog) -> Result<(), StoreError> {
         }
         moved += 1;
     }
-    log.append(&records).map_err(backend)?;
+    log.append(&records, crate::producer::now_ms()).map_err(backend)?;
     drop(events);
     for name in ["events", "buckets"] {
         if names.iter().any(|n| n.as_ref() == name) {
@@ -483,7 +502,9 @@ impl Store for EmbeddedStore {
                 };
                 records[i].push(&StoredEvent::of(&e.event));
             }
-            db.events.append(&records).map_err(backend)?;
+            let now = crate::producer::now_ms();
+            db.events.append(&records, now).map_err(backend)?;
+            db.events.expire(now - db.retention_ms);
             let late: Vec<_> = closed.into_iter().filter(|(_, _, l)| l.events > 0).collect();
             if !late.is_empty() {
                 let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
@@ -538,7 +559,7 @@ impl Store for EmbeddedStore {
     }
 
     fn retention_ms(&self) -> Option<i64> {
-        None
+        Some(self.retention_ms)
     }
 
     async fn late_stats(&self, tenant: &TenantId, shard: ShardId) -> Result<LateStats, StoreError> {

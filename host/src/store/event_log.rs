@@ -27,6 +27,10 @@
 //!
 //! The index maps `(shard, bucket)` to its records and event count. It is rebuilt when the log
 //! is opened, from the record headers (sealed segments are not read further).
+//!
+//! Retention drops whole segments, oldest first, once their last write is older than the
+//! cut-off ([`EventLog::expire`]), as a TTL counts from the write; the segment being written is
+//! never dropped. A segment's last write is its file's modification time.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -77,12 +81,13 @@ pub enum LogError {
     },
 }
 
-/// Where a record is.
+/// Where a record is: its segment's number, offset, body length and event count.
 #[derive(Debug, Clone, Copy)]
 struct Loc {
-    segment: usize,
+    segment: u64,
     offset: u64,
     len: u32,
+    count: u32,
 }
 
 /// One `(shard, bucket)`: its records in write order and how many events they hold.
@@ -127,12 +132,16 @@ impl Record {
 }
 
 struct Segment {
+    number: u64,
     path: PathBuf,
     file: Arc<File>,
+    /// When it was last written, epoch ms.
+    written_ms: i64,
 }
 
 struct Inner {
-    segments: Vec<Segment>,
+    /// Oldest first; the last one is written to.
+    segments: std::collections::VecDeque<Segment>,
     /// Bytes in the last segment (where the next record goes).
     tail: u64,
     index: BTreeMap<(u32, i64), Partition>,
@@ -201,9 +210,13 @@ impl EventLog {
             })
             .collect();
         numbers.sort_unstable();
-        let mut inner =
-            Inner { segments: Vec::new(), tail: 0, index: BTreeMap::new(), poisoned: false };
-        for (i, n) in numbers.iter().enumerate() {
+        let mut inner = Inner {
+            segments: Default::default(),
+            tail: 0,
+            index: BTreeMap::new(),
+            poisoned: false,
+        };
+        for (i, &n) in numbers.iter().enumerate() {
             let path = dir.join(format!("{n}.log"));
             let last = i + 1 == numbers.len();
             let file = OpenOptions::new()
@@ -211,7 +224,13 @@ impl EventLog {
                 .write(last)
                 .open(&path)
                 .map_err(io(&path, "cannot open the segment"))?;
-            let end = scan(&file, &path, i, last, &mut inner.index)?;
+            let end = scan(&file, &path, n, last, &mut inner.index)?;
+            let written_ms = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(i64::MAX, |d| d.as_millis() as i64);
             if last {
                 let size = file.metadata().map_err(io(&path, "cannot read its size"))?.len();
                 if end < size {
@@ -225,14 +244,9 @@ impl EventLog {
                 }
                 inner.tail = end;
             }
-            inner.segments.push(Segment { path, file: Arc::new(file) });
+            inner.segments.push_back(Segment { number: n, path, file: Arc::new(file), written_ms });
         }
-        let log = EventLog { dir: dir.to_path_buf(), segment_bytes, inner: Mutex::new(inner) };
-        if numbers.is_empty() {
-            let mut inner = log.lock();
-            log.start_segment(&mut inner, 1)?;
-        }
-        Ok(log)
+        Ok(EventLog { dir: dir.to_path_buf(), segment_bytes, inner: Mutex::new(inner) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -251,14 +265,19 @@ impl EventLog {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir, "cannot sync the directory"))?;
-        inner.segments.push(Segment { path, file: Arc::new(file) });
+        inner.segments.push_back(Segment {
+            number: n,
+            path,
+            file: Arc::new(file),
+            written_ms: i64::MAX,
+        });
         inner.tail = 0;
         Ok(())
     }
 
-    /// Appends records durably: when this returns `Ok`, they survive a crash. All of them or
-    /// none become visible.
-    pub fn append(&self, records: &[Record]) -> Result<(), LogError> {
+    /// Appends records durably at `now_ms`: when this returns `Ok`, they survive a crash. All
+    /// of them or none become visible.
+    pub fn append(&self, records: &[Record], now_ms: i64) -> Result<(), LogError> {
         let size: usize = records.iter().map(|r| HEADER + r.body.len()).sum();
         let mut buf = Vec::with_capacity(size);
         let mut placed: Vec<(u32, i64, u64, u32, u64)> = Vec::with_capacity(records.len());
@@ -272,17 +291,21 @@ impl EventLog {
             return Ok(());
         }
         let mut inner = self.lock();
-        let last = inner.segments.len().saturating_sub(1);
+        let (number, tail) = match inner.segments.back() {
+            Some(s) => (s.number, inner.tail),
+            None => (0, 0),
+        };
         if inner.poisoned {
-            return Err(LogError::Poisoned { path: inner.segments[last].path.clone() });
+            return Err(LogError::Poisoned { path: self.dir.join(format!("{number}.log")) });
         }
-        if inner.tail > 0 && inner.tail + buf.len() as u64 > self.segment_bytes {
-            let next = inner.segments.len() as u64 + 1;
-            self.start_segment(&mut inner, next)?;
+        if number == 0 || (tail > 0 && tail + buf.len() as u64 > self.segment_bytes) {
+            self.start_segment(&mut inner, number + 1)?;
         }
-        let segment = inner.segments.len() - 1;
-        let (file, path) =
-            (inner.segments[segment].file.clone(), inner.segments[segment].path.clone());
+        let Some(current) = inner.segments.back_mut() else {
+            return Err(LogError::Poisoned { path: self.dir.clone() });
+        };
+        current.written_ms = now_ms;
+        let (segment, file, path) = (current.number, current.file.clone(), current.path.clone());
         let start = inner.tail;
         let written = file
             .write_all_at(&buf, start)
@@ -298,10 +321,48 @@ impl EventLog {
         inner.tail = start + buf.len() as u64;
         for (shard, bucket, at, len, count) in placed {
             let p = inner.index.entry((shard, bucket)).or_default();
-            p.records.push(Loc { segment, offset: start + at, len });
+            p.records.push(Loc { segment, offset: start + at, len, count: count as u32 });
             p.events += count;
         }
         Ok(())
+    }
+
+    /// Drops the oldest segments last written before `cutoff_ms` (never the one being written)
+    /// and forgets their records. Returns the events dropped.
+    pub fn expire(&self, cutoff_ms: i64) -> u64 {
+        let mut inner = self.lock();
+        let mut dropped = Vec::new();
+        while inner.segments.len() > 1
+            && inner.segments.front().is_some_and(|s| s.written_ms < cutoff_ms)
+        {
+            let Some(s) = inner.segments.front() else { break };
+            // Readers holding the file keep reading it; the name goes now.
+            if let Err(e) = std::fs::remove_file(&s.path) {
+                tracing::warn!(segment = %s.path.display(), "event log: cannot remove an expired segment ({e}); it is kept");
+                break;
+            }
+            dropped.push(s.number);
+            inner.segments.pop_front();
+        }
+        let Some(&last) = dropped.last() else { return 0 };
+        let mut events = 0;
+        inner.index.retain(|_, p| {
+            p.records.retain(|l| {
+                let keep = l.segment > last;
+                if !keep {
+                    events += u64::from(l.count);
+                    p.events -= u64::from(l.count);
+                }
+                keep
+            });
+            !p.records.is_empty()
+        });
+        tracing::info!(
+            segments = dropped.len(),
+            events,
+            "event log: dropped segments past the retention"
+        );
+        events
     }
 
     /// Hands every event of a partition to `each`, in the order written (an event written
@@ -319,9 +380,10 @@ impl EventLog {
                 Some(p) => p
                     .records
                     .iter()
-                    .map(|l| {
-                        let s = &inner.segments[l.segment];
-                        (*l, s.file.clone(), s.path.clone())
+                    .filter_map(|l| {
+                        let first = inner.segments.front()?.number;
+                        let s = inner.segments.get(usize::try_from(l.segment - first).ok()?)?;
+                        Some((*l, s.file.clone(), s.path.clone()))
                     })
                     .collect(),
             }
@@ -363,12 +425,12 @@ impl EventLog {
 }
 
 /// Reads the record headers of a segment into the index; returns where the valid records end.
-/// The last segment's records are checked whole (a crash may have cut its end); a sealed
-/// segment must be complete.
+/// The last segment's records are checked whole (a crash may have
+/// cut its end); a sealed segment must be complete.
 fn scan(
     file: &File,
     path: &Path,
-    segment: usize,
+    segment: u64,
     last: bool,
     index: &mut BTreeMap<(u32, i64), Partition>,
 ) -> Result<u64, LogError> {
@@ -406,7 +468,7 @@ fn scan(
             });
         }
         let p = index.entry((shard, bucket)).or_default();
-        p.records.push(Loc { segment, offset, len });
+        p.records.push(Loc { segment, offset, len, count });
         p.events += u64::from(count);
         offset += HEADER as u64 + u64::from(len);
     }
@@ -449,9 +511,9 @@ mod tests {
     fn appended_records_read_back_by_partition_and_survive_reopening() {
         let d = dir("roundtrip");
         let log = EventLog::open(&d).unwrap();
-        log.append(&[rec(0, 1000, &[("b", b"B"), ("a", b"A")]), rec(1, 1000, &[("c", b"C")])])
+        log.append(&[rec(0, 1000, &[("b", b"B"), ("a", b"A")]), rec(1, 1000, &[("c", b"C")])], 0)
             .unwrap();
-        log.append(&[rec(0, 1000, &[("d", b"D")]), rec(0, 3000, &[("e", b"E")])]).unwrap();
+        log.append(&[rec(0, 1000, &[("d", b"D")]), rec(0, 3000, &[("e", b"E")])], 0).unwrap();
         for log in [log, EventLog::open(&d).unwrap()] {
             let got = read(&log, 0, 1000);
             assert_eq!(ids(&got), ["b", "a", "d"]);
@@ -471,7 +533,7 @@ mod tests {
     fn a_write_cut_short_is_removed_and_appends_go_on() {
         let d = dir("torn");
         let log = EventLog::open(&d).unwrap();
-        log.append(&[rec(0, 0, &[("a", b"A")])]).unwrap();
+        log.append(&[rec(0, 0, &[("a", b"A")])], 0).unwrap();
         drop(log);
         // A crash in the middle of the next record: its header and half its body.
         let seg = d.join("1.log");
@@ -483,7 +545,7 @@ mod tests {
         let log = EventLog::open(&d).unwrap();
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), whole.len() as u64);
         assert_eq!(ids(&read(&log, 0, 0)), ["a"]);
-        log.append(&[rec(0, 0, &[("c", b"C")])]).unwrap();
+        log.append(&[rec(0, 0, &[("c", b"C")])], 0).unwrap();
         drop(log);
         // Garbage that looks like a complete record but fails its hash is cut off too.
         let mut bad = header(0, 0, 1, b"xyz").to_vec();
@@ -503,7 +565,7 @@ mod tests {
         let payload = [7u8; 100];
         for i in 0..10 {
             let id = format!("e{i}");
-            log.append(&[rec(0, 0, &[(&id, &payload)]), rec(1, i, &[(&id, &payload)])]).unwrap();
+            log.append(&[rec(0, 0, &[(&id, &payload)]), rec(1, i, &[(&id, &payload)])], 0).unwrap();
         }
         let segments = std::fs::read_dir(&d).unwrap().count();
         assert!(segments >= 5, "{segments} segments");
@@ -518,10 +580,41 @@ mod tests {
     }
 
     #[test]
+    fn retention_drops_old_segments_whole_and_never_the_current_one() {
+        let d = dir("expire");
+        let log = EventLog::open_with(&d, 200).unwrap();
+        let payload = [7u8; 100];
+        // Buckets 0..10 of shard 0 written at 0, 1000, ... ms, one per segment (each record
+        // fills a segment).
+        for b in 0..10 {
+            log.append(&[rec(0, b, &[("e", &payload)])], b * 1000).unwrap();
+        }
+        assert_eq!(log.events_from(0, i64::MIN), 10);
+        assert_eq!(log.expire(5000), 5);
+        assert_eq!(log.next_bucket(0, i64::MIN), Some(5));
+        assert_eq!(log.events_from(0, i64::MIN), 5);
+        assert!(read(&log, 0, 4).is_empty());
+        assert_eq!(read(&log, 0, 5).len(), 1);
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 5);
+        // Everything is past the cut-off, but the segment being written stays.
+        assert_eq!(log.expire(100_000), 4);
+        assert_eq!(log.next_bucket(0, i64::MIN), Some(9));
+        drop(log);
+        // Reopened, a segment's last write is its modification time (now): nothing expires
+        // before it.
+        let log = EventLog::open_with(&d, 200).unwrap();
+        assert_eq!(log.expire(1000), 0);
+        assert_eq!(log.next_bucket(0, i64::MIN), Some(9));
+        log.append(&[rec(0, 10, &[("f", &payload)])], 0).unwrap();
+        assert_eq!(log.events_from(0, i64::MIN), 2);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn a_damaged_record_is_reported_not_returned() {
         let d = dir("damaged");
         let log = EventLog::open(&d).unwrap();
-        log.append(&[rec(0, 0, &[("a", b"AAAA")])]).unwrap();
+        log.append(&[rec(0, 0, &[("a", b"AAAA")])], 0).unwrap();
         // Flip a byte of the body behind the log's back.
         let seg = d.join("1.log");
         let mut bytes = std::fs::read(&seg).unwrap();
