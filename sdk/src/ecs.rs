@@ -57,7 +57,7 @@ pub struct EcsEvent<'a> {
 #[serde(default)]
 pub struct Endpoint<'a> {
     /// `*.ip`.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub ip: Option<Cow<'a, str>>,
     /// `*.port`.
     #[serde(deserialize_with = "lenient_u16")]
@@ -72,10 +72,10 @@ pub struct Network<'a> {
     #[serde(borrow, deserialize_with = "lenient_text")]
     pub transport: Option<Cow<'a, str>>,
     /// `network.community_id`, when the sensor computed it.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub community_id: Option<Cow<'a, str>>,
     /// `network.protocol`: the application protocol (`http`, `dns`, `tls`).
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub protocol: Option<Cow<'a, str>>,
 }
 
@@ -90,7 +90,7 @@ pub struct Dns<'a> {
     #[serde(borrow)]
     pub answers: Option<Vec<DnsAnswer<'a>>>,
     /// `dns.resolved_ip`: the addresses found in the answers.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "texts")]
     pub resolved_ip: Option<Vec<Cow<'a, str>>>,
 }
 
@@ -99,7 +99,7 @@ pub struct Dns<'a> {
 #[serde(default)]
 pub struct DnsQuestion<'a> {
     /// `dns.question.name`.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub name: Option<Cow<'a, str>>,
 }
 
@@ -108,10 +108,10 @@ pub struct DnsQuestion<'a> {
 #[serde(default)]
 pub struct DnsAnswer<'a> {
     /// `data`: an address for A/AAAA records, a name for CNAME.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub data: Option<Cow<'a, str>>,
     /// `type`: `A`, `AAAA`, `CNAME`...
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, rename = "type", deserialize_with = "text")]
     pub kind: Option<Cow<'a, str>>,
 }
 
@@ -120,10 +120,10 @@ pub struct DnsAnswer<'a> {
 #[serde(default)]
 pub struct Url<'a> {
     /// `url.full`.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub full: Option<Cow<'a, str>>,
     /// `url.domain`.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub domain: Option<Cow<'a, str>>,
 }
 
@@ -143,7 +143,7 @@ pub struct Http<'a> {
 #[serde(default)]
 pub struct HttpRequest<'a> {
     /// `http.request.method`.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub method: Option<Cow<'a, str>>,
 }
 
@@ -170,7 +170,7 @@ pub struct Tls<'a> {
 #[serde(default)]
 pub struct TlsClient<'a> {
     /// `tls.client.server_name`: the SNI.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub server_name: Option<Cow<'a, str>>,
 }
 
@@ -179,7 +179,7 @@ pub struct TlsClient<'a> {
 #[serde(default)]
 pub struct Process<'a> {
     /// `process.name`.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub name: Option<Cow<'a, str>>,
     /// `process.pid`.
     #[serde(deserialize_with = "lenient_i64")]
@@ -191,7 +191,7 @@ pub struct Process<'a> {
 #[serde(default)]
 pub struct Named<'a> {
     /// `*.name`.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub name: Option<Cow<'a, str>>,
 }
 
@@ -396,6 +396,40 @@ fn lenient_u16<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error>
     Ok(lenient_i64(d)?.and_then(|n| u16::try_from(n).ok()))
 }
 
+/// A string that borrows from the input when it has no escapes. serde's own `Cow<str>` (and so
+/// `Option<Cow<str>>`) always copies; only a field typed exactly `Cow<str>` borrows.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    Ok(Option::<Text<'de>>::deserialize(d)?.map(|t| t.0))
+}
+
+fn texts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cow<'de, str>>>, D::Error> {
+    Ok(Option::<Vec<Text<'de>>>::deserialize(d)?.map(|v| v.into_iter().map(|t| t.0).collect()))
+}
+
 fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
     Ok(match d.deserialize_any(ScalarVisitor)? {
         Scalar::Int(n) => Some(Cow::Owned(n.to_string())),
@@ -407,6 +441,40 @@ fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_borrow_from_the_payload() {
+        let payload = br#"{"source": {"ip": "10.0.0.1"}, "network": {"community_id": "1:x", "protocol": "dns"},
+            "dns": {"question": {"name": "a.example"}, "answers": [{"data": "10.0.0.2", "type": "A"}],
+                    "resolved_ip": ["10.0.0.2"]},
+            "url": {"full": "http://a/", "domain": "a"}, "http": {"request": {"method": "GET"}},
+            "tls": {"client": {"server_name": "a"}}, "process": {"name": "curl"},
+            "user": {"name": "u"}, "host": {"name": "h"}}"#;
+        let e = EcsEvent::parse(payload).unwrap();
+        let borrowed = |c: &Option<Cow<'_, str>>| matches!(c, Some(Cow::Borrowed(_)));
+        let dns = e.dns.as_ref().unwrap();
+        let answer = &dns.answers.as_ref().unwrap()[0];
+        let checks = [
+            borrowed(&e.source.as_ref().unwrap().ip),
+            borrowed(&e.network.as_ref().unwrap().community_id),
+            borrowed(&e.network.as_ref().unwrap().protocol),
+            borrowed(&dns.question.as_ref().unwrap().name),
+            borrowed(&answer.data),
+            borrowed(&answer.kind),
+            matches!(dns.resolved_ip.as_ref().unwrap()[0], Cow::Borrowed(_)),
+            borrowed(&e.url.as_ref().unwrap().full),
+            borrowed(&e.url.as_ref().unwrap().domain),
+            borrowed(&e.http.as_ref().unwrap().request.as_ref().unwrap().method),
+            borrowed(&e.tls.as_ref().unwrap().client.as_ref().unwrap().server_name),
+            borrowed(&e.process.as_ref().unwrap().name),
+            borrowed(&e.user.as_ref().unwrap().name),
+            borrowed(&e.host.as_ref().unwrap().name),
+        ];
+        assert_eq!(checks, [true; 14]);
+        // An escaped string cannot borrow; it is still read.
+        let e = EcsEvent::parse(br#"{"source": {"ip": "10.0.0.\u0031"}}"#).unwrap();
+        assert_eq!(e.source.unwrap().ip.as_deref(), Some("10.0.0.1"));
+    }
     use crate::community_id::proto;
 
     #[test]
