@@ -455,7 +455,19 @@ impl Store for EmbeddedStore {
                 return Err(StoreError::shard_out_of_range(tenant, e.shard, layout));
             }
         }
-        let events = events.to_vec();
+        // Encoded on the caller's thread, a record per (shard, bucket); the blocking section
+        // only moves records of closed buckets and writes.
+        let mut records: Vec<Record> = Vec::new();
+        for e in events {
+            let i = match records.iter().rposition(|r| r.is(e.shard.0, e.bucket.0)) {
+                Some(i) => i,
+                None => {
+                    records.push(Record::new(e.shard.0, e.bucket.0));
+                    records.len() - 1
+                }
+            };
+            records[i].push(&StoredEvent::of(&e.event));
+        }
         let tenant_id = tenant.clone();
         self.blocking(tenant, move |db| {
             let _guard = db.lock();
@@ -471,36 +483,27 @@ impl Store for EmbeddedStore {
                     batch.commit().map_err(backend)?;
                 }
             }
-            // Under the lock that closing takes too: an event for a closed bucket goes to the
-            // first open one, so a worker that read the closed bucket still gets it.
+            // Under the lock that closing takes too: events for a closed bucket go to the
+            // first open one, so a worker that read the closed bucket still gets them.
             let mut closed: Vec<(ShardId, Option<BucketStart>, LateStats)> = Vec::new();
-            let mut records: Vec<Record> = Vec::new();
-            for e in &events {
-                let at = match closed.iter().position(|(s, _, _)| *s == e.shard) {
+            for r in &mut records {
+                let shard = ShardId(r.shard());
+                let at = match closed.iter().position(|(s, _, _)| *s == shard) {
                     Some(i) => i,
                     None => {
-                        closed.push((e.shard, db.closed_until(e.shard)?, LateStats::default()));
+                        closed.push((shard, db.closed_until(shard)?, LateStats::default()));
                         closed.len() - 1
                     }
                 };
                 let (_, closed_until, late) = &mut closed[at];
-                let bucket = match *closed_until {
-                    Some(c) if e.bucket <= c => {
-                        let open = BucketStart(c.0 + layout.bucket_ms);
-                        late.events += 1;
-                        late.lateness_ms += (open.0 - e.bucket.0) as u64;
-                        open
-                    }
-                    _ => e.bucket,
-                };
-                let i = match records.iter().position(|r| r.is(e.shard.0, bucket.0)) {
-                    Some(i) => i,
-                    None => {
-                        records.push(Record::new(e.shard.0, bucket.0));
-                        records.len() - 1
-                    }
-                };
-                records[i].push(&StoredEvent::of(&e.event));
+                if let Some(c) = *closed_until
+                    && r.bucket() <= c.0
+                {
+                    let open = c.0 + layout.bucket_ms;
+                    late.events += u64::from(r.len());
+                    late.lateness_ms += (open - r.bucket()) as u64 * u64::from(r.len());
+                    r.move_to(open);
+                }
             }
             let now = crate::producer::now_ms();
             db.events.append(&records, now).map_err(backend)?;

@@ -112,6 +112,31 @@ impl Record {
         Record { shard, bucket, count: 0, body: Vec::new() }
     }
 
+    /// Its shard.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Its bucket.
+    pub fn bucket(&self) -> i64 {
+        self.bucket
+    }
+
+    /// Events in it.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether it holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Moves it to another bucket of its shard.
+    pub fn move_to(&mut self, bucket: i64) {
+        self.bucket = bucket;
+    }
+
     /// Whether this is the record of `(shard, bucket)`.
     pub fn is(&self, shard: u32, bucket: i64) -> bool {
         self.shard == shard && self.bucket == bucket
@@ -281,7 +306,7 @@ impl EventLog {
         let size: usize = records.iter().map(|r| HEADER + r.body.len()).sum();
         let mut buf = Vec::with_capacity(size);
         let mut placed: Vec<(u32, i64, u64, u32, u64)> = Vec::with_capacity(records.len());
-        for r in records.iter().filter(|r| r.count > 0) {
+        for r in records.iter().filter(|r| !r.is_empty()) {
             let at = buf.len() as u64;
             buf.extend_from_slice(&header(r.shard, r.bucket, r.count, &r.body));
             buf.extend_from_slice(&r.body);
