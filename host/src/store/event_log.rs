@@ -407,7 +407,9 @@ impl EventLog {
                     .iter()
                     .filter_map(|l| {
                         let first = inner.segments.front()?.number;
-                        let s = inner.segments.get(usize::try_from(l.segment - first).ok()?)?;
+                        let s = inner
+                            .segments
+                            .get(usize::try_from(l.segment.checked_sub(first)?).ok()?)?;
                         Some((*l, s.file.clone(), s.path.clone()))
                     })
                     .collect(),
