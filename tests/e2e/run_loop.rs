@@ -275,3 +275,72 @@ fn a_shard_lagging_by_half_the_retention_raises_the_alarm() {
     let (status, _) = site.ok(&[&retention[..], &["status", "--tenant", "acme"]].concat());
     assert!(!status.contains("ALARM"), "{status}");
 }
+
+#[test]
+fn stories_follow_prints_each_revision_once_as_it_is_published() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let site = Site::new("follow");
+    // Short session timeouts: stories are published while the worker runs.
+    std::fs::write(
+        site.scratch.path("plugins/acme/network_session.json"),
+        r#"{"gap_ms": 150, "skew_ms": 100, "dns_window_ms": 1000, "reopen_ms": 60000}"#,
+    )
+    .unwrap();
+    let file = site.generate("events.jsonl", 200, 4);
+    site.ok(&["ingest", "--tenant", "acme", "--bucket-ms", "100", "--batch", "50", &file]);
+    let (data, plugins) = (site.scratch.str("data"), site.scratch.str("plugins"));
+    let base = ["--data-dir", &data, "--plugin-dir", &plugins];
+    let (out_path, err_path) = (site.scratch.path("follow.out"), site.scratch.path("follow.err"));
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_storyline"))
+        .args(base)
+        .args(["stories", "--tenant", "acme", "--follow"])
+        .stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()))
+        .spawn()
+        .unwrap();
+    // Nothing runs yet: it lists what there is, lets the store go and waits for a worker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&err_path).unwrap().contains("waiting for `storyline run`") {
+        assert!(Instant::now() < deadline, "follow did not wait for a worker");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The worker can open the store the follower let go of.
+    let run = Command::new(env!("CARGO_BIN_EXE_storyline"))
+        .args(base)
+        .args(["run", "--tenant", "acme", "--delay-ms", "100"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the worker published 50 revisions (asked through its socket) and the follower has
+    // printed each of them.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(Instant::now() < deadline, "follow did not keep up");
+        std::thread::sleep(Duration::from_millis(250));
+        let out = site.run(&["stories", "--tenant", "acme", "--all"]);
+        if !out.status.success() {
+            continue; // the worker's socket is not up yet
+        }
+        let all: BTreeSet<String> =
+            String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect();
+        let followed: BTreeSet<String> =
+            std::fs::read_to_string(&out_path).unwrap().lines().map(str::to_string).collect();
+        if all.len() >= 50 && followed.is_superset(&all) {
+            break;
+        }
+    }
+    crate::support::sigterm(&run);
+    let run = run.wait_with_output().unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    // Each revision once, and only revisions that were published.
+    let lines: Vec<String> =
+        std::fs::read_to_string(&out_path).unwrap().lines().map(str::to_string).collect();
+    let unique: BTreeSet<&String> = lines.iter().collect();
+    assert_eq!(unique.len(), lines.len(), "a revision printed twice");
+    let (stored, _) = site.ok(&["stories", "--tenant", "acme", "--all"]);
+    let stored: BTreeSet<&str> = stored.lines().collect();
+    assert!(lines.iter().all(|l| stored.contains(l.as_str())));
+}

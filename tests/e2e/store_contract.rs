@@ -179,6 +179,23 @@ pub async fn publishing_is_idempotent_and_latest_revision_wins(s: &impl Store, t
     assert_eq!(s.stories(t, true).await.unwrap().len(), 3);
 }
 
+pub async fn stories_since_a_time_come_in_publication_order(s: &impl Store, t: &TenantId) {
+    s.publish(t, &[story("s1", 0, &["a"])], 10).await.unwrap();
+    s.publish(t, &[story("s2", 0, &["b"])], 20).await.unwrap();
+    s.publish(t, &[story("s0", 3, &["c"])], 30).await.unwrap();
+    let ids = |v: Vec<storyline::store::StoredStory>| {
+        v.into_iter().map(|s| (s.story.id, s.story.revision, s.published_ms)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(s.stories_since(t, 20).await.unwrap()),
+        [("s2".to_string(), 0, 20), ("s0".to_string(), 3, 30)]
+    );
+    assert!(s.stories_since(t, 31).await.unwrap().is_empty());
+    // Published again (a replay after a crash): it comes again, with its new time.
+    s.publish(t, &[story("s1", 0, &["a"])], 40).await.unwrap();
+    assert_eq!(ids(s.stories_since(t, 35).await.unwrap()), [("s1".to_string(), 0, 40)]);
+}
+
 pub async fn dead_letters_are_kept_per_bucket(s: &impl Store, t: &TenantId) {
     let mut letter = DeadLetter {
         shard: ShardId(3),
@@ -279,6 +296,7 @@ macro_rules! all_contract_tests {
             leases_exclude_other_owners_until_they_expire,
             a_commit_under_a_stale_epoch_is_fenced,
             publishing_is_idempotent_and_latest_revision_wins,
+            stories_since_a_time_come_in_publication_order,
             dead_letters_are_kept_per_bucket,
             writes_into_closed_buckets_move_to_the_first_open_bucket,
         );

@@ -44,6 +44,9 @@ struct Header {
     batch: usize,
     #[serde(default)]
     all: bool,
+    /// For `stories`: only revisions published at or after this time (epoch ms).
+    #[serde(default)]
+    since: Option<i64>,
 }
 
 fn ingest() -> String {
@@ -55,12 +58,32 @@ pub fn connect(dirs: &Dirs) -> Option<UnixStream> {
     UnixStream::connect(dirs.socket.as_ref()?).ok()
 }
 
-/// Asks the running process for `status` or `stories` of `tenant`; returns its output.
-pub fn query(
+/// Asks the running process for the stories of `tenant`; returns its output.
+pub fn query_stories(
+    socket: UnixStream,
+    tenant: &TenantId,
+    listing: super::stories_cmd::Listing,
+) -> anyhow::Result<String> {
+    use super::stories_cmd::Listing;
+    let (all, since) = match listing {
+        Listing::Latest => (false, None),
+        Listing::All => (true, None),
+        Listing::Since(ms) => (true, Some(ms)),
+    };
+    ask(socket, "stories", tenant, all, since)
+}
+
+/// Asks the running process for `status` or `replay` of `tenant`; returns its output.
+pub fn query(socket: UnixStream, command: &str, tenant: &TenantId) -> anyhow::Result<String> {
+    ask(socket, command, tenant, false, None)
+}
+
+fn ask(
     mut socket: UnixStream,
     command: &str,
     tenant: &TenantId,
     all: bool,
+    since: Option<i64>,
 ) -> anyhow::Result<String> {
     let header = Header {
         command: command.into(),
@@ -69,6 +92,7 @@ pub fn query(
         bucket_ms: None,
         batch: 0,
         all,
+        since,
     };
     serde_json::to_writer(&mut socket, &header)?;
     socket.write_all(b"\n")?;
@@ -121,6 +145,7 @@ pub fn send(
         bucket_ms,
         batch,
         all: false,
+        since: None,
     };
     let answer = BufReader::new(socket.try_clone().context("ingest socket")?);
     let mut out = std::io::BufWriter::new(&mut socket);
@@ -220,15 +245,13 @@ fn answer<S: Store>(
                 super::stories_cmd::write_status(handle, store, &dirs.data, &tenant, &mut buf)
             }
             "stories" => {
-                let mut printed = std::collections::HashSet::new();
-                super::stories_cmd::write_stories(
-                    handle,
-                    store,
-                    &tenant,
-                    header.all,
-                    &mut printed,
-                    &mut buf,
-                )
+                use super::stories_cmd::Listing;
+                let listing = match (header.since, header.all) {
+                    (Some(ms), _) => Listing::Since(ms),
+                    (None, true) => Listing::All,
+                    (None, false) => Listing::Latest,
+                };
+                super::stories_cmd::write_stories(handle, store, &tenant, listing, &mut buf)
             }
             "replay" => super::stories_cmd::mark_replay(handle, store, &tenant, &mut buf),
             other => Err(anyhow::anyhow!("unknown command {other}")),

@@ -1,6 +1,6 @@
 //! `storyline stories` and `storyline status`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 
 use super::{Dirs, tenant_arg};
@@ -9,28 +9,47 @@ use crate::producer::now_ms;
 use crate::store::{DeadLetter, Store};
 use storyline_sdk::format::format_rfc3339;
 
-/// Writes the tenant's stories not yet in `printed` (latest revisions, or all) as JSONL.
-pub fn write_stories<S: Store>(
+/// Which stories to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// The latest revision of each story, by id.
+    Latest,
+    /// Every revision, by id then revision.
+    All,
+    /// Every revision published at or after this time (epoch ms), in publication order.
+    Since(i64),
+}
+
+/// Writes the tenant's stories as JSONL.
+pub fn write_stories<S: Store + Sync>(
     handle: &tokio::runtime::Handle,
     store: &S,
     tenant: &TenantId,
-    all: bool,
-    printed: &mut HashSet<(String, u32)>,
+    listing: Listing,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    for s in handle.block_on(store.stories(tenant, all))? {
-        if printed.insert((s.story.id.clone(), s.story.revision)) {
-            out.write_all(s.story.to_json().as_bytes())?;
-            out.write_all(b"\n")?;
-        }
+    let stories = match listing {
+        Listing::Latest => handle.block_on(store.stories(tenant, false))?,
+        Listing::All => handle.block_on(store.stories(tenant, true))?,
+        Listing::Since(ms) => handle.block_on(store.stories_since(tenant, ms))?,
+    };
+    for s in stories {
+        out.write_all(s.story.to_json().as_bytes())?;
+        out.write_all(b"\n")?;
     }
     out.flush()?;
     Ok(())
 }
 
+/// How far back each `--follow` poll looks: a revision is stamped when it is published and may
+/// become visible a little later.
+const FOLLOW_MARGIN_MS: i64 = 5_000;
+
 /// Prints the tenant's published stories (through the running worker's socket when it owns
-/// the embedded store).
-pub fn stories<S: Store + Clone>(
+/// the embedded store). `follow` prints every revision, then each new one as it is published:
+/// each poll asks only for what was published since the previous one (less a margin; lines
+/// already printed are not printed again).
+pub fn stories<S: Store + Clone + Sync>(
     rt: &tokio::runtime::Runtime,
     store: &S,
     dirs: &Dirs,
@@ -39,23 +58,48 @@ pub fn stories<S: Store + Clone>(
     follow: bool,
 ) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
-    let mut printed: HashSet<(String, u32)> = HashSet::new();
-    let mut printed_lines: HashSet<String> = HashSet::new();
+    let mut listing = if all || follow { Listing::All } else { Listing::Latest };
+    // Lines printed, with when they were fetched (this host's clock), while a poll may return
+    // them again.
+    let mut printed: HashMap<String, i64> = HashMap::new();
+    let mut waiting = false;
     loop {
-        let mut out = std::io::stdout().lock();
-        match super::ingest_socket::connect(dirs) {
-            Some(socket) => {
-                let text = super::ingest_socket::query(socket, "stories", &tenant, all || follow)?;
-                for line in text.lines() {
-                    if printed_lines.insert(line.to_string()) {
-                        writeln!(out, "{line}")?;
-                    }
-                }
-                out.flush()?;
+        let fetched_at = now_ms();
+        let lines = match super::ingest_socket::connect(dirs) {
+            Some(socket) => Some(super::ingest_socket::query_stories(socket, &tenant, listing)?),
+            // The embedded store belongs to one process: list once, then let it go (a `run`
+            // may start on it) and follow through the running process only.
+            None if store.shared() || !matches!(listing, Listing::Since(_)) => {
+                let mut buf = Vec::new();
+                write_stories(rt.handle(), store, &tenant, listing, &mut buf)?;
+                store.release(&tenant);
+                Some(String::from_utf8_lossy(&buf).into_owned())
             }
             None => {
-                write_stories(rt.handle(), store, &tenant, all || follow, &mut printed, &mut out)?
+                if !waiting {
+                    eprintln!(
+                        "following: waiting for `storyline run` on this data directory (it owns the embedded store)"
+                    );
+                    waiting = true;
+                }
+                None
             }
+        };
+        if let Some(lines) = lines {
+            waiting = false;
+            let mut out = std::io::stdout().lock();
+            for line in lines.lines() {
+                if !printed.contains_key(line) {
+                    writeln!(out, "{line}")?;
+                    if follow {
+                        printed.insert(line.to_string(), fetched_at);
+                    }
+                }
+            }
+            out.flush()?;
+            let since = fetched_at - FOLLOW_MARGIN_MS;
+            printed.retain(|_, at| *at >= since);
+            listing = Listing::Since(since);
         }
         if !follow {
             return Ok(());
@@ -85,7 +129,7 @@ fn here_or_by_socket(
     local: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     if let Some(socket) = super::ingest_socket::connect(dirs) {
-        print!("{}", super::ingest_socket::query(socket, command, tenant, false)?);
+        print!("{}", super::ingest_socket::query(socket, command, tenant)?);
         return Ok(());
     }
     local(&mut std::io::stdout().lock())

@@ -19,6 +19,7 @@
 //! | `workers`     | owner                                | heartbeat expiry                       |
 //! | `stories`     | story id, revision                   | published time, story JSON             |
 //! | `latest`      | story id                             | latest revision                        |
+//! | `published`   | published time, story id, revision   | (empty: the index `stories --follow` reads) |
 //! | `dead`        | shard, bucket                        | dead letter                            |
 //! | `closed`      | shard                                | last bucket closed for writing         |
 //! | `late`        | shard                                | late events redirected, total lateness |
@@ -81,6 +82,7 @@ struct TenantDb {
     workers: Keyspace,
     stories: Keyspace,
     latest: Keyspace,
+    published: Keyspace,
     dead: Keyspace,
     meta: Keyspace,
     closed: Keyspace,
@@ -153,6 +155,7 @@ impl TenantDb {
             workers: ks("workers")?,
             stories: ks("stories")?,
             latest: ks("latest")?,
+            published: ks("published")?,
             dead: ks("dead")?,
             meta: ks("meta")?,
             closed: ks("closed")?,
@@ -414,6 +417,29 @@ struct LegacyEventValue<'a> {
 struct OffsetValue {
     bucket: i64,
     epoch: u64,
+}
+
+/// A published revision from its `stories` key (id, 0, revision) and value.
+fn stored_story(key: &[u8], value: &[u8]) -> Result<StoredStory, StoreError> {
+    let split = key.len().checked_sub(5).ok_or_else(|| corrupt("stories", "short key"))?;
+    let id = std::str::from_utf8(&key[..split]).map_err(|e| corrupt("stories", e))?;
+    let revision = u32::from_be_bytes(
+        key[split + 1..].try_into().map_err(|_| corrupt("stories", "bad revision"))?,
+    );
+    let v: StoryValue = postcard::from_bytes(value).map_err(|e| corrupt("stories", e))?;
+    let fields = RawValue::from_string(v.fields).map_err(|e| corrupt("stories", e))?;
+    Ok(StoredStory {
+        story: Story {
+            id: id.to_string(),
+            revision,
+            kind: v.kind,
+            event_ids: v.event_ids,
+            first_seen: v.first_seen,
+            last_seen: v.last_seen,
+            fields,
+        },
+        published_ms: v.published_ms,
+    })
 }
 
 /// The stored form of a published story revision.
@@ -811,6 +837,10 @@ impl Store for EmbeddedStore {
                 key.extend_from_slice(id.as_bytes());
                 key.push(0);
                 key.extend_from_slice(&revision.to_be_bytes());
+                let mut at = Vec::with_capacity(8 + key.len());
+                at.extend_from_slice(&bucket_bytes(BucketStart(now)));
+                at.extend_from_slice(&key);
+                batch.insert(&db.published, at, []);
                 batch.insert(&db.stories, key, value);
                 let newer = match db.latest.get(id.as_bytes()).map_err(backend)? {
                     Some(v) => {
@@ -836,27 +866,7 @@ impl Store for EmbeddedStore {
             let mut out: Vec<StoredStory> = Vec::new();
             for guard in db.stories.iter() {
                 let (key, value) = guard.into_inner().map_err(backend)?;
-                let split =
-                    key.len().checked_sub(5).ok_or_else(|| corrupt("stories", "short key"))?;
-                let id = std::str::from_utf8(&key[..split]).map_err(|e| corrupt("stories", e))?;
-                let revision = u32::from_be_bytes(
-                    key[split + 1..].try_into().map_err(|_| corrupt("stories", "bad revision"))?,
-                );
-                let v: StoryValue =
-                    postcard::from_bytes(&value).map_err(|e| corrupt("stories", e))?;
-                let fields = RawValue::from_string(v.fields).map_err(|e| corrupt("stories", e))?;
-                let stored = StoredStory {
-                    story: Story {
-                        id: id.to_string(),
-                        revision,
-                        kind: v.kind,
-                        event_ids: v.event_ids,
-                        first_seen: v.first_seen,
-                        last_seen: v.last_seen,
-                        fields,
-                    },
-                    published_ms: v.published_ms,
-                };
+                let stored = stored_story(&key, &value)?;
                 // Keys are ordered by id then revision: the last of an id is its latest.
                 match out.last_mut() {
                     Some(prev) if !all_revisions && prev.story.id == stored.story.id => {
@@ -868,6 +878,32 @@ impl Store for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn stories_since(
+        &self,
+        tenant: &TenantId,
+        since_ms: TimestampMs,
+    ) -> Result<Vec<StoredStory>, StoreError> {
+        self.blocking(tenant, move |db| {
+            let mut out = Vec::new();
+            for guard in db.published.range(bucket_bytes(BucketStart(since_ms)).to_vec()..) {
+                let at = guard.key().map_err(backend)?;
+                let key = at.get(8..).ok_or_else(|| corrupt("published", "short key"))?;
+                let Some(value) = db.stories.get(key).map_err(backend)? else { continue };
+                out.push(stored_story(key, &value)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn release(&self, tenant: &TenantId) {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant);
     }
 
     async fn put_dead_letter(

@@ -333,6 +333,35 @@ pub trait Store: Clone + Send + Sync + 'static {
         all_revisions: bool,
     ) -> impl Future<Output = Result<Vec<StoredStory>, StoreError>> + Send;
 
+    /// Every revision published at or after `since_ms`, in publication order (what `stories
+    /// --follow` polls). This default reads every story and filters; a store with an index of
+    /// publications answers from it.
+    fn stories_since(
+        &self,
+        tenant: &TenantId,
+        since_ms: TimestampMs,
+    ) -> impl Future<Output = Result<Vec<StoredStory>, StoreError>> + Send
+    where
+        Self: Sync,
+    {
+        async move {
+            let mut stories = self.stories(tenant, true).await?;
+            stories.retain(|s| s.published_ms >= since_ms);
+            stories.sort_by_key(|s| s.published_ms);
+            Ok(stories)
+        }
+    }
+
+    /// Whether several processes may use this store at once (ScyllaDB); the embedded store
+    /// belongs to the one process that opened it.
+    fn shared(&self) -> bool {
+        true
+    }
+
+    /// Closes what this process holds open for `tenant`, so that another process may open it
+    /// (the embedded store's directory lock). Nothing for a shared store.
+    fn release(&self, _tenant: &TenantId) {}
+
     /// Records a bucket that could not be processed (overwrites the record of the same bucket).
     fn put_dead_letter(
         &self,
