@@ -180,20 +180,24 @@ pub async fn publishing_is_idempotent_and_latest_revision_wins(s: &impl Store, t
 }
 
 pub async fn stories_since_a_time_come_in_publication_order(s: &impl Store, t: &TenantId) {
-    s.publish(t, &[story("s1", 0, &["a"])], 10).await.unwrap();
-    s.publish(t, &[story("s2", 0, &["b"])], 20).await.unwrap();
-    s.publish(t, &[story("s0", 3, &["c"])], 30).await.unwrap();
+    // Publication times are the workers' clocks: near the present.
+    let base = storyline::producer::now_ms();
+    s.publish(t, &[story("s1", 0, &["a"])], base + 10).await.unwrap();
+    s.publish(t, &[story("s2", 0, &["b"])], base + 20).await.unwrap();
+    s.publish(t, &[story("s0", 3, &["c"])], base + 30).await.unwrap();
     let ids = |v: Vec<storyline::store::StoredStory>| {
-        v.into_iter().map(|s| (s.story.id, s.story.revision, s.published_ms)).collect::<Vec<_>>()
+        v.into_iter()
+            .map(|s| (s.story.id, s.story.revision, s.published_ms - base))
+            .collect::<Vec<_>>()
     };
     assert_eq!(
-        ids(s.stories_since(t, 20).await.unwrap()),
+        ids(s.stories_since(t, base + 20).await.unwrap()),
         [("s2".to_string(), 0, 20), ("s0".to_string(), 3, 30)]
     );
-    assert!(s.stories_since(t, 31).await.unwrap().is_empty());
+    assert!(s.stories_since(t, base + 31).await.unwrap().is_empty());
     // Published again (a replay after a crash): it comes again, with its new time.
-    s.publish(t, &[story("s1", 0, &["a"])], 40).await.unwrap();
-    assert_eq!(ids(s.stories_since(t, 35).await.unwrap()), [("s1".to_string(), 0, 40)]);
+    s.publish(t, &[story("s1", 0, &["a"])], base + 40).await.unwrap();
+    assert_eq!(ids(s.stories_since(t, base + 35).await.unwrap()), [("s1".to_string(), 0, 40)]);
 }
 
 pub async fn dead_letters_are_kept_per_bucket(s: &impl Store, t: &TenantId) {

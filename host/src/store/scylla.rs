@@ -17,6 +17,9 @@
 //!   (their timestamps do not order against each other).
 //! - `stories`, `PRIMARY KEY (story_id, revision)` newest revision first; `dead_letters`,
 //!   `PRIMARY KEY (shard, bucket)`; `meta` (the layout).
+//! - `story_feed`, `PRIMARY KEY ((minute), published_ms, story_id, revision)`: which revisions
+//!   were published when, a partition per minute (with the events' TTL), so that `stories
+//!   --follow` reads only what is new.
 
 use std::sync::Arc;
 
@@ -38,6 +41,8 @@ use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
 
 const BACKEND: &str = "scylla";
 const DAY_MS: i64 = 86_400_000;
+/// Partition width of `story_feed`.
+const MINUTE_MS: i64 = 60_000;
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend { backend: BACKEND, message: e.to_string() }
@@ -116,6 +121,10 @@ pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec
              PRIMARY KEY (story_id, revision)) WITH CLUSTERING ORDER BY (revision DESC)"
         ),
         format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.story_feed (minute bigint, published_ms bigint, story_id text, revision int, \
+             PRIMARY KEY ((minute), published_ms, story_id, revision)) WITH default_time_to_live = {ttl}"
+        ),
+        format!(
             "CREATE TABLE IF NOT EXISTS {ks}.dead_letters (shard int, bucket bigint, plugin text, reason text, \
              attempts int, at_ms bigint, replay boolean, PRIMARY KEY (shard, bucket))"
         ),
@@ -149,6 +158,9 @@ struct Tenant {
     insert_story: PreparedStatement,
     latest_stories: PreparedStatement,
     all_stories: PreparedStatement,
+    insert_feed: PreparedStatement,
+    feed_since: PreparedStatement,
+    story_at: PreparedStatement,
     insert_dead: PreparedStatement,
     all_dead: PreparedStatement,
     delete_dead: PreparedStatement,
@@ -309,6 +321,19 @@ impl ScyllaStore {
             .await?,
             all_stories: prepare(format!(
                 "SELECT story_id, revision, kind, event_ids, first_seen, last_seen, fields, published_ms FROM {ks}.stories"
+            ))
+            .await?,
+            insert_feed: prepare(format!(
+                "INSERT INTO {ks}.story_feed (minute, published_ms, story_id, revision) VALUES (?, ?, ?, ?)"
+            ))
+            .await?,
+            feed_since: prepare(format!(
+                "SELECT story_id, revision FROM {ks}.story_feed WHERE minute = ? AND published_ms >= ?"
+            ))
+            .await?,
+            story_at: prepare(format!(
+                "SELECT story_id, revision, kind, event_ids, first_seen, last_seen, fields, published_ms FROM {ks}.stories \
+                 WHERE story_id = ? AND revision = ?"
             ))
             .await?,
             insert_dead: prepare(format!(
@@ -932,7 +957,53 @@ impl Store for ScyllaStore {
         for r in futures_util::future::join_all(writes).await {
             r.map_err(backend)?;
         }
+        // The feed entry after the story: a follower that sees it can read the story.
+        let minute = now.div_euclid(MINUTE_MS);
+        let feed = stories.iter().map(|s| {
+            self.session
+                .execute_unpaged(&t.insert_feed, (minute, now, s.id.as_str(), s.revision as i32))
+        });
+        for r in futures_util::future::join_all(feed).await {
+            r.map_err(backend)?;
+        }
         Ok(())
+    }
+
+    async fn stories_since(
+        &self,
+        tenant: &TenantId,
+        since_ms: TimestampMs,
+    ) -> Result<Vec<StoredStory>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        // Nothing older than the retention is left; a worker's clock may run a little ahead.
+        let now = crate::producer::now_ms();
+        let from = since_ms.max(now - self.config.retention_secs * 1000).div_euclid(MINUTE_MS);
+        let mut keys: Vec<(String, i32)> = Vec::new();
+        for minute in from..=(now + MINUTE_MS).div_euclid(MINUTE_MS) {
+            let pager = self
+                .session
+                .execute_iter(t.feed_since.clone(), (minute, since_ms))
+                .await
+                .map_err(backend)?;
+            let mut rows =
+                pager.rows_stream::<(String, i32)>().map_err(|e| corrupt("story_feed", e))?;
+            while let Some(row) = rows.next().await {
+                keys.push(row.map_err(backend)?);
+            }
+        }
+        let reads = keys.iter().map(|(id, revision)| {
+            self.session.execute_unpaged(&t.story_at, (id.as_str(), *revision))
+        });
+        let mut out = Vec::with_capacity(keys.len());
+        for r in futures_util::future::join_all(reads).await {
+            let rows = r.map_err(backend)?.into_rows_result().map_err(|e| corrupt("stories", e))?;
+            for row in rows.rows::<StoryRow>().map_err(|e| corrupt("stories", e))? {
+                out.push(story_from_row(row.map_err(|e| corrupt("stories", e))?)?);
+            }
+        }
+        // A revision published again has its latest time in `stories`.
+        out.sort_by_key(|s| s.published_ms);
+        Ok(out)
     }
 
     async fn stories(
