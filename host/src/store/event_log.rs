@@ -226,7 +226,15 @@ impl EventLog {
 
     /// As [`EventLog::open`], with segments sealed past `segment_bytes` (tests use small ones).
     pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, LogError> {
-        std::fs::create_dir_all(dir).map_err(io(dir, "cannot create the directory"))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io(dir, "cannot create the directory"))?;
+            // The new directory's name must survive a power loss too.
+            if let Some(parent) = dir.parent() {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(parent, "cannot sync the directory"))?;
+            }
+        }
         let mut numbers: Vec<u64> = std::fs::read_dir(dir)
             .map_err(io(dir, "cannot list the directory"))?
             .filter_map(|e| {
