@@ -26,7 +26,10 @@
 //! appends never follow garbage.
 //!
 //! The index maps `(shard, bucket)` to its records and event count. It is rebuilt when the log
-//! is opened, from the record headers (sealed segments are not read further).
+//! is opened: a sealed segment's records are listed in its `<n>.idx` file, written when it was
+//! sealed (a checksummed list of record headers and offsets), so that opening reads kilobytes,
+//! not the log; a segment without a valid one (sealed by an older version, or a crash before it
+//! was written) is scanned, and the last segment always is.
 //!
 //! Retention drops whole segments, oldest first, once their last write is older than the
 //! cut-off ([`EventLog::expire`]), as a TTL counts from the write; the segment being written is
@@ -45,6 +48,9 @@ use xxhash_rust::xxh3::Xxh3;
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
 const HEADER: usize = 28;
+
+/// An index file entry: shard, bucket, offset, body length, count.
+const ENTRY: usize = 28;
 
 /// Why the log failed. The message names the file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +176,8 @@ struct Inner {
     /// Bytes in the last segment (where the next record goes).
     tail: u64,
     index: BTreeMap<(u32, i64), Partition>,
+    /// Records of the segment being written, for its index file when it is sealed.
+    current: Vec<(u32, i64, Loc)>,
     poisoned: bool,
 }
 
@@ -247,6 +255,7 @@ impl EventLog {
             segments: Default::default(),
             tail: 0,
             index: BTreeMap::new(),
+            current: Vec::new(),
             poisoned: false,
         };
         for (i, &n) in numbers.iter().enumerate() {
@@ -257,7 +266,25 @@ impl EventLog {
                 .write(last)
                 .open(&path)
                 .map_err(io(&path, "cannot open the segment"))?;
-            let end = scan(&file, &path, n, last, &mut inner.index)?;
+            let listed = !last && read_index(&dir.join(format!("{n}.idx")), n, &mut inner.index);
+            let end = if listed {
+                0
+            } else {
+                let mut records = Vec::new();
+                let end = scan(&file, &path, n, last, &mut records)?;
+                if last {
+                    inner.current = records.clone();
+                } else {
+                    // Sealed by an older version, or its index file was lost: write it now.
+                    write_index(dir, n, &records);
+                }
+                for (shard, bucket, loc) in records {
+                    let p = inner.index.entry((shard, bucket)).or_default();
+                    p.records.push(loc);
+                    p.events += u64::from(loc.count);
+                }
+                end
+            };
             let written_ms = file
                 .metadata()
                 .and_then(|m| m.modified())
@@ -287,6 +314,10 @@ impl EventLog {
     }
 
     fn start_segment(&self, inner: &mut Inner, n: u64) -> Result<(), LogError> {
+        if n > 1 {
+            write_index(&self.dir, n - 1, &inner.current);
+        }
+        inner.current.clear();
         let path = self.dir.join(format!("{n}.log"));
         let file = OpenOptions::new()
             .read(true)
@@ -353,9 +384,11 @@ impl EventLog {
         }
         inner.tail = start + buf.len() as u64;
         for (shard, bucket, at, len, count) in placed {
+            let loc = Loc { segment, offset: start + at, len, count: count as u32 };
             let p = inner.index.entry((shard, bucket)).or_default();
-            p.records.push(Loc { segment, offset: start + at, len, count: count as u32 });
+            p.records.push(loc);
             p.events += count;
+            inner.current.push((shard, bucket, loc));
         }
         Ok(())
     }
@@ -374,6 +407,7 @@ impl EventLog {
                 tracing::warn!(segment = %s.path.display(), "event log: cannot remove an expired segment ({e}); it is kept");
                 break;
             }
+            let _ = std::fs::remove_file(s.path.with_extension("idx"));
             dropped.push(s.number);
             inner.segments.pop_front();
         }
@@ -459,7 +493,53 @@ impl EventLog {
     }
 }
 
-/// Reads the record headers of a segment into the index; returns where the valid records end.
+/// Writes the index file of sealed segment `n`: its records, then an XXH3 of them. Written
+/// aside and renamed into place; a failure only costs a scan at the next opening.
+fn write_index(dir: &Path, n: u64, records: &[(u32, i64, Loc)]) {
+    let mut buf = Vec::with_capacity(records.len() * ENTRY + 8);
+    for (shard, bucket, loc) in records {
+        buf.extend_from_slice(&shard.to_le_bytes());
+        buf.extend_from_slice(&bucket.to_le_bytes());
+        buf.extend_from_slice(&loc.offset.to_le_bytes());
+        buf.extend_from_slice(&loc.len.to_le_bytes());
+        buf.extend_from_slice(&loc.count.to_le_bytes());
+    }
+    let hash = xxhash_rust::xxh3::xxh3_64(&buf);
+    buf.extend_from_slice(&hash.to_le_bytes());
+    let (tmp, path) = (dir.join(format!("{n}.idx.tmp")), dir.join(format!("{n}.idx")));
+    let written = std::fs::write(&tmp, &buf)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(index = %path.display(), "event log: cannot write a segment's index ({e}); the segment will be scanned when the store is opened");
+    }
+}
+
+/// Loads the index file of sealed segment `n` into `index`; `false` (and nothing loaded) when
+/// it is missing or not intact.
+fn read_index(path: &Path, n: u64, index: &mut BTreeMap<(u32, i64), Partition>) -> bool {
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    let Some((body, hash)) = bytes.split_last_chunk::<8>() else { return false };
+    if body.len() % ENTRY != 0 || xxhash_rust::xxh3::xxh3_64(body) != u64::from_le_bytes(*hash) {
+        tracing::warn!(index = %path.display(), "event log: a segment's index is damaged; scanning the segment instead");
+        return false;
+    }
+    for e in body.chunks_exact(ENTRY) {
+        let u32_at = |i: usize| u32::from_le_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&e[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let loc = Loc { segment: n, offset: u64_at(12), len: u32_at(20), count: u32_at(24) };
+        let p = index.entry((u32_at(0), u64_at(4) as i64)).or_default();
+        p.records.push(loc);
+        p.events += u64::from(loc.count);
+    }
+    true
+}
+
+/// Reads the record headers of a segment into `records`; returns where the valid records end.
 /// The last segment's records are checked whole (a crash may have
 /// cut its end); a sealed segment must be complete.
 fn scan(
@@ -467,7 +547,7 @@ fn scan(
     path: &Path,
     segment: u64,
     last: bool,
-    index: &mut BTreeMap<(u32, i64), Partition>,
+    records: &mut Vec<(u32, i64, Loc)>,
 ) -> Result<u64, LogError> {
     let size = file.metadata().map_err(io(path, "cannot read its size"))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -502,9 +582,7 @@ fn scan(
                 offset,
             });
         }
-        let p = index.entry((shard, bucket)).or_default();
-        p.records.push(Loc { segment, offset, len, count });
-        p.events += u64::from(count);
+        records.push((shard, bucket, Loc { segment, offset, len, count }));
         offset += HEADER as u64 + u64::from(len);
     }
 }
@@ -630,7 +708,13 @@ mod tests {
         assert_eq!(log.events_from(0, i64::MIN), 5);
         assert!(read(&log, 0, 4).is_empty());
         assert_eq!(read(&log, 0, 5).len(), 1);
-        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 5);
+        let logs = |d: &Path| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log")
+                .count()
+        };
+        assert_eq!(logs(&d), 5);
         // Everything is past the cut-off, but the segment being written stays.
         assert_eq!(log.expire(100_000), 4);
         assert_eq!(log.next_bucket(0, i64::MIN), Some(9));
@@ -642,6 +726,42 @@ mod tests {
         assert_eq!(log.next_bucket(0, i64::MIN), Some(9));
         log.append(&[rec(0, 10, &[("f", &payload)])], 0).unwrap();
         assert_eq!(log.events_from(0, i64::MIN), 2);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn sealed_segments_open_from_their_index_files() {
+        let d = dir("idx");
+        let log = EventLog::open_with(&d, 200).unwrap();
+        let payload = [7u8; 100];
+        for b in 0..6 {
+            log.append(&[rec(0, b, &[("e", &payload)]), rec(1, b, &[("f", &payload)])], 0).unwrap();
+        }
+        drop(log);
+        assert!(d.join("1.idx").exists());
+        // Opening does not read a sealed segment that has an index: garbage in its record
+        // headers goes unnoticed until a read of that record.
+        let seg = d.join("1.log");
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&seg, &bytes).unwrap();
+        let log = EventLog::open_with(&d, 200).unwrap();
+        assert_eq!(log.events_from(0, i64::MIN), 6);
+        assert_eq!(log.events_from(1, i64::MIN), 6);
+        assert!(log.read(0, 0, |_| true).is_err());
+        assert_eq!(read(&log, 0, 5).len(), 1);
+        drop(log);
+        // Without a valid index file the segment is scanned (and here found damaged).
+        std::fs::write(d.join("1.idx"), b"not an index").unwrap();
+        let err = EventLog::open_with(&d, 200).unwrap_err().to_string();
+        assert!(err.contains("1.log") && err.contains("incomplete record"), "{err}");
+        // A lost index is written again by the scan.
+        std::fs::remove_file(d.join("2.idx")).unwrap();
+        std::fs::remove_file(d.join("1.log")).unwrap();
+        std::fs::remove_file(d.join("1.idx")).unwrap();
+        let log = EventLog::open_with(&d, 200).unwrap();
+        assert!(d.join("2.idx").exists());
+        assert_eq!(read(&log, 1, 5).len(), 1);
         let _ = std::fs::remove_dir_all(&d);
     }
 
