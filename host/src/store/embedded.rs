@@ -1,4 +1,5 @@
-//! The embedded store: a durable, pure-Rust LSM store (fjall), one directory per tenant.
+//! The embedded store: an append-only event log and a fjall database, one directory per
+//! tenant.
 //!
 //! What it is: the default store, needing nothing installed; for a laptop, a small tenant, the
 //! demo and the tests. A write acknowledged to a producer has been fdatasync'ed and survives
@@ -13,13 +14,13 @@
 //!
 //! | keyspace      | key                                  | value                                  |
 //! |---------------|--------------------------------------|----------------------------------------|
-//! | `offsets`     | shard                                | committed bucket, epoch, state digest  |
+//! | `offsets`     | shard                                | committed bucket, epoch                |
 //! | `state`       | shard                                | plugin snapshot (rewritten on change)  |
 //! | `leases`      | shard                                | owner, epoch, expiry                   |
 //! | `workers`     | owner                                | heartbeat expiry                       |
 //! | `stories`     | story id, revision                   | published time, story JSON             |
 //! | `latest`      | story id                             | latest revision                        |
-//! | `published`   | published time, story id, revision   | (empty: the index `stories --follow` reads) |
+//! | `published`   | published time, story id, revision   | empty: what `stories --follow` reads   |
 //! | `dead`        | shard, bucket                        | dead letter                            |
 //! | `closed`      | shard                                | last bucket closed for writing         |
 //! | `late`        | shard                                | late events redirected, total lateness |
