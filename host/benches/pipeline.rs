@@ -9,7 +9,7 @@
 //! the tenant's memory limit, 2,048 by default as in `storyline run`; `-- --plugin NAME` another
 //! plugin of `plugins/`, e.g. `template`, to see what the host's path costs with a lighter rule).
 //!
-//! Prints: ingest rate; end-to-end rate (first event written → last event handed to the plugin
+//! Prints: ingest rate; end-to-end rate; CPU per event over that time (all threads) (first event written → last event handed to the plugin
 //! and committed, producer and workers running together); the steady rate (events through the
 //! plugin per second while the producer writes, from a tenth of the input on); story latency p50/p99, measured for
 //! each story as the publication time of its latest revision minus the insert time of its last
@@ -34,6 +34,17 @@ mod plugin_build;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// CPU time of this process so far (user and system), from /proc (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th, in clock ticks of 1/100 s.
+    let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -133,6 +144,7 @@ fn main() {
     let mut producer = Producer::new(&store, tenant.clone(), layout, Some(router));
     let mut report = IngestReport::default();
     let started = Instant::now();
+    let cpu_started = cpu_seconds();
     // Workers' progress when a tenth of the input is written: the steady rate is measured from
     // there to the last write, without the start-up and the tail (read delay, last buckets).
     let mut tenth = (Duration::ZERO, 0);
@@ -150,6 +162,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let processed = started.elapsed();
+    let cpu = cpu_seconds() - cpu_started;
     println!(
         "  ingest      {:>9.0} events/s  ({} events durable in {ingested:.2?}, fsync per {} events)",
         total as f64 / ingested.as_secs_f64(),
@@ -160,6 +173,11 @@ fn main() {
         "  end to end  {:>9.0} events/s  (all {total} events through the plugin, stories published, {processed:.2?} after the first write; offsets committed every {} s or more; 2 cores)",
         total as f64 / processed.as_secs_f64(),
         checkpoint_ms as f64 / 1000.0
+    );
+    println!(
+        "  cpu         {:>9.1} µs/event  ({cpu:.1} s of CPU, user and system, in {processed:.2?}: {:.0}% of 2 cores)",
+        cpu * 1e6 / total as f64,
+        cpu / processed.as_secs_f64() / 2.0 * 100.0
     );
     if steady > 0.0 {
         println!(
