@@ -141,7 +141,12 @@ fn main() {
 
     // The producer, on this thread, routing with its own plugin instance as `ingest` does.
     let router = plugin.instantiate(&tenant, &plugin_config, limits).expect("router");
-    let mut producer = Producer::new(&store, tenant.clone(), layout, Some(router));
+    // `--batch N`: events per durable batch (1,000 by default, as `storyline ingest`).
+    let batch: usize = arg(&args, "--batch")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(storyline::producer::DEFAULT_BATCH);
+    let mut producer =
+        Producer::new(&store, tenant.clone(), layout, Some(router)).batch_size(batch);
     let mut report = IngestReport::default();
     let started = Instant::now();
     let cpu_started = cpu_seconds();
@@ -167,7 +172,7 @@ fn main() {
         "  ingest      {:>9.0} events/s  ({} events durable in {ingested:.2?}, fsync per {} events)",
         total as f64 / ingested.as_secs_f64(),
         report.accepted,
-        storyline::producer::DEFAULT_BATCH
+        batch
     );
     println!(
         "  end to end  {:>9.0} events/s  (all {total} events through the plugin, stories published, {processed:.2?} after the first write; offsets committed every {} s or more; 2 cores)",
