@@ -6,11 +6,13 @@
 //! new plugin version every N ms through the watched plugin directory, to see the cost;
 //! `-- --no-latency` stops after the throughput figures; `-- --checkpoint-ms N` changes how often
 //! offsets and plugin state are committed, 5,000 by default as in `storyline run`; `-- --memory-mb N`
-//! the tenant's memory limit, 2,048 by default as in `storyline run`; `-- --plugin NAME` another
-//! plugin of `plugins/`, e.g. `template`, to see what the host's path costs with a lighter rule).
+//! the tenant's memory limit, 2,048 by default as in `storyline run`; `-- --batch N` events per
+//! durable batch, 1,000 as in `storyline ingest`; `-- --plugin NAME` another plugin of
+//! `plugins/`, e.g. `template`, to see what the host's path costs with a lighter rule).
 //!
-//! Prints: ingest rate; end-to-end rate; CPU per event over that time (all threads) (first event written → last event handed to the plugin
-//! and committed, producer and workers running together); the steady rate (events through the
+//! Prints: ingest rate; end-to-end rate (first event written → last event handed to the plugin
+//! and committed, producer and workers running together); the CPU that took per event (all
+//! threads, user and system) and how busy the two cores were; the steady rate (events through the
 //! plugin per second while the producer writes, from a tenth of the input on); story latency p50/p99, measured for
 //! each story as the publication time of its latest revision minus the insert time of its last
 //! event. Latency includes the plugin's session timeout (a session closes after gap + skew
