@@ -344,3 +344,27 @@ fn stories_follow_prints_each_revision_once_as_it_is_published() {
     let stored: BTreeSet<&str> = stored.lines().collect();
     assert!(lines.iter().all(|l| stored.contains(l.as_str())));
 }
+
+#[test]
+fn schema_prints_the_tables_with_the_retention_as_ttl() {
+    let out = storyline(&["--retention-secs", "3600", "schema", "--tenant", "acme"]);
+    assert!(out.status.success());
+    let cql = String::from_utf8(out.stdout).unwrap();
+    let table = |name: &str| {
+        cql.lines()
+            .find(|l| l.contains(&format!("storyline_acme.{name} (")))
+            .unwrap_or_else(|| panic!("no table {name} in {cql}"))
+            .to_string()
+    };
+    for name in ["events", "buckets", "story_feed"] {
+        assert!(table(name).contains("default_time_to_live = 3600"), "{}", table(name));
+    }
+    assert!(table("events").contains("tombstone_gc"));
+    // For Apache Cassandra, without the options only ScyllaDB understands.
+    let out = storyline(&["schema", "--tenant", "acme", "--cassandra"]);
+    let cql = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !cql.contains("tombstone_gc") && cql.contains("default_time_to_live = 604800"),
+        "{cql}"
+    );
+}
