@@ -52,6 +52,28 @@ const HEADER: usize = 28;
 /// An index file entry: shard, bucket, offset, body length, count.
 const ENTRY: usize = 28;
 
+/// Postcard output appended to a Vec in place (postcard's own `Extend` flavour goes through
+/// the generic `Extend` trait, a call per byte pushed).
+struct Tail<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Tail<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Why the log failed. The message names the file and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -152,8 +174,11 @@ impl Record {
     pub fn push<T: serde::Serialize>(&mut self, event: &T) {
         let at = self.body.len();
         self.body.extend_from_slice(&[0; 4]);
-        // Plain data into a Vec: postcard cannot fail here.
-        self.body = postcard::to_extend(event, std::mem::take(&mut self.body)).unwrap_or_default();
+        // Plain data into a Vec: postcard cannot fail here; should it, the event is empty and
+        // fails to decode when read, naming the record.
+        if postcard::serialize_with_flavor(event, Tail(&mut self.body)).is_err() {
+            self.body.truncate(at + 4);
+        }
         let len = (self.body.len() - at - 4) as u32;
         if let Some(slot) = self.body.get_mut(at..at + 4) {
             slot.copy_from_slice(&len.to_le_bytes());
