@@ -91,8 +91,11 @@ struct TenantDb {
     /// Serialises read-modify-write sequences (bucket counts, leases, fenced commits) of this
     /// tenant. A std mutex: the sections are short and never await.
     write: Mutex<()>,
-    /// How long events are kept after they were written.
+    /// How long events are kept after they were written; also how long the publication
+    /// index (`published`) remembers a revision. Stories themselves are kept.
     retention_ms: i64,
+    /// Publication time up to which the publication index was last pruned.
+    published_pruned_at: std::sync::atomic::AtomicI64,
 }
 
 impl EmbeddedStore {
@@ -164,6 +167,7 @@ impl TenantDb {
             db,
             write: Mutex::new(()),
             retention_ms,
+            published_pruned_at: std::sync::atomic::AtomicI64::new(i64::MIN),
         };
         tenant.expire_leases()?;
         Ok(tenant)
@@ -172,6 +176,25 @@ impl TenantDb {
     /// This process owns the directory (fjall locks it), so any lease found on opening was
     /// held by a process that is gone: it lapses now (keeping its epoch, so the next owner's is
     /// higher) instead of blocking a restart until its expiry.
+    /// Forgets publications older than the retention, as `story_feed`'s TTL does on
+    /// ScyllaDB: `stories --follow` reads only recent ones, and the index would otherwise grow
+    /// by a key per revision forever. At most once a minute; a prune lost in a crash is redone
+    /// by the next.
+    fn prune_published(&self, now: TimestampMs) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let last = self.published_pruned_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 60_000 {
+            return Ok(());
+        }
+        self.published_pruned_at.store(now, Ordering::Relaxed);
+        let cutoff = bucket_bytes(BucketStart(now.saturating_sub(self.retention_ms)));
+        let mut batch = self.db.batch();
+        for guard in self.published.range(..cutoff.to_vec()) {
+            batch.remove(&self.published, guard.key().map_err(backend)?);
+        }
+        batch.commit().map_err(backend)
+    }
+
     fn expire_leases(&self) -> Result<(), StoreError> {
         let mut stale = Vec::new();
         for guard in self.leases.iter() {
@@ -853,7 +876,8 @@ impl Store for EmbeddedStore {
                     batch.insert(&db.latest, id.as_bytes(), revision.to_be_bytes());
                 }
             }
-            batch.commit().map_err(backend)
+            batch.commit().map_err(backend)?;
+            db.prune_published(now)
         })
         .await
     }
@@ -1027,6 +1051,37 @@ mod tests {
         let db = store.tenant(&tenant).unwrap();
         assert!(!db.db.list_keyspace_names().iter().any(|n| n.as_ref() == "events"));
         drop((db, store));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn publications_older_than_the_retention_leave_the_index_and_stories_stay() {
+        let root = std::env::temp_dir().join(format!("storyline-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = EmbeddedStore::new(&root).with_retention(10_000);
+        let tenant = TenantId::new("acme").unwrap();
+        let story = |id: &str| {
+            Story::from(storyline_sdk::Story {
+                id: id.into(),
+                revision: 0,
+                kind: "k".into(),
+                event_ids: vec![format!("{id}-e")],
+                first_seen: 1,
+                last_seen: 2,
+                fields: storyline_sdk::Fields::builder().finish(),
+            })
+        };
+        let t0 = 1_000_000;
+        store.publish(&tenant, &[story("old")], t0).await.unwrap();
+        store.publish(&tenant, &[story("recent")], t0 + 55_000).await.unwrap();
+        let feed = |v: Vec<StoredStory>| v.into_iter().map(|s| s.story.id).collect::<Vec<_>>();
+        // Within a minute of the last prune nothing is pruned, even past the retention.
+        assert_eq!(feed(store.stories_since(&tenant, 0).await.unwrap()), ["old", "recent"]);
+        store.publish(&tenant, &[story("new")], t0 + 65_000).await.unwrap();
+        // `old` was published 65 s ago, more than the 10 s retention; `recent` 10 s ago.
+        assert_eq!(feed(store.stories_since(&tenant, 0).await.unwrap()), ["recent", "new"]);
+        assert_eq!(feed(store.stories(&tenant, false).await.unwrap()), ["new", "old", "recent"]);
+        drop(store);
         let _ = std::fs::remove_dir_all(&root);
     }
 }

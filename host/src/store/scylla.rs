@@ -41,6 +41,9 @@ use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
 
 const BACKEND: &str = "scylla";
 const DAY_MS: i64 = 86_400_000;
+/// Tables whose rows expire with the retention (their TTL).
+const RETAINED_TABLES: &[&str] = &["events", "buckets", "story_feed"];
+
 /// Partition width of `story_feed`.
 const MINUTE_MS: i64 = 60_000;
 
@@ -231,6 +234,11 @@ impl ScyllaStore {
         })
     }
 
+    /// The configuration it connected with.
+    pub fn config(&self) -> &ScyllaConfig {
+        &self.config
+    }
+
     /// Whether the cluster is ScyllaDB rather than another CQL database.
     pub fn is_scylla(&self) -> bool {
         self.is_scylla
@@ -254,11 +262,71 @@ impl ScyllaStore {
         cell.get_or_try_init(|| self.prepare_tenant(tenant)).await.cloned()
     }
 
+    /// The TTL of each table that expires with the retention, as the cluster has it.
+    pub async fn table_ttls(&self, tenant: &TenantId) -> Result<Vec<(String, i64)>, StoreError> {
+        let ks = keyspace(tenant);
+        let mut out = Vec::new();
+        for table in RETAINED_TABLES {
+            let rows = self
+                .session
+                .query_unpaged(
+                    "SELECT default_time_to_live FROM system_schema.tables \
+                     WHERE keyspace_name = ? AND table_name = ?",
+                    (&ks, *table),
+                )
+                .await
+                .map_err(backend)?
+                .into_rows_result()
+                .map_err(|e| corrupt("system_schema.tables", e))?;
+            let (ttl,) = rows
+                .maybe_first_row::<(i32,)>()
+                .map_err(|e| corrupt("system_schema.tables", e))?
+                .ok_or_else(|| backend(format!("table {ks}.{table} is missing")))?;
+            out.push((table.to_string(), i64::from(ttl)));
+        }
+        Ok(out)
+    }
+
+    /// Tables are created with the retention as their TTL; a retention changed since is
+    /// applied here with `ALTER TABLE`. It holds for rows written from now on: rows already
+    /// written keep the TTL they were written with.
+    async fn apply_retention(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        let ks = keyspace(tenant);
+        let want = self.config.retention_secs;
+        for (table, ttl) in self.table_ttls(tenant).await? {
+            if ttl == want {
+                continue;
+            }
+            self.session
+                .query_unpaged(
+                    format!("ALTER TABLE {ks}.{table} WITH default_time_to_live = {want}"),
+                    &[],
+                )
+                .await
+                .map_err(|e| {
+                    backend(format!(
+                        "cannot change the TTL of {ks}.{table} from {ttl} s to the retention of \
+                         {want} s: {e} (the role needs ALTER permission on the keyspace)"
+                    ))
+                })?;
+            tracing::info!(
+                %tenant,
+                table = %format!("{ks}.{table}"),
+                from_secs = ttl,
+                to_secs = want,
+                "retention changed: rows written from now on expire after the new TTL; rows already written keep theirs"
+            );
+        }
+        self.session.await_schema_agreement().await.map_err(backend)?;
+        Ok(())
+    }
+
     async fn prepare_tenant(&self, tenant: &TenantId) -> Result<Arc<Tenant>, StoreError> {
         for cql in schema_cql(tenant, &self.config, self.is_scylla) {
             self.session.query_unpaged(cql, &[]).await.map_err(backend)?;
         }
         self.session.await_schema_agreement().await.map_err(backend)?;
+        self.apply_retention(tenant).await?;
         let ks = keyspace(tenant);
         let c = self.config.consistency;
         let prepare = |cql: String| async move {
