@@ -227,7 +227,11 @@ fn main() {
         while let Some(b) =
             rt.block_on(store.next_bucket(&tenant, ShardId(shard), after)).expect("index")
         {
-            for e in rt.block_on(store.read_bucket(&tenant, ShardId(shard), b)).expect("read") {
+            for e in rt
+                .block_on(store.read_bucket(&tenant, ShardId(shard), b))
+                .expect("read")
+                .into_events()
+            {
                 insert_time.insert(e.id, e.insert_time);
             }
             after = Some(b);

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 use crate::catalog::{Active, Slot};
-use crate::model::{Bucket, BucketStart, ShardId, Story, TenantId, TimestampMs};
-use crate::plugin::{CallError, Limits, PluginInstance};
+use crate::model::{BucketStart, ShardId, Story, TenantId, TimestampMs};
+use crate::plugin::{BucketHeader, CallError, Limits, PluginInstance};
 use crate::producer::now_ms;
-use crate::store::{DeadLetter, Layout, Lease, Store, StoreError};
+use crate::store::{BucketEvents, DeadLetter, Layout, Lease, Store, StoreError};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -646,7 +646,7 @@ impl<S: Store> ShardWorker<S> {
                         && c.offset.is_none_or(|o| o < latest)
                         && self.closed_for(c, latest, now)?
                     {
-                        self.process(c, latest, Vec::new())?;
+                        self.process(c, latest, BucketEvents::default())?;
                     }
                     if self.config.exit_when_idle {
                         let since = *idle_since.get_or_insert(now);
@@ -723,17 +723,18 @@ impl<S: Store> ShardWorker<S> {
         &self,
         c: &mut Cursor,
         start: BucketStart,
-        events: Vec<crate::model::Event>,
+        events: BucketEvents,
     ) -> Result<(), WorkerError> {
         let bucket_ms = self.layout.bucket_ms;
         let n = events.len() as u64;
-        let bucket = self.bucket(start, events, start.0 + bucket_ms);
+        let views = events.views();
+        let bucket = self.bucket(start, start.0 + bucket_ms);
         let mut attempt = 0;
         let stories = loop {
             attempt += 1;
             // Stories may name events of earlier buckets, which this loop does not keep;
             // ids within the bucket are checked by the runtime.
-            match c.instance.process(&bucket, &|_| true) {
+            match c.instance.process_events(bucket, &views, &|_| true) {
                 Ok(stories) => break Some(stories),
                 Err(err) => {
                     tracing::warn!(attempt, "{err}");
@@ -806,20 +807,14 @@ impl<S: Store> ShardWorker<S> {
         Ok(())
     }
 
-    /// The bucket starting at `start` as the plugin sees it.
-    fn bucket(
-        &self,
-        start: BucketStart,
-        events: Vec<crate::model::Event>,
-        watermark: TimestampMs,
-    ) -> Bucket {
-        Bucket {
-            tenant: self.tenant.to_string(),
+    /// The bucket starting at `start` as the plugin sees it, but its events.
+    fn bucket(&self, start: BucketStart, watermark: TimestampMs) -> BucketHeader<'_> {
+        BucketHeader {
+            tenant: self.tenant.as_str(),
             shard: self.shard.0,
             start: start.0,
             end: start.0 + self.layout.bucket_ms,
             watermark,
-            events,
         }
     }
 
@@ -852,8 +847,11 @@ impl<S: Store> ShardWorker<S> {
             let end = letter.bucket.0 + bucket_ms;
             // Time does not go back for the plugin: the bucket comes in late.
             let watermark = c.offset.map_or(end, |o| (o.0 + bucket_ms).max(end));
-            let bucket = self.bucket(letter.bucket, events, watermark);
-            match c.instance.process(&bucket, &|_| true) {
+            let views = events.views();
+            match c
+                .instance
+                .process_events(self.bucket(letter.bucket, watermark), &views, &|_| true)
+            {
                 Ok(stories) => {
                     if !stories.is_empty() {
                         self.block(self.store.publish(&self.tenant, &stories, now_ms()))?;
@@ -920,7 +918,8 @@ impl<S: Store> ShardWorker<S> {
                 break;
             }
             let events = self.block(self.store.read_bucket(&self.tenant, self.shard, b))?;
-            c.instance.process(&self.bucket(b, events, b.0 + bucket_ms), &|_| true)?;
+            let views = events.views();
+            c.instance.process_events(self.bucket(b, b.0 + bucket_ms), &views, &|_| true)?;
             at = Some(b);
         }
         Ok(())

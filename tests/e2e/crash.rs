@@ -254,7 +254,11 @@ fn a_producer_killed_mid_batch_keeps_every_acknowledged_event() {
             while let Some(b) =
                 rt.block_on(store.next_bucket(&tenant, ShardId(shard), after)).unwrap()
             {
-                for e in rt.block_on(store.read_bucket(&tenant, ShardId(shard), b)).unwrap() {
+                for e in rt
+                    .block_on(store.read_bucket(&tenant, ShardId(shard), b))
+                    .unwrap()
+                    .into_events()
+                {
                     stored.insert(e.id);
                 }
                 after = Some(b);

@@ -50,10 +50,12 @@ pub async fn appended_events_read_back_by_partition_in_id_order(s: &impl Store, 
         new_event(2, 2000, "d"),
     ];
     s.append(t, LAYOUT, &events).await.unwrap();
-    let read = s.read_bucket(t, ShardId(1), BucketStart(2000)).await.unwrap();
+    let read = s.read_bucket(t, ShardId(1), BucketStart(2000)).await.unwrap().into_events();
     assert_eq!(read.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
     assert_eq!(read[0], event("a", 2000));
-    assert!(s.read_bucket(t, ShardId(3), BucketStart(2000)).await.unwrap().is_empty());
+    assert!(
+        s.read_bucket(t, ShardId(3), BucketStart(2000)).await.unwrap().into_events().is_empty()
+    );
     assert_eq!(s.layout(t).await.unwrap(), Some(LAYOUT));
 }
 
@@ -65,7 +67,7 @@ pub async fn an_event_written_twice_is_read_once_as_last_written(s: &impl Store,
     let mut again = new_event(0, 2000, "a");
     again.event.kind = "again".into();
     s.append(t, LAYOUT, &[again]).await.unwrap();
-    let read = s.read_bucket(t, ShardId(0), BucketStart(2000)).await.unwrap();
+    let read = s.read_bucket(t, ShardId(0), BucketStart(2000)).await.unwrap().into_events();
     assert_eq!(read.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     assert_eq!(read[0].kind, "again");
 }
@@ -105,7 +107,7 @@ pub async fn a_write_with_another_layout_is_refused_and_changes_nothing(
     let err = s.append(t, other, &[new_event(0, 1000, "b")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Layout { .. }), "got {err:?}");
     assert!(err.to_string().contains("created with 4 shards"), "{err}");
-    let read = s.read_bucket(t, ShardId(0), BucketStart(1000)).await.unwrap();
+    let read = s.read_bucket(t, ShardId(0), BucketStart(1000)).await.unwrap().into_events();
     assert_eq!(read.len(), 1);
     let err = s.append(t, LAYOUT, &[new_event(9, 1000, "c")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Layout { .. }), "got {err:?}");
@@ -239,14 +241,17 @@ pub async fn writes_into_closed_buckets_move_to_the_first_open_bucket(
     s.append(t, LAYOUT, &late).await.unwrap();
     assert!(s.read_bucket(t, sh, BucketStart(base + 1000)).await.unwrap().is_empty());
     let ids = |v: Vec<Event>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
-    assert_eq!(ids(s.read_bucket(t, sh, BucketStart(base + 4000)).await.unwrap()), ["late"]);
+    assert_eq!(
+        ids(s.read_bucket(t, sh, BucketStart(base + 4000)).await.unwrap().into_events()),
+        ["late"]
+    );
     assert_eq!(
         s.next_bucket(t, sh, Some(BucketStart(base + 3000))).await.unwrap(),
         Some(BucketStart(base + 4000))
     );
     assert_eq!(s.late_stats(t, sh).await.unwrap(), LateStats { events: 1, lateness_ms: 3000 });
     assert_eq!(
-        ids(s.read_bucket(t, ShardId(1), BucketStart(base + 1000)).await.unwrap()),
+        ids(s.read_bucket(t, ShardId(1), BucketStart(base + 1000)).await.unwrap().into_events()),
         ["other-shard"]
     );
     assert_eq!(s.late_stats(t, ShardId(1)).await.unwrap(), LateStats::default());

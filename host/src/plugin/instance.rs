@@ -145,15 +145,34 @@ impl PluginInstance {
         bucket: &Bucket,
         known_event: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<Story>, CallError> {
-        let at = Some(BucketRef { shard: ShardId(bucket.shard), start: BucketStart(bucket.start) });
-        self.watermark = bucket.watermark;
-        let borrowed = BucketArg {
+        let header = BucketHeader {
             tenant: &bucket.tenant,
             shard: bucket.shard,
             start: bucket.start,
             end: bucket.end,
             watermark: bucket.watermark,
-            events: bucket.events.iter().map(EventView::from).collect(),
+        };
+        let events: Vec<EventView<'_>> = bucket.events.iter().map(EventView::from).collect();
+        self.process_events(header, &events, known_event)
+    }
+
+    /// [`Self::process`] of a bucket whose events are borrowed from wherever the host holds
+    /// them: they are lowered straight into the guest.
+    pub fn process_events(
+        &mut self,
+        header: BucketHeader<'_>,
+        events: &[EventView<'_>],
+        known_event: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Story>, CallError> {
+        let at = Some(BucketRef { shard: ShardId(header.shard), start: BucketStart(header.start) });
+        self.watermark = header.watermark;
+        let borrowed = BucketArg {
+            tenant: header.tenant,
+            shard: header.shard,
+            start: header.start,
+            end: header.end,
+            watermark: header.watermark,
+            events,
         };
         let func = self.process_func;
         let out = self.call("process", at, |_, store| {
@@ -166,9 +185,7 @@ impl PluginInstance {
         let bucket_ids: std::cell::OnceCell<HashSet<&str>> = std::cell::OnceCell::new();
         let known = |id: &str| {
             known_event(id)
-                || bucket_ids
-                    .get_or_init(|| bucket.events.iter().map(|e| e.id.as_str()).collect())
-                    .contains(id)
+                || bucket_ids.get_or_init(|| events.iter().map(|e| e.id).collect()).contains(id)
         };
         self.check_output(stories, &known).map_err(|f| self.error("process", at, f))
     }
@@ -331,6 +348,21 @@ impl PluginInstance {
 /// What `process` returns, as the generated bindings type it.
 type ProcessResult = Result<Vec<wit::Story>, wit::Error>;
 
+/// Everything of the WIT `bucket` but its events.
+#[derive(Debug, Clone, Copy)]
+pub struct BucketHeader<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Shard.
+    pub shard: u32,
+    /// Start, epoch ms.
+    pub start: i64,
+    /// End (exclusive), epoch ms.
+    pub end: i64,
+    /// Watermark: no event of an earlier insert time is still to come.
+    pub watermark: i64,
+}
+
 /// The WIT `bucket`, borrowing from the host's bucket: lowered straight into guest memory.
 #[derive(ComponentType, Lower)]
 #[component(record)]
@@ -340,7 +372,7 @@ struct BucketArg<'a> {
     start: i64,
     end: i64,
     watermark: i64,
-    events: Vec<EventView<'a>>,
+    events: &'a [EventView<'a>],
 }
 
 /// The WIT `event`, borrowing its parts from wherever the host holds them.
@@ -363,6 +395,21 @@ pub struct EventView<'a> {
     pub attributes: &'a [(String, String)],
     /// Payload bytes.
     pub payload: &'a [u8],
+}
+
+impl EventView<'_> {
+    /// The event, owned.
+    pub fn to_event(&self) -> Event {
+        Event {
+            id: self.id.to_string(),
+            source: self.source.to_string(),
+            kind: self.kind.to_string(),
+            event_time: self.event_time,
+            insert_time: self.insert_time,
+            attributes: self.attributes.to_vec(),
+            payload: self.payload.to_vec(),
+        }
+    }
 }
 
 impl<'a> From<&'a Event> for EventView<'a> {

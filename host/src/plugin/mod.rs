@@ -31,7 +31,7 @@ use wasmtime::{Config, Engine};
 pub use cache::{ComponentCache, Origin};
 pub use error::{BucketRef, CallError, Failure, GuestError, LoadError};
 pub use inspect::{EXPORT_PREFIX, Manifest, inspect};
-pub use instance::{EventView, PluginInstance};
+pub use instance::{BucketHeader, EventView, PluginInstance};
 pub use sandbox::LogCaps;
 
 use bindings::v0_1_0;

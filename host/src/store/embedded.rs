@@ -38,9 +38,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::bucket_events::{EventParts, Flat};
 use super::event_log::{EventLog, Record};
 use super::{
-    Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent, Store, StoreError, StoredStory,
+    BucketEvents, Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent, Store, StoreError,
+    StoredStory,
 };
 use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
 
@@ -296,20 +298,15 @@ fn partition_key(shard: ShardId, bucket: BucketStart) -> [u8; 12] {
     k
 }
 
-/// The stored form of an event, as the event log holds it.
-#[derive(Serialize, Deserialize)]
+/// The stored form of an event, as the event log holds it (read back as [`StoredEventRef`]).
+#[derive(Serialize)]
 struct StoredEvent<'a> {
-    #[serde(borrow)]
     id: Cow<'a, str>,
-    #[serde(borrow)]
     source: Cow<'a, str>,
-    #[serde(borrow)]
     kind: Cow<'a, str>,
     event_time: i64,
     insert_time: i64,
-    #[serde(borrow)]
     attributes: Cow<'a, [(String, String)]>,
-    #[serde(borrow)]
     payload: Bytes<'a>,
 }
 
@@ -325,18 +322,19 @@ impl<'a> StoredEvent<'a> {
             payload: Bytes(Cow::Borrowed(&e.payload)),
         }
     }
+}
 
-    fn into_event(self) -> Event {
-        Event {
-            id: self.id.into_owned(),
-            source: self.source.into_owned(),
-            kind: self.kind.into_owned(),
-            event_time: self.event_time,
-            insert_time: self.insert_time,
-            attributes: self.attributes.into_owned(),
-            payload: self.payload.0.into_owned(),
-        }
-    }
+/// [`StoredEvent`] decoded without a copy: its strings and payload borrow from the record.
+#[derive(Deserialize)]
+struct StoredEventRef<'a> {
+    id: &'a str,
+    source: &'a str,
+    kind: &'a str,
+    event_time: i64,
+    insert_time: i64,
+    #[serde(borrow)]
+    attributes: Vec<(&'a str, &'a str)>,
+    payload: &'a [u8],
 }
 
 /// Bytes encoded as one byte string (serde would write a `[u8]` byte by byte). Postcard
@@ -641,31 +639,31 @@ impl Store for EmbeddedStore {
         tenant: &TenantId,
         shard: ShardId,
         bucket: BucketStart,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.blocking(tenant, move |db| {
-            let mut out: Vec<Event> = Vec::new();
-            db.events
-                .read(shard.0, bucket.0, |bytes| match postcard::from_bytes::<StoredEvent>(bytes) {
-                    Ok(e) => {
-                        out.push(e.into_event());
-                        true
-                    }
-                    Err(_) => false,
-                })
-                .map_err(backend)?;
-            // In id order, an id written twice once with its last write: a partition is keyed
-            // by event id, as in ScyllaDB.
-            out.sort_by(|a, b| a.id.cmp(&b.id));
-            out.dedup_by(|later, kept| {
-                let same = later.id == kept.id;
-                if same {
-                    std::mem::swap(later, kept);
+    ) -> Result<BucketEvents, StoreError> {
+        // On the caller's thread, which hands the events to the plugin and frees them: the
+        // partition comes from the page cache (or one sequential read), and what it is decoded
+        // into is allocated and freed by one thread.
+        let db = self.tenant(tenant)?;
+        let (events, bytes) = db.events.partition_size(shard.0, bucket.0);
+        let mut flat = Flat::with_capacity(events as usize, bytes as usize);
+        db.events
+            .read(shard.0, bucket.0, |bytes| match postcard::from_bytes::<StoredEventRef>(bytes) {
+                Ok(e) => {
+                    let parts = EventParts {
+                        id: e.id,
+                        source: e.source,
+                        kind: e.kind,
+                        event_time: e.event_time,
+                        insert_time: e.insert_time,
+                        payload: e.payload,
+                    };
+                    flat.push(parts, e.attributes.iter().copied());
+                    true
                 }
-                same
-            });
-            Ok(out)
-        })
-        .await
+                Err(_) => false,
+            })
+            .map_err(backend)?;
+        Ok(flat.finish())
     }
 
     async fn pending_events(
@@ -1031,7 +1029,8 @@ mod tests {
             }
             db.persist(PersistMode::SyncAll).unwrap();
         }
-        let read = store.read_bucket(&tenant, ShardId(1), BucketStart(2000)).await.unwrap();
+        let read =
+            store.read_bucket(&tenant, ShardId(1), BucketStart(2000)).await.unwrap().into_events();
         assert_eq!(read.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(read[0].attributes, [("k".to_string(), "v".to_string())]);
         assert_eq!(read[0].payload, b"a");

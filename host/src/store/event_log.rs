@@ -512,6 +512,14 @@ impl EventLog {
         self.lock().index.range((shard, from)..=(shard, i64::MAX)).next().map(|((_, b), _)| *b)
     }
 
+    /// Events written to partition `(shard, bucket)`, and their encoded bytes.
+    pub fn partition_size(&self, shard: u32, bucket: i64) -> (u64, u64) {
+        self.lock()
+            .index
+            .get(&(shard, bucket))
+            .map_or((0, 0), |p| (p.events, p.records.iter().map(|l| u64::from(l.len)).sum()))
+    }
+
     /// Events written to `shard` in buckets at or after `from`.
     pub fn events_from(&self, shard: u32, from: i64) -> u64 {
         self.lock().index.range((shard, from)..=(shard, i64::MAX)).map(|(_, p)| p.events).sum()

@@ -7,6 +7,7 @@
 //! the last bucket it consumed (the offset) together with its plugin's state, and moves it only
 //! forward, under a lease whose epoch fences out a worker that lost the shard.
 
+mod bucket_events;
 pub mod embedded;
 mod event_log;
 pub mod scylla;
@@ -14,6 +15,7 @@ pub mod scylla;
 use std::future::Future;
 
 use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
+pub use bucket_events::BucketEvents;
 
 /// An event ready to be stored: the producer has chosen its shard and bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,7 +241,7 @@ pub trait Store: Clone + Send + Sync + 'static {
         tenant: &TenantId,
         shard: ShardId,
         bucket: BucketStart,
-    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<BucketEvents, StoreError>> + Send;
 
     /// Events written to `shard` in buckets after `after`: the lag in events.
     fn pending_events(

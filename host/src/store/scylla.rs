@@ -35,7 +35,8 @@ use tokio::sync::OnceCell;
 use scylla::value::Counter;
 
 use super::{
-    Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent, Store, StoreError, StoredStory,
+    BucketEvents, Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent, Store, StoreError,
+    StoredStory,
 };
 use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
 
@@ -803,7 +804,7 @@ impl Store for ScyllaStore {
         tenant: &TenantId,
         shard: ShardId,
         bucket: BucketStart,
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<BucketEvents, StoreError> {
         let t = self.tenant(tenant).await?;
         let pager = self
             .session
@@ -827,7 +828,7 @@ impl Store for ScyllaStore {
                 payload: payload.unwrap_or_default(),
             });
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     async fn pending_events(
