@@ -72,7 +72,7 @@ pub struct Producer<'s, S: Store + Clone> {
     /// Events generated ids so far.
     generated: u64,
     /// Validated events waiting for the next batch.
-    pending: Vec<(InputEvent, ShardId)>,
+    pending: Vec<(InputEvent, Option<ShardId>)>,
     /// Where a clock reading comes from (tests control time).
     clock: fn() -> TimestampMs,
     /// Told after each durable batch.
@@ -141,33 +141,52 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
         self
     }
 
-    /// The routing key of an event.
-    fn route_key(&mut self, e: &InputEvent, id: &str) -> String {
-        if let Some(route) = &e.route {
-            return route.clone();
+    /// Shards for the pending events that have none yet: the explicit routing key of an event
+    /// decides first, then the key the tenant's plugin computes (one call for the batch),
+    /// then the event id.
+    fn route_pending(&mut self) {
+        let Producer { router, pending, layout, .. } = self;
+        let shards = layout.shards;
+        let unrouted: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].1.is_none()).collect();
+        if unrouted.is_empty() {
+            return;
         }
-        if let Some(router) = &mut self.router {
-            let probe = EventView {
-                id,
-                source: &e.source,
-                kind: &e.kind,
-                event_time: e.time,
-                insert_time: 0,
-                attributes: &e.attributes,
-                payload: &e.payload,
-            };
-            match router.route(probe) {
-                Ok(Some(key)) => return key,
-                Ok(None) => {}
-                Err(err) => {
-                    // A failing router must not lose events: fall back to the id, say so once,
-                    // and stop asking a poisoned instance.
-                    tracing::warn!("routing by event id from now on: {err}");
-                    self.router = None;
-                }
+        let by_id = |e: &InputEvent| shard_of(e.id.as_deref().unwrap_or_default(), shards);
+        let keys = router.as_mut().map(|router| {
+            let views: Vec<EventView<'_>> = unrouted
+                .iter()
+                .map(|&i| {
+                    let e = &pending[i].0;
+                    EventView {
+                        id: e.id.as_deref().unwrap_or_default(),
+                        source: &e.source,
+                        kind: &e.kind,
+                        event_time: e.time,
+                        insert_time: 0,
+                        attributes: &e.attributes,
+                        payload: &e.payload,
+                    }
+                })
+                .collect();
+            router.route_all(&views)
+        });
+        let keys = match keys {
+            Some(Ok(keys)) => keys,
+            Some(Err(err)) => {
+                tracing::warn!("routing by event id from now on: {err}");
+                *router = None;
+                Vec::new()
             }
+            None => Vec::new(),
+        };
+        let mut keys = keys.into_iter();
+        for i in unrouted {
+            let (e, shard) = &mut pending[i];
+            *shard = Some(match keys.next().flatten() {
+                Some(key) => shard_of(&key, shards),
+                None => by_id(e),
+            });
         }
-        id.to_string()
     }
 
     /// Validates one line; a valid event joins the current batch, which is written when full.
@@ -186,9 +205,8 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
                     self.generated += 1;
                     e.id = Some(format!("{}-{}", self.id_prefix, self.generated));
                 }
-                let id = e.id.clone().unwrap_or_default();
-                let key = self.route_key(&e, &id);
-                let shard = shard_of(&key, self.layout.shards);
+                // Routed with the rest of the batch when it is written.
+                let shard = e.route.as_deref().map(|key| shard_of(key, self.layout.shards));
                 self.pending.push((e, shard));
                 if self.pending.len() >= self.batch_size {
                     self.send(report).await?;
@@ -228,6 +246,8 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
 
     /// Starts writing the pending batch once the previous one is durable.
     async fn send(&mut self, report: &mut IngestReport) -> Result<(), StoreError> {
+        // While the previous batch is still being written.
+        self.route_pending();
         self.settle(report).await?;
         if self.pending.is_empty() {
             return Ok(());
@@ -240,7 +260,8 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
             .pending
             .drain(..)
             .map(|(e, shard)| NewEvent {
-                shard,
+                // Every pending event was routed above.
+                shard: shard.unwrap_or(ShardId(0)),
                 bucket,
                 event: e.into_event(String::new, insert_time),
             })

@@ -1,14 +1,14 @@
-//! The component side: generated bindings of `wit/v0.1.0` and the glue between them and a
+//! The component side: generated bindings of `wit/v0.2.0` and the glue between them and a
 //! [`Correlator`]. Compiled only for Wasm; plugin authors never name anything here.
 
 // Generated code and macro glue: hidden from the docs, so not documented item by item.
 #![allow(missing_docs)]
 
-use crate::model::{Bucket, Error, Event, Level, Story};
+use crate::model::{Bucket, Error, Level, Story};
 
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.2.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
@@ -43,9 +43,7 @@ pub mod glue {
 
     pub use super::bindings;
     pub use super::bindings::exports::storyline::correlator::correlator::Guest;
-    pub use super::wit::{
-        Bucket as WitBucket, Error as WitError, Event as WitEvent, Story as WitStory,
-    };
+    pub use super::wit::{Bucket as WitBucket, Error as WitError, Story as WitStory};
     pub use wit_bindgen;
 
     thread_local! {
@@ -71,12 +69,12 @@ pub mod glue {
 
     pub fn process<C: Correlator>(bucket: WitBucket) -> Result<Vec<WitStory>, WitError> {
         let bucket = Bucket {
+            events: crate::packed::decode(&bucket.events).map_err(WitError::Failed)?,
             tenant: bucket.tenant,
             shard: bucket.shard,
             start: bucket.start,
             end: bucket.end,
             watermark: bucket.watermark,
-            events: bucket.events.into_iter().map(from_wit_event).collect(),
         };
         with::<C, _>(|c| c.process(&bucket)).map(to_wit_stories)
     }
@@ -85,9 +83,10 @@ pub mod glue {
         with::<C, _>(|c| c.drain()).map(to_wit_stories)
     }
 
-    pub fn route<C: Correlator>(event: WitEvent) -> Option<String> {
-        let event = from_wit_event(event);
-        with::<C, _>(|c| Ok(c.route(&event))).ok().flatten()
+    /// Malformed events get no key: the host routes them by id.
+    pub fn route<C: Correlator>(events: Vec<u8>) -> Vec<Option<String>> {
+        let events = crate::packed::decode(&events).unwrap_or_default();
+        with::<C, _>(|c| Ok(events.iter().map(|e| c.route(e)).collect())).unwrap_or_default()
     }
 
     pub fn snapshot<C: Correlator>() -> Vec<u8> {
@@ -96,18 +95,6 @@ pub mod glue {
 
     pub fn restore<C: Correlator>(state: Vec<u8>) -> Result<(), WitError> {
         with::<C, _>(|c| c.restore(&state))
-    }
-
-    fn from_wit_event(e: WitEvent) -> Event {
-        Event {
-            id: e.id,
-            source: e.source,
-            kind: e.kind,
-            event_time: e.event_time,
-            insert_time: e.insert_time,
-            attributes: e.attributes,
-            payload: e.payload,
-        }
     }
 
     fn to_wit_stories(stories: Vec<Story>) -> Vec<WitStory> {

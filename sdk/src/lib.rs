@@ -3,7 +3,7 @@
 //! A rule is a type that implements [`Correlator`]: the host gives it one bucket of events at
 //! a time and publishes the [`Story`] values it returns. [`export_correlator!`] turns the type
 //! into the component's exports; built with `cargo build --target wasm32-wasip2`, the crate is a
-//! plugin for the world `storyline:correlator/plugin@0.1.0` (see `wit/` and [`WIT_VERSION`]).
+//! plugin for the world `storyline:correlator/plugin@0.2.0` (see `wit/` and [`WIT_VERSION`]).
 //! The same crate builds natively, so the rule is unit-tested and benchmarked without Wasm
 //! through [`testing::Harness`].
 //!
@@ -58,13 +58,14 @@ pub mod ecs;
 pub mod format;
 pub mod json;
 mod model;
+pub mod packed;
 pub mod session;
 pub mod testing;
 
 pub use model::{Bucket, Error, Event, Fields, FieldsBuilder, Level, Story, TimestampMs};
 
 /// The version of the WIT package `storyline:correlator` this SDK builds plugins for.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// A correlation rule. The host calls `init` once, then `process` for every bucket in order.
 ///
@@ -143,8 +144,8 @@ macro_rules! export_correlator {
                 {
                     $crate::__private::drain::<$ty>()
                 }
-                fn route(event: $crate::__private::WitEvent) -> Option<String> {
-                    $crate::__private::route::<$ty>(event)
+                fn route(events: Vec<u8>) -> Vec<Option<String>> {
+                    $crate::__private::route::<$ty>(events)
                 }
                 fn snapshot() -> Vec<u8> {
                     $crate::__private::snapshot::<$ty>()

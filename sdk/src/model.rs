@@ -1,4 +1,4 @@
-//! The values a correlator receives and returns: the Rust side of `wit/v0.1.0`.
+//! The values a correlator receives and returns: the Rust side of `wit/v0.2.0`.
 //!
 //! These types mirror the WIT records one to one, so that moving between them costs no copy of
 //! a payload. They are the same natively (tests, benchmarks) and inside a Wasm component.

@@ -22,8 +22,8 @@ fn plugin_check_prints_version_exports_size_and_hash() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let size = std::fs::metadata(&file).unwrap().len();
-    assert!(stdout.contains("world:    storyline:correlator/plugin@0.1.0 (supported)"), "{stdout}");
-    assert!(stdout.contains("exports:  storyline:correlator/correlator@0.1.0"), "{stdout}");
+    assert!(stdout.contains("world:    storyline:correlator/plugin@0.2.0 (supported)"), "{stdout}");
+    assert!(stdout.contains("exports:  storyline:correlator/correlator@0.2.0"), "{stdout}");
     assert!(stdout.contains(&format!("size:     {size} bytes")), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("sha256:   ") && l.len() == 10 + 64), "{stdout}");
     // The second check loads the compiled component from the cache under --data-dir.

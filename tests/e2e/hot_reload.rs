@@ -254,8 +254,8 @@ fn bad_plugin_files_are_rejected_with_their_own_error_and_the_old_version_keeps_
         ("other world", component_exporting("acme:other/api@1.0.0"), "does not export storyline"),
         (
             "wrong version",
-            component_exporting("storyline:correlator/correlator@0.2.0"),
-            "built for storyline:correlator@0.2.0",
+            component_exporting("storyline:correlator/correlator@0.9.0"),
+            "built for storyline:correlator@0.9.0",
         ),
     ];
     for (what, bytes, expected) in cases {
@@ -467,7 +467,7 @@ fn the_running_binary_reloads_reports_replays_and_starts_new_tenants() {
         s.contains("dead letters: 1 ")
     });
     assert!(status.contains("plugin: faulty@"), "{status}");
-    assert!(status.contains("storyline:correlator@0.1.0"), "{status}");
+    assert!(status.contains("storyline:correlator@0.2.0"), "{status}");
     assert!(status.contains("last reload error: none"), "{status}");
 
     // A bad file is rejected and shows in status; the fix is taken.

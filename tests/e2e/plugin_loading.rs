@@ -16,8 +16,9 @@ fn every_real_plugin_loads_and_reports_its_world() {
     for name in ["network-session", "template", "faulty"] {
         let p = runtime().load(&plugin(name)).unwrap_or_else(|e| panic!("{e}"));
         let info = p.info();
-        assert_eq!(info.manifest.version, "0.1.0");
-        assert!(info.manifest.exports.contains(&"storyline:correlator/correlator@0.1.0".into()));
+        assert_eq!(info.manifest.version, storyline_sdk::WIT_VERSION);
+        let export = format!("storyline:correlator/correlator@{}", storyline_sdk::WIT_VERSION);
+        assert!(info.manifest.exports.contains(&export));
         assert_eq!(info.sha256.len(), 64);
         assert_eq!(info.name, name.replace('-', "_"));
     }
@@ -54,17 +55,18 @@ fn a_truncated_plugin_is_corrupt() {
 
 #[test]
 fn a_plugin_for_another_contract_version_names_both_versions() {
-    let err = load(&component_exporting("storyline:correlator/correlator@0.2.0")).err().unwrap();
+    let err = load(&component_exporting("storyline:correlator/correlator@0.9.0")).err().unwrap();
     match &err {
-        LoadError::WrongVersion { found, .. } => assert_eq!(found, "0.2.0"),
+        LoadError::WrongVersion { found, .. } => assert_eq!(found, "0.9.0"),
         other => panic!("expected wrong version, got {other:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("built for storyline:correlator@0.2.0"), "{msg}");
+    assert!(msg.contains("built for storyline:correlator@0.9.0"), "{msg}");
     assert!(
         msg.contains(&format!("this host supports {}", SUPPORTED_VERSIONS.join(", "))),
         "{msg}"
     );
+    assert!(msg.ends_with("rebuild it with a storyline-sdk for 0.2.0"), "{msg}");
 }
 
 #[test]
@@ -80,11 +82,69 @@ fn a_component_of_another_world_is_not_a_plugin() {
 
 #[test]
 fn a_component_claiming_the_version_with_the_wrong_shape_is_the_wrong_world() {
-    let err = load(&component_exporting("storyline:correlator/correlator@0.1.0")).err().unwrap();
-    assert!(
-        matches!(err, LoadError::WrongWorld { ref version, .. } if version == "0.1.0"),
-        "got {err:?}"
-    );
+    for v in SUPPORTED_VERSIONS {
+        let err = load(&component_exporting(&format!("storyline:correlator/correlator@{v}")))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, LoadError::WrongWorld { ref version, .. } if version == v),
+            "{v}: got {err:?}"
+        );
+    }
+}
+
+/// `tests/fixtures/template-wit-0.1.0.wasm` is the `template` plugin as the SDK built it for
+/// `storyline:correlator@0.1.0` (events as a list of records, `route` one event per call).
+/// Plugins built then keep working: the fixture and today's build of the same rule route and
+/// correlate the same events alike, call for call.
+#[test]
+fn a_plugin_built_for_0_1_0_still_runs_and_agrees_with_its_0_2_0_build() {
+    use storyline::model::Bucket;
+    use storyline::plugin::{EventView, Limits};
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/template-wit-0.1.0.wasm");
+    let old = runtime().load(&fixture).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(old.info().manifest.version, "0.1.0");
+    let new = runtime().load(&plugin("template")).unwrap();
+    assert_eq!(new.info().manifest.version, "0.2.0");
+    let tenant = storyline::model::TenantId::new("acme").unwrap();
+    let lines = storyline::generate::generate(&storyline::generate::GenConfig {
+        sessions: 50,
+        ..Default::default()
+    });
+    let events: Vec<storyline::model::Event> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let e = storyline_sdk::format::parse_line(&l.line, i + 1).unwrap();
+            e.into_event(|| format!("e{i}"), 1_000)
+        })
+        .collect();
+    let views: Vec<EventView<'_>> = events.iter().map(EventView::from).collect();
+    let mut outputs = Vec::new();
+    for plugin in [&old, &new] {
+        let mut i = plugin.instantiate(&tenant, "{}", Limits::default()).unwrap();
+        let keys = i.route_all(&views).unwrap();
+        assert_eq!(keys.len(), events.len());
+        assert!(keys.iter().all(Option::is_some));
+        assert_eq!(i.route(views[0]).unwrap(), keys[0]);
+        let end = events.iter().map(|e| e.event_time).max().unwrap() + 1;
+        let bucket = Bucket {
+            tenant: "acme".into(),
+            shard: 0,
+            start: 0,
+            end,
+            watermark: end,
+            events: events.clone(),
+        };
+        let mut stories = i.process(&bucket, &|_| false).unwrap();
+        stories.extend(i.drain(&|id| events.iter().any(|e| e.id == id)).unwrap());
+        let stories: Vec<(String, Vec<String>)> =
+            stories.into_iter().map(|s| (s.id, s.event_ids)).collect();
+        assert!(!stories.is_empty());
+        outputs.push((keys, stories));
+    }
+    assert_eq!(outputs[0], outputs[1]);
 }
 
 #[test]

@@ -10,3 +10,11 @@ pub mod v0_1_0 {
         world: "plugin",
     });
 }
+
+/// `storyline:correlator@0.2.0`: events travel packed (see `wit/v0.2.0`).
+pub mod v0_2_0 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.2.0",
+        world: "plugin",
+    });
+}

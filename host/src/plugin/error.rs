@@ -53,7 +53,7 @@ pub enum LoadError {
     #[error(
         "plugin {path}: built for storyline:correlator@{found}, but this host supports {}; rebuild it with a storyline-sdk for {}",
         supported_list(),
-        supported_list()
+        newest()
     )]
     WrongVersion {
         /// The file.
@@ -97,6 +97,10 @@ pub enum LoadError {
 
 fn supported_list() -> String {
     super::SUPPORTED_VERSIONS.join(", ")
+}
+
+fn newest() -> &'static str {
+    super::SUPPORTED_VERSIONS.last().copied().unwrap_or_default()
 }
 
 /// Which bucket a call was about.

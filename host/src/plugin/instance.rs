@@ -8,11 +8,12 @@ use serde_json::value::RawValue;
 use wasmtime::component::{ComponentType, Func, Instance, Lower};
 use wasmtime::{Store, Trap};
 
+// The record and variant types of 0.1.0 serve every version: calls are type-checked by
+// structure, and later versions kept `story` and `error` as they were.
 use super::bindings::v0_1_0::storyline::correlator::types as wit;
-use super::bindings::v0_1_0::{self, exports::storyline::correlator::correlator as api};
 use super::error::{BucketRef, CallError, Failure, GuestError};
 use super::sandbox::HostState;
-use super::{EPOCH_TICK, Limits, Plugin, PluginInfo};
+use super::{Abi, EPOCH_TICK, Limits, Plugin, PluginInfo};
 use crate::model::{Bucket, BucketStart, Event, ShardId, Story, TenantId};
 
 /// Longest story id, kind or event id a plugin may return, in bytes.
@@ -31,12 +32,12 @@ pub struct PluginInstance {
     limits: Limits,
     /// The wasmtime store: the guest's memory and the host state.
     store: Store<HostState>,
-    /// Typed access to the guest's exports.
-    bindings: v0_1_0::Plugin,
-    /// `process`, called with borrowed arguments so that events are not copied twice.
-    process_func: Func,
-    /// The `route` export, called with a borrowed event.
-    route_func: Func,
+    /// How events are handed to this plugin's version.
+    abi: Abi,
+    /// The guest's exports.
+    exports: Exports,
+    /// Packed events of the last call, kept for its capacity.
+    packed: Vec<u8>,
     /// Set after a trap or limit: the guest's state is undefined, only re-creation helps.
     poisoned: bool,
     /// Bytes of guest stderr already reported.
@@ -80,13 +81,19 @@ impl Plugin {
             bucket: None,
             failure,
         };
-        let instantiated = self.pre.instance_pre().instantiate(&mut store).and_then(|instance| {
-            let bindings = v0_1_0::Plugin::new(&mut store, &instance)?;
-            let process_func = export_func(&mut store, &instance, "process")?;
-            let route_func = export_func(&mut store, &instance, "route")?;
-            Ok((bindings, process_func, route_func))
+        let version = &self.info.manifest.version;
+        let instantiated = self.pre.instantiate(&mut store).and_then(|instance| {
+            let mut func = |name| export_func(&mut store, &instance, version, name);
+            Ok(Exports {
+                init: func("init")?,
+                process: func("process")?,
+                drain: func("drain")?,
+                route: func("route")?,
+                snapshot: func("snapshot")?,
+                restore: func("restore")?,
+            })
         });
-        let (bindings, process_func, route_func) = match instantiated {
+        let exports = match instantiated {
             Ok(b) => b,
             Err(e) => {
                 let limit_hit = store.data().limiter.hit;
@@ -98,15 +105,19 @@ impl Plugin {
             info: self.info.clone(),
             limits,
             store,
-            bindings,
-            process_func,
-            route_func,
+            abi: self.abi,
+            exports,
+            packed: Vec::new(),
             poisoned: false,
             stderr_seen: 0,
             watermark: 0,
         };
+        let init = instance.exports.init;
         instance
-            .call("init", None, |api, store| api.call_init(store, config))?
+            .call("init", None, |store| {
+                let typed = init.typed::<(&str,), (Result<(), wit::Error>,)>(&*store)?;
+                typed.call(store, (config,)).map(|(r,)| r)
+            })?
             .map_err(|e| instance.error("init", None, Failure::Guest(guest_error(e))))?;
         Ok(instance)
     }
@@ -166,19 +177,40 @@ impl PluginInstance {
     ) -> Result<Vec<Story>, CallError> {
         let at = Some(BucketRef { shard: ShardId(header.shard), start: BucketStart(header.start) });
         self.watermark = header.watermark;
-        let borrowed = BucketArg {
-            tenant: header.tenant,
-            shard: header.shard,
-            start: header.start,
-            end: header.end,
-            watermark: header.watermark,
-            events,
+        let func = self.exports.process;
+        let out = match self.abi {
+            Abi::V0_1 => {
+                let arg = BucketArg {
+                    tenant: header.tenant,
+                    shard: header.shard,
+                    start: header.start,
+                    end: header.end,
+                    watermark: header.watermark,
+                    events,
+                };
+                self.call("process", at, |store| {
+                    let typed = func.typed::<(BucketArg<'_>,), (ProcessResult,)>(&*store)?;
+                    typed.call(store, (arg,)).map(|(r,)| r)
+                })?
+            }
+            Abi::V0_2 => {
+                let packed = pack(std::mem::take(&mut self.packed), events);
+                let arg = PackedBucketArg {
+                    tenant: header.tenant,
+                    shard: header.shard,
+                    start: header.start,
+                    end: header.end,
+                    watermark: header.watermark,
+                    events: &packed,
+                };
+                let out = self.call("process", at, |store| {
+                    let typed = func.typed::<(PackedBucketArg<'_>,), (ProcessResult,)>(&*store)?;
+                    typed.call(store, (arg,)).map(|(r,)| r)
+                });
+                self.packed = packed;
+                out?
+            }
         };
-        let func = self.process_func;
-        let out = self.call("process", at, |_, store| {
-            let typed = func.typed::<(BucketArg<'_>,), (ProcessResult,)>(&*store)?;
-            typed.call(store, (borrowed,)).map(|(r,)| r)
-        })?;
         let stories = out.map_err(|e| self.error("process", at, Failure::Guest(guest_error(e))))?;
         // Most stories close buckets after their events arrived: ask the caller first and build
         // the set of this bucket's ids only if some id is not known to it.
@@ -192,7 +224,11 @@ impl PluginInstance {
 
     /// Closes every open session and returns its story (the input is over).
     pub fn drain(&mut self, known_event: &dyn Fn(&str) -> bool) -> Result<Vec<Story>, CallError> {
-        let out = self.call("drain", None, |api, store| api.call_drain(store))?;
+        let drain = self.exports.drain;
+        let out = self.call("drain", None, |store| {
+            let typed = drain.typed::<(), (ProcessResult,)>(&*store)?;
+            typed.call(store, ()).map(|(r,)| r)
+        })?;
         let stories = out.map_err(|e| self.error("drain", None, Failure::Guest(guest_error(e))))?;
         self.check_output(stories, known_event).map_err(|f| self.error("drain", None, f))
     }
@@ -200,29 +236,61 @@ impl PluginInstance {
     /// The routing key the plugin computes for an event, if any. The event is lowered into the
     /// guest from the borrowed parts, without a copy on the host.
     pub fn route(&mut self, event: EventView<'_>) -> Result<Option<String>, CallError> {
-        let func = self.route_func;
-        let key = self.call("route", None, |_, store| {
-            let typed = func.typed::<(EventView<'_>,), (Option<String>,)>(&*store)?;
-            typed.call(store, (event,)).map(|(r,)| r)
-        })?;
-        match key {
-            Some(k) if k.len() > MAX_ID_BYTES => Err(self.error(
-                "route",
-                None,
-                Failure::Malformed {
-                    reason: format!(
-                        "routing key of {} bytes; the limit is {MAX_ID_BYTES}",
-                        k.len()
-                    ),
-                },
-            )),
-            other => Ok(other),
+        Ok(self.route_all(&[event])?.pop().flatten())
+    }
+
+    /// The routing keys of many events, in order: one call for all of them where the plugin's
+    /// version allows it (0.2.0), one call per event otherwise.
+    pub fn route_all(
+        &mut self,
+        events: &[EventView<'_>],
+    ) -> Result<Vec<Option<String>>, CallError> {
+        let func = self.exports.route;
+        let keys = match self.abi {
+            Abi::V0_1 => {
+                let mut keys = Vec::with_capacity(events.len());
+                for &event in events {
+                    keys.push(self.call("route", None, |store| {
+                        let typed = func.typed::<(EventView<'_>,), (Option<String>,)>(&*store)?;
+                        typed.call(store, (event,)).map(|(r,)| r)
+                    })?);
+                }
+                keys
+            }
+            Abi::V0_2 => {
+                let packed = pack(std::mem::take(&mut self.packed), events);
+                let keys = self.call("route", None, |store| {
+                    let typed = func.typed::<(&[u8],), (Vec<Option<String>>,)>(&*store)?;
+                    typed.call(store, (&packed,)).map(|(r,)| r)
+                });
+                self.packed = packed;
+                keys?
+            }
+        };
+        let malformed = |reason: String| self.error("route", None, Failure::Malformed { reason });
+        if keys.len() != events.len() {
+            return Err(malformed(format!(
+                "{} routing keys for {} events; route must return one per event",
+                keys.len(),
+                events.len()
+            )));
         }
+        if let Some(k) = keys.iter().flatten().find(|k| k.len() > MAX_ID_BYTES) {
+            return Err(malformed(format!(
+                "routing key of {} bytes; the limit is {MAX_ID_BYTES}",
+                k.len()
+            )));
+        }
+        Ok(keys)
     }
 
     /// The plugin's state, to be checkpointed with the offset.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, CallError> {
-        let state = self.call("snapshot", None, |api, store| api.call_snapshot(store))?;
+        let snapshot = self.exports.snapshot;
+        let state = self.call("snapshot", None, |store| {
+            let typed = snapshot.typed::<(), (Vec<u8>,)>(&*store)?;
+            typed.call(store, ()).map(|(r,)| r)
+        })?;
         if state.len() > self.limits.state_bytes {
             let failure =
                 Failure::StateTooLarge { bytes: state.len(), limit: self.limits.state_bytes };
@@ -233,8 +301,12 @@ impl PluginInstance {
 
     /// Replaces the plugin's state with a snapshot.
     pub fn restore(&mut self, state: &[u8]) -> Result<(), CallError> {
-        self.call("restore", None, |api, store| api.call_restore(store, state))?
-            .map_err(|e| self.error("restore", None, Failure::Guest(guest_error(e))))
+        let restore = self.exports.restore;
+        self.call("restore", None, |store| {
+            let typed = restore.typed::<(&[u8],), (Result<(), wit::Error>,)>(&*store)?;
+            typed.call(store, (state,)).map(|(r,)| r)
+        })?
+        .map_err(|e| self.error("restore", None, Failure::Guest(guest_error(e))))
     }
 
     fn error(&self, call: &'static str, bucket: Option<BucketRef>, failure: Failure) -> CallError {
@@ -246,7 +318,7 @@ impl PluginInstance {
         &mut self,
         call: &'static str,
         bucket: Option<BucketRef>,
-        f: impl FnOnce(&api::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         if self.poisoned {
             return Err(self.error(call, bucket, Failure::Poisoned));
@@ -256,7 +328,7 @@ impl PluginInstance {
         data.set_clock(self.watermark);
         data.limiter.hit = false;
         data.log.reset();
-        let result = f(self.bindings.storyline_correlator_correlator(), &mut self.store);
+        let result = f(&mut self.store);
         match result {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -348,6 +420,46 @@ impl PluginInstance {
 /// What `process` returns, as the generated bindings type it.
 type ProcessResult = Result<Vec<wit::Story>, wit::Error>;
 
+/// The guest's exports, looked up once per instance.
+#[derive(Debug, Clone, Copy)]
+struct Exports {
+    init: Func,
+    process: Func,
+    drain: Func,
+    route: Func,
+    snapshot: Func,
+    restore: Func,
+}
+
+/// Events packed for a 0.2.0 plugin, into `buf`'s memory.
+fn pack(buf: Vec<u8>, events: &[EventView<'_>]) -> Vec<u8> {
+    let mut w = storyline_sdk::packed::Writer::new(buf);
+    for e in events {
+        w.push(storyline_sdk::packed::EventRef {
+            id: e.id,
+            source: e.source,
+            kind: e.kind,
+            event_time: e.event_time,
+            insert_time: e.insert_time,
+            attributes: e.attributes,
+            payload: e.payload,
+        });
+    }
+    w.finish()
+}
+
+/// The WIT 0.2.0 `bucket`, its events packed.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct PackedBucketArg<'a> {
+    tenant: &'a str,
+    shard: u32,
+    start: i64,
+    end: i64,
+    watermark: i64,
+    events: &'a [u8],
+}
+
 /// Everything of the WIT `bucket` but its events.
 #[derive(Debug, Clone, Copy)]
 pub struct BucketHeader<'a> {
@@ -431,9 +543,10 @@ impl<'a> From<&'a Event> for EventView<'a> {
 fn export_func(
     store: &mut Store<HostState>,
     instance: &Instance,
+    version: &str,
     name: &str,
 ) -> wasmtime::Result<Func> {
-    let iface = format!("{}{}", super::EXPORT_PREFIX, "0.1.0");
+    let iface = format!("{}{}", super::EXPORT_PREFIX, version);
     let missing = || wasmtime::format_err!("the component does not export {iface}#{name}");
     let iface_index = instance.get_export_index(&mut *store, None, &iface).ok_or_else(missing)?;
     let func_index =

@@ -34,13 +34,13 @@ pub use inspect::{EXPORT_PREFIX, Manifest, inspect};
 pub use instance::{BucketHeader, EventView, PluginInstance};
 pub use sandbox::LogCaps;
 
-use bindings::v0_1_0;
+use bindings::{v0_1_0, v0_2_0};
 use sandbox::HostState;
 
 use crate::model::TenantId;
 
 /// The versions of `storyline:correlator` this host runs, oldest first.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
 
 /// How often the epoch advances; deadlines are enforced with this granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -122,6 +122,11 @@ impl Runtime {
             |state| state,
         )
         .map_err(|e| anyhow::anyhow!("cannot link the host interface: {e:#}"))?;
+        v0_2_0::Plugin::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot link the host interface: {e:#}"))?;
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
@@ -156,7 +161,13 @@ impl Runtime {
             reason: format!("{e:#}"),
         };
         let pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = v0_1_0::PluginPre::new(pre).map_err(wrong_world)?;
+        // The world's exports are checked against the version the component claims.
+        let abi = Abi::of(&manifest.version);
+        let pre = match abi {
+            Abi::V0_1 => v0_1_0::PluginPre::new(pre).map(|p| p.instance_pre().clone()),
+            Abi::V0_2 => v0_2_0::PluginPre::new(pre).map(|p| p.instance_pre().clone()),
+        }
+        .map_err(wrong_world)?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -172,6 +183,7 @@ impl Runtime {
                 compile_time,
             }),
             pre,
+            abi,
             engine: self.engine.clone(),
             budgets: self.budgets.clone(),
         })
@@ -231,11 +243,28 @@ impl PluginInfo {
     }
 }
 
+/// How a supported version of `storyline:correlator` hands events to the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abi {
+    /// 0.1.0: a list of event records; `route` one event per call.
+    V0_1,
+    /// 0.2.0: packed events; `route` many per call.
+    V0_2,
+}
+
+impl Abi {
+    /// The shape of a supported version ([`inspect`] refuses the others).
+    fn of(version: &str) -> Abi {
+        if version == "0.1.0" { Abi::V0_1 } else { Abi::V0_2 }
+    }
+}
+
 /// A checked, compiled plugin, ready to be instantiated for any number of tenants.
 #[derive(Clone)]
 pub struct Plugin {
     info: Arc<PluginInfo>,
-    pre: v0_1_0::PluginPre<HostState>,
+    pre: wasmtime::component::InstancePre<HostState>,
+    abi: Abi,
     engine: Engine,
     budgets: TenantBudgets,
 }

@@ -248,6 +248,28 @@ impl GuestLog {
 
 impl types::Host for HostState {}
 
+impl super::bindings::v0_2_0::storyline::correlator::types::Host for HostState {}
+
+/// 0.2.0's `log` is 0.1.0's.
+impl super::bindings::v0_2_0::storyline::correlator::host::Host for HostState {
+    fn log(
+        &mut self,
+        level: super::bindings::v0_2_0::storyline::correlator::types::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) {
+        use super::bindings::v0_2_0::storyline::correlator::types::Level as L;
+        let level = match level {
+            L::Trace => types::Level::Trace,
+            L::Debug => types::Level::Debug,
+            L::Info => types::Level::Info,
+            L::Warn => types::Level::Warn,
+            L::Error => types::Level::Error,
+        };
+        host::Host::log(self, level, message, fields);
+    }
+}
+
 impl host::Host for HostState {
     fn log(&mut self, level: types::Level, message: String, fields: Vec<(String, String)>) {
         let log = &mut self.log;
