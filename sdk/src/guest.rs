@@ -4,7 +4,7 @@
 // Generated code and macro glue: hidden from the docs, so not documented item by item.
 #![allow(missing_docs)]
 
-use crate::model::{Bucket, Error, Level, Story};
+use crate::model::{Bucket, Error, Event, Level, Story};
 
 pub mod bindings {
     wit_bindgen::generate!({
@@ -49,6 +49,28 @@ pub mod glue {
     thread_local! {
         // A component instance is single-threaded: the one correlator lives here between calls.
         static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+        // Events of the last call and surplus ones, decoded into again by the next call: once
+        // their strings have grown, a bucket is decoded without allocating.
+        static EVENTS: RefCell<(Vec<Event>, Vec<Event>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
+
+    /// Runs `f` on the events packed in `bytes`, decoded into the kept ones.
+    fn with_events<R>(
+        bytes: &[u8],
+        f: impl FnOnce(Vec<Event>) -> (Vec<Event>, R),
+    ) -> Result<R, String> {
+        let (mut events, mut spare) = EVENTS.with(|e| std::mem::take(&mut *e.borrow_mut()));
+        let decoded = crate::packed::decode_into(bytes, &mut events, &mut spare);
+        let result = match decoded {
+            Ok(()) => {
+                let (back, r) = f(events);
+                events = back;
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        };
+        EVENTS.with(|e| *e.borrow_mut() = (events, spare));
+        result
     }
 
     fn with<C: Correlator, R>(f: impl FnOnce(&mut C) -> Result<R, Error>) -> Result<R, WitError> {
@@ -68,15 +90,16 @@ pub mod glue {
     }
 
     pub fn process<C: Correlator>(bucket: WitBucket) -> Result<Vec<WitStory>, WitError> {
-        let bucket = Bucket {
-            events: crate::packed::decode(&bucket.events).map_err(WitError::Failed)?,
-            tenant: bucket.tenant,
-            shard: bucket.shard,
-            start: bucket.start,
-            end: bucket.end,
-            watermark: bucket.watermark,
-        };
-        with::<C, _>(|c| c.process(&bucket)).map(to_wit_stories)
+        let WitBucket { tenant, shard, start, end, watermark, events } = bucket;
+        let out = with_events(&events, |events| {
+            let bucket = Bucket { tenant, shard, start, end, watermark, events };
+            let out = with::<C, _>(|c| c.process(&bucket));
+            (bucket.events, out)
+        });
+        match out {
+            Ok(out) => out.map(to_wit_stories),
+            Err(e) => Err(WitError::Failed(e)),
+        }
     }
 
     pub fn drain<C: Correlator>() -> Result<Vec<WitStory>, WitError> {
@@ -85,8 +108,11 @@ pub mod glue {
 
     /// Malformed events get no key: the host routes them by id.
     pub fn route<C: Correlator>(events: Vec<u8>) -> Vec<Option<String>> {
-        let events = crate::packed::decode(&events).unwrap_or_default();
-        with::<C, _>(|c| Ok(events.iter().map(|e| c.route(e)).collect())).unwrap_or_default()
+        let keys = with_events(&events, |events| {
+            let keys = with::<C, _>(|c| Ok(events.iter().map(|e| c.route(e)).collect()));
+            (events, keys.unwrap_or_default())
+        });
+        keys.unwrap_or_default()
     }
 
     pub fn snapshot<C: Correlator>() -> Vec<u8> {

@@ -9,7 +9,7 @@ use std::fmt;
 pub type TimestampMs = i64;
 
 /// One event from one sensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Event {
     /// Unique within the tenant; stories list their events by this id.
     pub id: String,

@@ -79,21 +79,41 @@ fn put_bytes(b: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Reads packed events back. The error names the event and the part that is malformed.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Event>, String> {
+    let mut out = Vec::new();
+    decode_into(bytes, &mut out, &mut Vec::new())?;
+    Ok(out)
+}
+
+/// [`decode`] into `out`, reusing the strings and buffers of the events it holds and of those
+/// in `spare` (surplus events are moved there): once they have grown, decoding allocates
+/// nothing. On error `out` holds the events decoded before the malformed one.
+pub fn decode_into(
+    bytes: &[u8],
+    out: &mut Vec<Event>,
+    spare: &mut Vec<Event>,
+) -> Result<(), String> {
     let mut r = Reader { bytes, at: 0 };
     let count = r.u32().map_err(|e| format!("packed events: {e} in the event count"))?;
-    // Every event takes at least 36 bytes: a count larger than that is not believed.
-    let mut out = Vec::with_capacity((count as usize).min(bytes.len() / 36));
-    for i in 0..count {
-        let event = r.event().map_err(|e| format!("packed events: event {i} of {count}: {e}"))?;
-        out.push(event);
-    }
-    if r.at != bytes.len() {
-        return Err(format!(
-            "packed events: {} bytes after the last of {count} events",
-            bytes.len() - r.at
-        ));
-    }
-    Ok(out)
+    let mut n = 0;
+    let result = (|| {
+        for i in 0..count {
+            if n == out.len() {
+                out.push(spare.pop().unwrap_or_default());
+            }
+            r.event_into(&mut out[n])
+                .map_err(|e| format!("packed events: event {i} of {count}: {e}"))?;
+            n += 1;
+        }
+        if r.at != bytes.len() {
+            return Err(format!(
+                "packed events: {} bytes after the last of {count} events",
+                bytes.len() - r.at
+            ));
+        }
+        Ok(())
+    })();
+    spare.extend(out.drain(n..));
+    result
 }
 
 struct Reader<'a> {
@@ -127,24 +147,34 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
-    fn text(&mut self, what: &str) -> Result<String, String> {
+    fn text_into(&mut self, out: &mut String, what: &str) -> Result<(), String> {
         let b = self.bytes().map_err(|e| format!("{what}: {e}"))?;
-        std::str::from_utf8(b).map(str::to_string).map_err(|_| format!("{what} is not UTF-8"))
+        let text = std::str::from_utf8(b).map_err(|_| format!("{what} is not UTF-8"))?;
+        out.clear();
+        out.push_str(text);
+        Ok(())
     }
 
-    fn event(&mut self) -> Result<Event, String> {
-        let id = self.text("id")?;
-        let source = self.text("source")?;
-        let kind = self.text("kind")?;
-        let event_time = self.i64().map_err(|e| format!("event time: {e}"))?;
-        let insert_time = self.i64().map_err(|e| format!("insert time: {e}"))?;
-        let n = self.u32().map_err(|e| format!("attribute count: {e}"))?;
-        let mut attributes = Vec::with_capacity((n as usize).min(64));
-        for _ in 0..n {
-            attributes.push((self.text("attribute key")?, self.text("attribute value")?));
+    fn event_into(&mut self, e: &mut Event) -> Result<(), String> {
+        self.text_into(&mut e.id, "id")?;
+        self.text_into(&mut e.source, "source")?;
+        self.text_into(&mut e.kind, "kind")?;
+        e.event_time = self.i64().map_err(|err| format!("event time: {err}"))?;
+        e.insert_time = self.i64().map_err(|err| format!("insert time: {err}"))?;
+        let n = self.u32().map_err(|err| format!("attribute count: {err}"))? as usize;
+        e.attributes.truncate(n);
+        for i in 0..n {
+            if i == e.attributes.len() {
+                e.attributes.push(Default::default());
+            }
+            let (k, v) = &mut e.attributes[i];
+            self.text_into(k, "attribute key")?;
+            self.text_into(v, "attribute value")?;
         }
-        let payload = self.bytes().map_err(|e| format!("payload: {e}"))?.to_vec();
-        Ok(Event { id, source, kind, event_time, insert_time, attributes, payload })
+        let payload = self.bytes().map_err(|err| format!("payload: {err}"))?;
+        e.payload.clear();
+        e.payload.extend_from_slice(payload);
+        Ok(())
     }
 }
 
@@ -199,6 +229,25 @@ mod tests {
         // The documented layout: count, then the first event's id.
         let bytes = pack(&events);
         assert_eq!(&bytes[..9], &[2, 0, 0, 0, 1, 0, 0, 0, b'a']);
+    }
+
+    #[test]
+    fn decoding_into_used_events_overwrites_them_and_keeps_the_surplus() {
+        let events = sample();
+        let (mut out, mut spare) = (Vec::new(), Vec::new());
+        decode_into(&pack(&events), &mut out, &mut spare).unwrap();
+        assert_eq!(out, events);
+        // Fewer events: the first is overwritten in place, the second goes to the spare.
+        decode_into(&pack(&events[1..]), &mut out, &mut spare).unwrap();
+        assert_eq!((out.as_slice(), spare.len()), (&events[1..], 1));
+        // More again: the spare comes back, every field rewritten.
+        decode_into(&pack(&[events[1].clone(), events[0].clone()]), &mut out, &mut spare).unwrap();
+        assert_eq!(out, [events[1].clone(), events[0].clone()]);
+        assert!(spare.is_empty());
+        // A malformed one leaves the events decoded before it.
+        let bytes = pack(&events);
+        assert!(decode_into(&bytes[..bytes.len() - 1], &mut out, &mut spare).is_err());
+        assert_eq!(out, events[..1]);
     }
 
     #[test]
