@@ -28,6 +28,20 @@ pub struct EventRef<'a> {
     pub payload: &'a [u8],
 }
 
+impl<'a> From<&'a Event> for EventRef<'a> {
+    fn from(e: &'a Event) -> Self {
+        EventRef {
+            id: &e.id,
+            source: &e.source,
+            kind: &e.kind,
+            event_time: e.event_time,
+            insert_time: e.insert_time,
+            attributes: &e.attributes,
+            payload: &e.payload,
+        }
+    }
+}
+
 /// Writes events into a packed byte string.
 #[derive(Debug)]
 pub struct Writer {
@@ -208,15 +222,7 @@ mod tests {
     fn pack(events: &[Event]) -> Vec<u8> {
         let mut w = Writer::new(vec![1, 2, 3]);
         for e in events {
-            w.push(EventRef {
-                id: &e.id,
-                source: &e.source,
-                kind: &e.kind,
-                event_time: e.event_time,
-                insert_time: e.insert_time,
-                attributes: &e.attributes,
-                payload: &e.payload,
-            });
+            w.push(e.into());
         }
         w.finish()
     }
