@@ -106,13 +106,21 @@ pub mod glue {
         with::<C, _>(|c| c.drain()).map(to_wit_stories)
     }
 
-    /// Malformed events get no key: the host routes them by id.
+    /// One key per event. When the events cannot be decoded, or the correlator is missing,
+    /// none of them gets a key (the host routes them by id).
     pub fn route<C: Correlator>(events: Vec<u8>) -> Vec<Option<String>> {
         let keys = with_events(&events, |events| {
-            let keys = with::<C, _>(|c| Ok(events.iter().map(|e| c.route(e)).collect()));
-            (events, keys.unwrap_or_default())
+            let keys = with::<C, _>(|c| Ok(events.iter().map(|e| c.route(e)).collect::<Vec<_>>()));
+            (events, keys.ok())
         });
-        keys.unwrap_or_default()
+        match keys {
+            Ok(Some(keys)) => keys,
+            _ => {
+                let count =
+                    events.get(..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                vec![None; count as usize]
+            }
+        }
     }
 
     pub fn snapshot<C: Correlator>() -> Vec<u8> {

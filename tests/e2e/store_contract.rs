@@ -384,16 +384,19 @@ mod scylla {
         let Some((store, ())) = fresh_store("retention").await else { return };
         let t = crate::store_contract::unique_tenant("retention");
         let with_retention =
-            |secs: i64| ScyllaConfig { retention_secs: secs, ..store.config().clone() };
+            |secs: Option<i64>| ScyllaConfig { retention_secs: secs, ..store.config().clone() };
         // Any call opens the tenant: its tables are created, or their TTL reconciled, first.
         let ttls = |store: ScyllaStore, t: storyline::model::TenantId| async move {
             store.next_bucket(&t, storyline::model::ShardId(0), None).await.unwrap();
             store.table_ttls(&t).await.unwrap().into_iter().map(|(_, ttl)| ttl).collect::<Vec<_>>()
         };
-        let first = ScyllaStore::connect(with_retention(3600)).await.unwrap();
+        let first = ScyllaStore::connect(with_retention(Some(3600))).await.unwrap();
         assert_eq!(ttls(first, t.clone()).await, [3600, 3600, 3600]);
-        let second = ScyllaStore::connect(with_retention(7200)).await.unwrap();
+        let second = ScyllaStore::connect(with_retention(Some(7200))).await.unwrap();
         assert_eq!(ttls(second, t.clone()).await, [7200, 7200, 7200]);
+        // A process given no retention (`storyline stories` without the flag) changes nothing.
+        let third = ScyllaStore::connect(with_retention(None)).await.unwrap();
+        assert_eq!(ttls(third, t.clone()).await, [7200, 7200, 7200]);
         cleanup(&store, &[&t]).await;
     }
 }

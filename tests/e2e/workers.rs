@@ -146,3 +146,77 @@ fn worker_processes_on_a_cql_cluster_split_shards_and_survive_kill_9() {
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert_eq!(second.wait().unwrap().code(), Some(0));
 }
+
+/// The shard of every event written, read back from the store.
+fn shards_of_events(
+    rt: &tokio::runtime::Runtime,
+    store: &EmbeddedStore,
+    t: &TenantId,
+    layout: Layout,
+) -> std::collections::HashMap<String, u32> {
+    let mut out = std::collections::HashMap::new();
+    for shard in 0..layout.shards {
+        let mut at = None;
+        while let Some(b) = rt.block_on(store.next_bucket(t, ShardId(shard), at)).unwrap() {
+            for e in rt.block_on(store.read_bucket(t, ShardId(shard), b)).unwrap().into_events() {
+                out.insert(e.id, shard);
+            }
+            at = Some(b);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_batch_is_routed_by_explicit_keys_then_by_the_plugin_then_by_id() {
+    use storyline::plugin::Limits;
+    use storyline::producer::shard_of;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let layout = Layout { shards: 64, bucket_ms: 1000 };
+    let lines = |n: usize| {
+        (0..n)
+            .map(|i| match i % 3 {
+                0 => format!(r#"{{"id":"x{i}","source":"s","kind":"k","time":1,"route":"key{i}"}}"#),
+                1 => format!(
+                    r#"{{"id":"x{i}","source":"s","kind":"k","time":1,"attributes":{{"session":"s{i}"}}}}"#
+                ),
+                _ => format!(r#"{{"id":"x{i}","source":"s","kind":"k","time":1}}"#),
+            })
+            .collect::<Vec<_>>()
+    };
+    // `template` keys an event by its `session` attribute, else by its id ("event:<id>");
+    // `faulty` keys none, so the host routes by id. 2,500 events: three batches, one partial.
+    for (plugin, expected) in [
+        (
+            "template",
+            (|i: usize| match i % 3 {
+                0 => format!("key{i}"),
+                1 => format!("attr:s{i}"),
+                _ => format!("event:x{i}"),
+            }) as fn(usize) -> String,
+        ),
+        (
+            "faulty",
+            |i: usize| if i.is_multiple_of(3) { format!("key{i}") } else { format!("x{i}") },
+        ),
+    ] {
+        let scratch = Scratch::new(&format!("route-{plugin}"));
+        let store = EmbeddedStore::new(scratch.path("data"));
+        let t = TenantId::new("acme").unwrap();
+        let router = loaded(plugin).instantiate(&t, "{}", Limits::default()).unwrap();
+        let mut producer = Producer::new(&store, t.clone(), layout, Some(router));
+        let mut report = IngestReport::default();
+        for (i, line) in lines(2500).iter().enumerate() {
+            rt.block_on(producer.push_line(line, i + 1, &mut report)).unwrap();
+        }
+        rt.block_on(producer.flush(&mut report)).unwrap();
+        assert_eq!(report.accepted, 2500);
+        let got = shards_of_events(&rt, &store, &t, layout);
+        assert_eq!(got.len(), 2500, "{plugin}");
+        for i in 0..2500 {
+            let want = shard_of(&expected(i), layout.shards).0;
+            assert_eq!(got[&format!("x{i}")], want, "{plugin}: event x{i}");
+        }
+    }
+}

@@ -50,11 +50,12 @@ pub struct Cli {
     )]
     pub scylla_replication: String,
 
-    /// How long events are kept after they are written, seconds (default 7 days): the TTL of
-    /// new ScyllaDB tables; on the embedded store, log segments are removed once that old. A
-    /// shard lagging by half of it raises an alarm.
-    #[arg(long, global = true, env = "STORYLINE_RETENTION_SECS", default_value_t = 7 * 24 * 3600, value_parser = clap::value_parser!(i64).range(1..))]
-    pub retention_secs: i64,
+    /// How long events are kept after they are written, seconds: the TTL of the ScyllaDB
+    /// tables (applied to existing ones too); on the embedded store, log segments are removed
+    /// once that old. A tenant keeps the last one given; 7 days if never given. A shard
+    /// lagging by half of it raises an alarm. At most 20 years (CQL's longest TTL).
+    #[arg(long, global = true, env = "STORYLINE_RETENTION_SECS", value_parser = clap::value_parser!(i64).range(1..=630_720_000))]
+    pub retention_secs: Option<i64>,
 
     /// Log filter, e.g. `info` or `storyline=debug,guest=info`.
     #[arg(long, global = true, env = "STORYLINE_LOG", default_value = "warn")]
@@ -253,8 +254,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             match cli.store {
                 StoreKind::Embedded => {
                     ensure_dir(&dirs.data)?;
-                    let $store = EmbeddedStore::new(&dirs.data)
-                        .with_retention(cli.retention_secs.saturating_mul(1000));
+                    let mut $store = EmbeddedStore::new(&dirs.data);
+                    if let Some(secs) = cli.retention_secs {
+                        $store = $store.with_retention(secs.saturating_mul(1000));
+                    }
                     $body
                 }
                 StoreKind::Scylla => {

@@ -207,7 +207,7 @@ impl PluginInstance {
                     let typed = func.typed::<(PackedBucketArg<'_>,), (ProcessResult,)>(&*store)?;
                     typed.call(store, (arg,)).map(|(r,)| r)
                 });
-                self.packed = packed;
+                self.keep_packed(packed);
                 out?
             }
         };
@@ -258,13 +258,17 @@ impl PluginInstance {
                 keys
             }
             Abi::V0_2 => {
-                let packed = pack(std::mem::take(&mut self.packed), events);
-                let keys = self.call("route", None, |store| {
-                    let typed = func.typed::<(&[u8],), (Vec<Option<String>>,)>(&*store)?;
-                    typed.call(store, (&packed,)).map(|(r,)| r)
-                });
-                self.packed = packed;
-                keys?
+                let mut keys = Vec::with_capacity(events.len());
+                for chunk in chunks_of_bytes(events, ROUTE_CHUNK_BYTES) {
+                    let packed = pack(std::mem::take(&mut self.packed), chunk);
+                    let got = self.call("route", None, |store| {
+                        let typed = func.typed::<(&[u8],), (Vec<Option<String>>,)>(&*store)?;
+                        typed.call(store, (&packed,)).map(|(r,)| r)
+                    });
+                    self.keep_packed(packed);
+                    keys.extend(got?);
+                }
+                keys
             }
         };
         let malformed = |reason: String| self.error("route", None, Failure::Malformed { reason });
@@ -307,6 +311,14 @@ impl PluginInstance {
             typed.call(store, (state,)).map(|(r,)| r)
         })?
         .map_err(|e| self.error("restore", None, Failure::Guest(guest_error(e))))
+    }
+
+    /// Keeps the buffer of the last packed call for the next one, unless it is far larger than
+    /// what calls use (one huge bucket must not pin its size for the instance's life).
+    fn keep_packed(&mut self, packed: Vec<u8>) {
+        if packed.capacity() <= (packed.len() * 4).max(KEPT_PACKED_BYTES) {
+            self.packed = packed;
+        }
     }
 
     fn error(&self, call: &'static str, bucket: Option<BucketRef>, failure: Failure) -> CallError {
@@ -429,6 +441,40 @@ struct Exports {
     route: Func,
     snapshot: Func,
     restore: Func,
+}
+
+/// Packed events a single `route` call takes at most (about; one event may exceed it): a
+/// batch of large payloads is routed in several calls rather than in one that needs the guest
+/// to hold it all.
+const ROUTE_CHUNK_BYTES: usize = 8 << 20;
+
+/// A packed buffer kept between calls whatever its use.
+const KEPT_PACKED_BYTES: usize = 16 << 20;
+
+/// `events` in runs whose parts add up to about `limit` bytes (at least one event each).
+fn chunks_of_bytes<'e, 'a>(
+    events: &'e [EventView<'a>],
+    limit: usize,
+) -> impl Iterator<Item = &'e [EventView<'a>]> {
+    let mut rest = events;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take_while(|e| {
+                bytes += e.id.len() + e.source.len() + e.kind.len() + e.payload.len() + 64;
+                bytes += e.attributes.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>();
+                bytes <= limit
+            })
+            .count()
+            .max(1);
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// Events packed for a 0.2.0 plugin, into `buf`'s memory.
@@ -576,4 +622,33 @@ fn classify(e: wasmtime::Error, limit_hit: bool, limits: &Limits, stderr: String
         None => format!("{e:#}"),
     };
     Failure::Trap { message, stderr }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_batches_are_cut_by_bytes_and_never_lose_or_reorder_an_event() {
+        let payloads: Vec<Vec<u8>> =
+            [10, 500, 10, 10, 2000, 10].iter().map(|&n| vec![b'x'; n]).collect();
+        let events: Vec<EventView<'_>> = payloads
+            .iter()
+            .map(|p| EventView {
+                id: "e",
+                source: "s",
+                kind: "k",
+                event_time: 0,
+                insert_time: 0,
+                attributes: &[],
+                payload: p,
+            })
+            .collect();
+        let sizes: Vec<usize> = chunks_of_bytes(&events, 700).map(<[_]>::len).collect();
+        // 10+500 fit, then 10+10, then the 2000-byte event alone (over the limit by itself).
+        assert_eq!(sizes, [2, 2, 1, 1]);
+        let all: Vec<usize> = chunks_of_bytes(&events, 1 << 20).map(<[_]>::len).collect();
+        assert_eq!(all, [6]);
+        assert_eq!(chunks_of_bytes(&[], 100).count(), 0);
+    }
 }

@@ -162,7 +162,10 @@ impl Runtime {
         };
         let pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
         // The world's exports are checked against the version the component claims.
-        let abi = Abi::of(&manifest.version);
+        let abi = Abi::of(&manifest.version).ok_or_else(|| LoadError::WrongVersion {
+            path: path.into(),
+            found: manifest.version.clone(),
+        })?;
         let pre = match abi {
             Abi::V0_1 => v0_1_0::PluginPre::new(pre).map(|p| p.instance_pre().clone()),
             Abi::V0_2 => v0_2_0::PluginPre::new(pre).map(|p| p.instance_pre().clone()),
@@ -253,9 +256,13 @@ enum Abi {
 }
 
 impl Abi {
-    /// The shape of a supported version ([`inspect`] refuses the others).
-    fn of(version: &str) -> Abi {
-        if version == "0.1.0" { Abi::V0_1 } else { Abi::V0_2 }
+    /// The shape of a version; `None` for a version without one here.
+    fn of(version: &str) -> Option<Abi> {
+        match version {
+            "0.1.0" => Some(Abi::V0_1),
+            "0.2.0" => Some(Abi::V0_2),
+            _ => None,
+        }
     }
 }
 
@@ -279,5 +286,18 @@ impl Plugin {
     /// Facts about the file.
     pub fn info(&self) -> &PluginInfo {
         &self.info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_version_has_its_way_of_handing_events() {
+        for v in SUPPORTED_VERSIONS {
+            assert!(Abi::of(v).is_some(), "{v}");
+        }
+        assert_eq!(Abi::of("0.9.0"), None);
     }
 }

@@ -64,7 +64,8 @@ pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 pub struct EmbeddedStore {
     root: PathBuf,
     /// Events are dropped this long after they were written (whole log segments at a time).
-    retention_ms: i64,
+    /// `None`: as the tenant's directory remembers it (else [`DEFAULT_RETENTION_MS`]).
+    retention_ms: Option<i64>,
     /// Open tenants. A std mutex: held only to look up or insert, never across an await.
     tenants: Arc<Mutex<HashMap<TenantId, Arc<TenantDb>>>>,
 }
@@ -105,14 +106,17 @@ impl EmbeddedStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         EmbeddedStore {
             root: root.into(),
-            retention_ms: DEFAULT_RETENTION_MS,
+            retention_ms: None,
             tenants: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// Keeps events `ms` after they were written (default [`DEFAULT_RETENTION_MS`]).
+    /// Keeps events `ms` after they were written. A tenant's directory remembers the retention
+    /// it was last opened with: a store made without one (a `storyline stories` run without
+    /// `--retention-secs`) keeps it, and [`DEFAULT_RETENTION_MS`] applies only to a directory
+    /// that never had one.
     pub fn with_retention(mut self, ms: i64) -> Self {
-        self.retention_ms = ms.max(1);
+        self.retention_ms = Some(ms.max(1));
         self
     }
 
@@ -145,11 +149,13 @@ impl EmbeddedStore {
 }
 
 impl TenantDb {
-    fn open(dir: &Path, retention_ms: i64) -> Result<Self, StoreError> {
+    fn open(dir: &Path, configured: Option<i64>) -> Result<Self, StoreError> {
         let db = Database::builder(dir).open().map_err(|e| {
             backend(format!("cannot open {}: {e} (is another storyline using it?)", dir.display()))
         })?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(backend);
+        let meta = ks("meta")?;
+        let retention_ms = retention(&db, &meta, configured, dir)?;
         let events = EventLog::open(&dir.join("events")).map_err(backend)?;
         migrate_events(&db, &events)?;
         events.expire(crate::producer::now_ms() - retention_ms);
@@ -163,7 +169,7 @@ impl TenantDb {
             latest: ks("latest")?,
             published: ks("published")?,
             dead: ks("dead")?,
-            meta: ks("meta")?,
+            meta,
             closed: ks("closed")?,
             late: ks("late")?,
             db,
@@ -175,9 +181,6 @@ impl TenantDb {
         Ok(tenant)
     }
 
-    /// This process owns the directory (fjall locks it), so any lease found on opening was
-    /// held by a process that is gone: it lapses now (keeping its epoch, so the next owner's is
-    /// higher) instead of blocking a restart until its expiry.
     /// Forgets publications older than the retention, as `story_feed`'s TTL does on
     /// ScyllaDB: `stories --follow` reads only recent ones, and the index would otherwise grow
     /// by a key per revision forever. At most once a minute; a prune lost in a crash is redone
@@ -190,13 +193,29 @@ impl TenantDb {
         }
         self.published_pruned_at.store(now, Ordering::Relaxed);
         let cutoff = bucket_bytes(BucketStart(now.saturating_sub(self.retention_ms)));
-        let mut batch = self.db.batch();
-        for guard in self.published.range(..cutoff.to_vec()) {
-            batch.remove(&self.published, guard.key().map_err(backend)?);
+        // In batches of bounded size: the first prune after an upgrade may find many keys.
+        loop {
+            let old: Vec<_> = self
+                .published
+                .range(..cutoff.to_vec())
+                .take(10_000)
+                .map(|guard| guard.key())
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            if old.is_empty() {
+                return Ok(());
+            }
+            let mut batch = self.db.batch();
+            for key in old {
+                batch.remove(&self.published, key);
+            }
+            batch.commit().map_err(backend)?;
         }
-        batch.commit().map_err(backend)
     }
 
+    /// This process owns the directory (fjall locks it), so any lease found on opening was
+    /// held by a process that is gone: it lapses now (keeping its epoch, so the next owner's is
+    /// higher) instead of blocking a restart until its expiry.
     fn expire_leases(&self) -> Result<(), StoreError> {
         let mut stale = Vec::new();
         for guard in self.leases.iter() {
@@ -363,6 +382,36 @@ impl<'de: 'a, 'a> Deserialize<'de> for Bytes<'a> {
             }
         }
         d.deserialize_bytes(Visit)
+    }
+}
+
+/// The retention a tenant's events are kept for: `configured` when given, remembered in `meta`
+/// for the processes that open the directory without one; else the remembered one; else the
+/// default.
+fn retention(
+    db: &Database,
+    meta: &Keyspace,
+    configured: Option<i64>,
+    dir: &Path,
+) -> Result<i64, StoreError> {
+    let stored = match meta.get("retention_ms").map_err(backend)? {
+        Some(v) => Some(i64::from_be_bytes(
+            v.as_ref().try_into().map_err(|_| corrupt("meta", "retention is not 8 bytes"))?,
+        )),
+        None => None,
+    };
+    match configured {
+        Some(ms) if stored != Some(ms) => {
+            let mut batch = db.batch().durability(Some(PersistMode::SyncData));
+            batch.insert(meta, "retention_ms", ms.to_be_bytes());
+            batch.commit().map_err(backend)?;
+            if let Some(old) = stored {
+                tracing::info!(dir = %dir.display(), from_secs = old / 1000, to_secs = ms / 1000, "retention changed");
+            }
+            Ok(ms)
+        }
+        Some(ms) => Ok(ms),
+        None => Ok(stored.unwrap_or(DEFAULT_RETENTION_MS)),
     }
 }
 
@@ -610,7 +659,8 @@ impl Store for EmbeddedStore {
     }
 
     fn retention_ms(&self) -> Option<i64> {
-        Some(self.retention_ms)
+        // The tenants' own, when they were opened without one, may differ; the alarm is a hint.
+        Some(self.retention_ms.unwrap_or(DEFAULT_RETENTION_MS))
     }
 
     async fn late_stats(&self, tenant: &TenantId, shard: ShardId) -> Result<LateStats, StoreError> {
@@ -875,7 +925,11 @@ impl Store for EmbeddedStore {
                 }
             }
             batch.commit().map_err(backend)?;
-            db.prune_published(now)
+            // The stories are published; a prune that fails is only retried later.
+            if let Err(e) = db.prune_published(now) {
+                tracing::warn!("cannot prune the publication index: {e}");
+            }
+            Ok(())
         })
         .await
     }
@@ -1050,6 +1104,21 @@ mod tests {
         let db = store.tenant(&tenant).unwrap();
         assert!(!db.db.list_keyspace_names().iter().any(|n| n.as_ref() == "events"));
         drop((db, store));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_tenant_keeps_the_retention_it_was_last_given() {
+        let root = std::env::temp_dir().join(format!("storyline-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let tenant = TenantId::new("acme").unwrap();
+        let opened = |store: EmbeddedStore| store.tenant(&tenant).unwrap().retention_ms;
+        assert_eq!(opened(EmbeddedStore::new(&root)), DEFAULT_RETENTION_MS);
+        assert_eq!(opened(EmbeddedStore::new(&root).with_retention(30_000)), 30_000);
+        // Opened without one (a `storyline stories` run): the tenant's own, not the default.
+        assert_eq!(opened(EmbeddedStore::new(&root)), 30_000);
+        assert_eq!(opened(EmbeddedStore::new(&root).with_retention(60_000)), 60_000);
+        assert_eq!(opened(EmbeddedStore::new(&root)), 60_000);
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -66,8 +66,9 @@ pub struct ScyllaConfig {
     pub replication: String,
     /// Consistency of reads and writes. Default `LOCAL_QUORUM`.
     pub consistency: Consistency,
-    /// Retention of events: the TTL of `events` and `buckets`. Default 7 days.
-    pub retention_secs: i64,
+    /// Retention of events: the TTL of `events`, `buckets` and `story_feed`. `None`: as the
+    /// tables have it, 7 days for new ones. Given, it is applied to existing tables too.
+    pub retention_secs: Option<i64>,
     /// Rows per page when reading a partition. Default 5 000.
     pub page_size: i32,
 }
@@ -78,9 +79,19 @@ impl Default for ScyllaConfig {
             nodes: vec!["127.0.0.1:9042".into()],
             replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".into(),
             consistency: Consistency::LocalQuorum,
-            retention_secs: 7 * 24 * 3600,
+            retention_secs: None,
             page_size: 5000,
         }
+    }
+}
+
+/// The retention of new tables when none is given: 7 days.
+pub const DEFAULT_RETENTION_SECS: i64 = 7 * 24 * 3600;
+
+impl ScyllaConfig {
+    /// The retention in seconds: the one given, else [`DEFAULT_RETENTION_SECS`].
+    pub fn retention_secs(&self) -> i64 {
+        self.retention_secs.unwrap_or(DEFAULT_RETENTION_SECS)
     }
 }
 
@@ -93,7 +104,7 @@ pub fn keyspace(tenant: &TenantId) -> String {
 /// ScyllaDB understands.
 pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec<String> {
     let ks = keyspace(tenant);
-    let ttl = config.retention_secs;
+    let ttl = config.retention_secs();
     // Insert-only tables with a TTL: expired cells are the only tombstones (see module docs).
     let queue_options = format!(
         "compaction = {{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'HOURS', 'compaction_window_size': 6}} \
@@ -293,7 +304,9 @@ impl ScyllaStore {
     /// written keep the TTL they were written with.
     async fn apply_retention(&self, tenant: &TenantId) -> Result<(), StoreError> {
         let ks = keyspace(tenant);
-        let want = self.config.retention_secs;
+        // Only a process given a retention changes the tables: others (a `storyline stories`
+        // run without `--retention-secs`) keep what the tables have.
+        let Some(want) = self.config.retention_secs else { return Ok(()) };
         for (table, ttl) in self.table_ttls(tenant).await? {
             if ttl == want {
                 continue;
@@ -737,7 +750,8 @@ impl Store for ScyllaStore {
             Some(b) => (b.0.div_euclid(DAY_MS), b.0),
             // From the start: the oldest data is at most the retention old.
             None => (
-                (crate::producer::now_ms() - self.config.retention_secs * 1000).div_euclid(DAY_MS),
+                (crate::producer::now_ms() - self.config.retention_secs() * 1000)
+                    .div_euclid(DAY_MS),
                 i64::MIN,
             ),
         };
@@ -781,7 +795,7 @@ impl Store for ScyllaStore {
     }
 
     fn retention_ms(&self) -> Option<i64> {
-        Some(self.config.retention_secs * 1000)
+        Some(self.config.retention_secs() * 1000)
     }
 
     async fn late_stats(&self, tenant: &TenantId, shard: ShardId) -> Result<LateStats, StoreError> {
@@ -1046,7 +1060,7 @@ impl Store for ScyllaStore {
         let t = self.tenant(tenant).await?;
         // Nothing older than the retention is left; a worker's clock may run a little ahead.
         let now = crate::producer::now_ms();
-        let from = since_ms.max(now - self.config.retention_secs * 1000).div_euclid(MINUTE_MS);
+        let from = since_ms.max(now - self.config.retention_secs() * 1000).div_euclid(MINUTE_MS);
         let mut keys: Vec<(String, i32)> = Vec::new();
         for minute in from..=(now + MINUTE_MS).div_euclid(MINUTE_MS) {
             let pager = self
