@@ -208,8 +208,15 @@ mod tests {
         let mut flat = Flat::with_capacity(1, 8);
         flat.push(parts("a", b"{}"), [("site", "paris")].into_iter());
         let flat = flat.finish();
-        let owned =
-            BucketEvents::from(flat.views().iter().map(EventView::to_event).collect::<Vec<_>>());
+        let owned = BucketEvents::from(vec![Event {
+            id: "a".into(),
+            source: "fw".into(),
+            kind: "flow".into(),
+            event_time: 5,
+            insert_time: 6,
+            attributes: vec![("site".into(), "paris".into())],
+            payload: b"{}".to_vec(),
+        }]);
         assert_eq!(format!("{:?}", owned.views()), format!("{:?}", flat.views()));
         assert!(BucketEvents::default().is_empty());
     }
