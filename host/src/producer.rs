@@ -212,12 +212,7 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
                     self.send(report).await?;
                 }
             }
-            Err(err) => {
-                report.rejected_count += 1;
-                if report.rejected.len() < 100 {
-                    report.rejected.push(err);
-                }
-            }
+            Err(err) => self.reject(report, err.line, err.reason),
         }
         Ok(())
     }
@@ -273,26 +268,38 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
         Ok(())
     }
 
-    /// Reads a whole JSONL stream, then flushes.
-    pub async fn ingest(&mut self, reader: impl BufRead) -> Result<IngestReport, StoreError> {
+    /// Reads a whole JSONL stream, then flushes. A line that is not UTF-8 is rejected like a
+    /// malformed one; a read error ends the input (what was read is still written).
+    pub async fn ingest(&mut self, mut reader: impl BufRead) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
-        for (i, line) in reader.lines().enumerate() {
-            let line = match line {
-                Ok(l) => l,
+        // One buffer for every line.
+        let mut buf = Vec::new();
+        for line_no in 1.. {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
                 Err(e) => {
-                    report.rejected_count += 1;
-                    if report.rejected.len() < 100 {
-                        report
-                            .rejected
-                            .push(FormatError { line: i + 1, reason: format!("unreadable: {e}") });
-                    }
-                    continue;
+                    self.reject(&mut report, line_no, format!("unreadable, input ends here: {e}"));
+                    break;
                 }
-            };
-            self.push_line(&line, i + 1, &mut report).await?;
+            }
+            let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            match std::str::from_utf8(text) {
+                Ok(line) => self.push_line(line, line_no, &mut report).await?,
+                Err(e) => self.reject(&mut report, line_no, format!("not UTF-8: {e}")),
+            }
         }
         self.flush(&mut report).await?;
         Ok(report)
+    }
+
+    fn reject(&self, report: &mut IngestReport, line: usize, reason: String) {
+        report.rejected_count += 1;
+        if report.rejected.len() < 100 {
+            report.rejected.push(FormatError { line, reason });
+        }
     }
 }
 
@@ -306,6 +313,25 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[tokio::test]
+    async fn lines_that_are_not_utf8_are_rejected_and_the_others_written() {
+        let dir = std::env::temp_dir().join(format!("storyline-utf8-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = crate::store::embedded::EmbeddedStore::new(&dir);
+        let tenant = TenantId::new("acme").unwrap();
+        let mut p = Producer::new(&store, tenant, Layout::default(), None);
+        let input: &[u8] = b"{\"source\":\"s\",\"kind\":\"k\",\"time\":1}\r\n\xff\xfe\n\n{\"source\":\"s\",\"kind\":\"k\",\"time\":2}";
+        let report = p.ingest(input).await.unwrap();
+        assert_eq!((report.accepted, report.rejected_count), (2, 1));
+        assert_eq!(report.rejected[0].line, 2);
+        assert!(
+            report.rejected[0].reason.starts_with("not UTF-8"),
+            "{}",
+            report.rejected[0].reason
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
