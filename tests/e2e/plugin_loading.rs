@@ -147,6 +147,66 @@ fn a_plugin_built_for_0_1_0_still_runs_and_agrees_with_its_0_2_0_build() {
     assert_eq!(outputs[0], outputs[1]);
 }
 
+/// A tenant upgrading from a 0.1.0 build to a 0.2.0 build of its rule while it runs: the new
+/// version restores the old one's snapshot and goes on as if it had run from the start.
+#[test]
+fn state_handed_from_a_0_1_0_plugin_to_its_0_2_0_build_goes_on_alike() {
+    use storyline::model::Bucket;
+    use storyline::plugin::Limits;
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/template-wit-0.1.0.wasm");
+    let old = runtime().load(&fixture).unwrap();
+    let new = runtime().load(&plugin("template")).unwrap();
+    let tenant = storyline::model::TenantId::new("acme").unwrap();
+    let lines = storyline::generate::generate(&storyline::generate::GenConfig {
+        sessions: 100,
+        ..Default::default()
+    });
+    let mut events: Vec<storyline::model::Event> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let e = storyline_sdk::format::parse_line(&l.line, i + 1).unwrap();
+            e.into_event(|| format!("e{i:04}"), 1_000)
+        })
+        .collect();
+    events.sort_by_key(|e| e.event_time);
+    // Two buckets by event time; sessions span both.
+    let middle = events[events.len() / 2].event_time;
+    let end = events.last().unwrap().event_time + 1;
+    let bucket = |from: i64, to: i64| Bucket {
+        tenant: "acme".into(),
+        shard: 0,
+        start: from,
+        end: to,
+        watermark: to,
+        events: events.iter().filter(|e| (from..to).contains(&e.event_time)).cloned().collect(),
+    };
+    let (first, second) = (bucket(i64::MIN, middle), bucket(middle, end));
+    let any = |_: &str| true;
+    let ids = |v: Vec<storyline::model::Story>| {
+        let mut v: Vec<(String, Vec<String>)> =
+            v.into_iter().map(|s| (s.id, s.event_ids)).collect();
+        v.sort();
+        v
+    };
+    // Upgraded half way.
+    let mut a = old.instantiate(&tenant, "{}", Limits::default()).unwrap();
+    let mut upgraded = a.process(&first, &any).unwrap();
+    let state = a.snapshot().unwrap();
+    let mut b = new.instantiate(&tenant, "{}", Limits::default()).unwrap();
+    b.restore(&state).unwrap();
+    upgraded.extend(b.process(&second, &any).unwrap());
+    upgraded.extend(b.drain(&any).unwrap());
+    // The new build all along.
+    let mut c = new.instantiate(&tenant, "{}", Limits::default()).unwrap();
+    let mut straight = c.process(&first, &any).unwrap();
+    straight.extend(c.process(&second, &any).unwrap());
+    straight.extend(c.drain(&any).unwrap());
+    assert!(!state.is_empty() && !straight.is_empty());
+    assert_eq!(ids(upgraded), ids(straight));
+}
+
 #[test]
 fn compiled_components_are_cached_and_a_bad_cache_entry_is_recompiled() {
     let scratch = Scratch::new("cache");
