@@ -93,6 +93,27 @@ fn a_component_claiming_the_version_with_the_wrong_shape_is_the_wrong_world() {
     }
 }
 
+/// The `template` plugin as built for 0.1.0 (the fixture) and as built today.
+fn template_builds() -> (storyline::plugin::Plugin, storyline::plugin::Plugin) {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/template-wit-0.1.0.wasm");
+    let old = runtime().load(&fixture).unwrap_or_else(|e| panic!("{e}"));
+    (old, runtime().load(&plugin("template")).unwrap())
+}
+
+/// The events of `sessions` generated sessions, ids `e<line>`.
+fn generated_events(sessions: usize) -> Vec<storyline::model::Event> {
+    let config = storyline::generate::GenConfig { sessions, ..Default::default() };
+    storyline::generate::generate(&config)
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let e = storyline_sdk::format::parse_line(&l.line, i + 1).unwrap();
+            e.into_event(|| format!("e{i:04}"), 1_000)
+        })
+        .collect()
+}
+
 /// `tests/fixtures/template-wit-0.1.0.wasm` is the `template` plugin as the SDK built it for
 /// `storyline:correlator@0.1.0` (events as a list of records, `route` one event per call).
 /// Plugins built then keep working: the fixture and today's build of the same rule route and
@@ -101,25 +122,11 @@ fn a_component_claiming_the_version_with_the_wrong_shape_is_the_wrong_world() {
 fn a_plugin_built_for_0_1_0_still_runs_and_agrees_with_its_0_2_0_build() {
     use storyline::model::Bucket;
     use storyline::plugin::{EventView, Limits};
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/template-wit-0.1.0.wasm");
-    let old = runtime().load(&fixture).unwrap_or_else(|e| panic!("{e}"));
+    let (old, new) = template_builds();
     assert_eq!(old.info().manifest.version, "0.1.0");
-    let new = runtime().load(&plugin("template")).unwrap();
     assert_eq!(new.info().manifest.version, "0.2.0");
     let tenant = storyline::model::TenantId::new("acme").unwrap();
-    let lines = storyline::generate::generate(&storyline::generate::GenConfig {
-        sessions: 50,
-        ..Default::default()
-    });
-    let events: Vec<storyline::model::Event> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let e = storyline_sdk::format::parse_line(&l.line, i + 1).unwrap();
-            e.into_event(|| format!("e{i}"), 1_000)
-        })
-        .collect();
+    let events = generated_events(50);
     let views: Vec<EventView<'_>> = events.iter().map(EventView::from).collect();
     let mut outputs = Vec::new();
     for plugin in [&old, &new] {
@@ -153,23 +160,9 @@ fn a_plugin_built_for_0_1_0_still_runs_and_agrees_with_its_0_2_0_build() {
 fn state_handed_from_a_0_1_0_plugin_to_its_0_2_0_build_goes_on_alike() {
     use storyline::model::Bucket;
     use storyline::plugin::Limits;
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/template-wit-0.1.0.wasm");
-    let old = runtime().load(&fixture).unwrap();
-    let new = runtime().load(&plugin("template")).unwrap();
+    let (old, new) = template_builds();
     let tenant = storyline::model::TenantId::new("acme").unwrap();
-    let lines = storyline::generate::generate(&storyline::generate::GenConfig {
-        sessions: 100,
-        ..Default::default()
-    });
-    let mut events: Vec<storyline::model::Event> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let e = storyline_sdk::format::parse_line(&l.line, i + 1).unwrap();
-            e.into_event(|| format!("e{i:04}"), 1_000)
-        })
-        .collect();
+    let mut events = generated_events(100);
     events.sort_by_key(|e| e.event_time);
     // Two buckets by event time; sessions span both.
     let middle = events[events.len() / 2].event_time;
