@@ -16,8 +16,14 @@
 //! Story ids are derived from the key and the event that opened the session, so the same input
 //! gives the same ids across restarts and replays. The whole state serialises with
 //! [`Sessionizer::snapshot`] and comes back with [`Sessionizer::restore`].
+//!
+//! [`Sessionizer::advance`] visits only the keys whose next deadline has come, found in a
+//! min-heap of (due time, key), not every session kept. A live shard keeps each session for
+//! `gap + skew + reopen` (11.5 minutes by default) of one-second buckets, so a scan of all of
+//! them per bucket would cost each event hundreds of session visits.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
 
 use rustc_hash::FxBuildHasher;
@@ -134,6 +140,13 @@ impl<D> Session<D> {
         }
     }
 
+    /// When the session next needs a visit from `advance`: its deadline while it has unpublished
+    /// events, else the end of its reopen window, when it is forgotten.
+    fn due(&self, cfg: &SessionConfig) -> TimestampMs {
+        let deadline = self.deadline(cfg);
+        if self.dirty { deadline } else { deadline.saturating_add(cfg.reopen_ms) }
+    }
+
     /// When the session closes: its last activity plus gap and skew. Last activity is the later
     /// of its last event time and the watermark it was last touched at, except that an event
     /// stamped in the future (a fast clock) is believed only up to `skew`.
@@ -151,13 +164,26 @@ impl<D> Session<D> {
 /// fixed hasher: looking a key up is one hash instead of a dozen comparisons of keys that share
 /// long prefixes (community ids all start alike). Its order is never observed: stories leave
 /// sorted by id and snapshots list keys in a fixed order.
-type Sessions<D> = HashMap<String, Vec<Session<D>>, FxBuildHasher>;
+type Sessions<D> = HashMap<String, Keyed<D>, FxBuildHasher>;
+
+/// The sessions of one key and when `advance` visits them next.
+#[derive(Debug, Clone)]
+struct Keyed<D> {
+    /// Usually one; more when the key's tuple was reused.
+    sessions: Vec<Session<D>>,
+    /// The time of this key's live entry in the schedule: never later than the earliest
+    /// [`Session::due`] of its sessions. Other entries of the key in the heap are stale.
+    scheduled: TimestampMs,
+}
 
 /// Groups events into sessions by key. `D` is the per-session data of the rule.
 #[derive(Debug, Clone)]
 pub struct Sessionizer<D> {
     config: SessionConfig,
     sessions: Sessions<D>,
+    /// (due time, key), earliest first: when `advance` must look at a key. Rebuilt from the
+    /// sessions on restore and on a change of configuration, never serialised.
+    schedule: BinaryHeap<Reverse<(TimestampMs, String)>>,
 }
 
 /// Snapshots hold the sessions as a map in a fixed order (key hash, then key), so that equal
@@ -175,7 +201,7 @@ impl<D: Serialize> Serialize for Sessionizer<D> {
         // string comparison for nearly every pair (community ids share their first bytes).
         let hasher = FxBuildHasher;
         let mut sorted: Vec<_> =
-            self.sessions.iter().map(|(k, v)| (hasher.hash_one(k), k, v)).collect();
+            self.sessions.iter().map(|(k, v)| (hasher.hash_one(k), k, &v.sessions)).collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         let sorted: Vec<_> = sorted.into_iter().map(|(_, k, v)| (k, v)).collect();
         let mut s = serializer.serialize_struct("Sessionizer", 2)?;
@@ -191,17 +217,36 @@ impl<'de, D: Deserialize<'de>> Deserialize<'de> for Sessionizer<D> {
         #[serde(rename = "Sessionizer")]
         struct Stored<D> {
             config: SessionConfig,
-            sessions: Sessions<D>,
+            sessions: HashMap<String, Vec<Session<D>>, FxBuildHasher>,
         }
         let stored = Stored::<D>::deserialize(deserializer)?;
-        Ok(Sessionizer { config: stored.config, sessions: stored.sessions })
+        let sessions = stored
+            .sessions
+            .into_iter()
+            .map(|(k, sessions)| (k, Keyed { sessions, scheduled: TimestampMs::MAX }))
+            .collect();
+        let mut s = Sessionizer { config: stored.config, sessions, schedule: BinaryHeap::new() };
+        s.reschedule();
+        Ok(s)
     }
 }
 
 impl<D> Sessionizer<D> {
     /// An empty sessionizer.
     pub fn new(config: SessionConfig) -> Self {
-        Sessionizer { config, sessions: Sessions::default() }
+        Sessionizer { config, sessions: Sessions::default(), schedule: BinaryHeap::new() }
+    }
+
+    /// Schedules every key anew, at the earliest due time of its sessions.
+    fn reschedule(&mut self) {
+        let cfg = self.config;
+        let mut entries = Vec::with_capacity(self.sessions.len());
+        for (key, keyed) in &mut self.sessions {
+            keyed.scheduled =
+                keyed.sessions.iter().map(|s| s.due(&cfg)).min().unwrap_or(TimestampMs::MAX);
+            entries.push(Reverse((keyed.scheduled, key.clone())));
+        }
+        self.schedule = BinaryHeap::from(entries);
     }
 
     /// The configuration in use.
@@ -211,7 +256,7 @@ impl<D> Sessionizer<D> {
 
     /// Sessions kept (open, or closed and kept for late events).
     pub fn len(&self) -> usize {
-        self.sessions.values().map(Vec::len).sum()
+        self.sessions.values().map(|k| k.sessions.len()).sum()
     }
 
     /// No session is kept.
@@ -221,7 +266,7 @@ impl<D> Sessionizer<D> {
 
     /// Every kept session, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Session<D>> {
-        self.sessions.values().flatten()
+        self.sessions.values().flat_map(|k| &k.sessions)
     }
 
     /// Whether any session is kept for `key`.
@@ -239,6 +284,7 @@ impl<D> Sessionizer<D> {
         let cfg = self.config;
         self.sessions
             .get_mut(key)?
+            .sessions
             .iter_mut()
             .filter(|s| s.matches(time, reach_ms, &cfg))
             .min_by_key(|s| s.distance(time))
@@ -250,6 +296,10 @@ impl<D> Sessionizer<D> {
     /// `watermark` is the current bucket's watermark. Returns the session so that the rule
     /// can merge the event's data into [`Session::data`]. A session that was already
     /// published is reopened and will be published again with the next revision.
+    ///
+    /// The session's times are the sessionizer's: a rule that changed `first_seen` or
+    /// `last_seen` through the returned reference would move its deadline without the schedule
+    /// knowing (a session is never published before its deadline, but could be after it).
     pub fn add(
         &mut self,
         key: &str,
@@ -266,9 +316,11 @@ impl<D> Sessionizer<D> {
         if !self.sessions.contains_key(key) {
             // Room for one session: a key rarely has two, and a vector's first allocation would
             // otherwise hold four (over a kilobyte of sessions kept for ten minutes).
-            self.sessions.insert(key.to_string(), Vec::with_capacity(1));
+            let keyed = Keyed { sessions: Vec::with_capacity(1), scheduled: TimestampMs::MAX };
+            self.sessions.insert(key.to_string(), keyed);
         }
-        let Some(list) = self.sessions.get_mut(key) else { unreachable!("inserted above") };
+        let Some(keyed) = self.sessions.get_mut(key) else { unreachable!("inserted above") };
+        let list = &mut keyed.sessions;
         let best = list
             .iter()
             .enumerate()
@@ -300,6 +352,13 @@ impl<D> Sessionizer<D> {
         session.reach_ms = session.reach_ms.max(reach_ms.max(0));
         session.dirty = true;
         session.event_ids.push(event_id.to_string());
+        // A session's due time only grows while it stays unpublished, so the key's entry
+        // stands; a new session, or a published one reopened, may be due before it.
+        let due = session.due(&cfg);
+        if due < keyed.scheduled {
+            keyed.scheduled = due;
+            self.schedule.push(Reverse((due, key.to_string())));
+        }
         session
     }
 
@@ -312,8 +371,16 @@ impl<D> Sessionizer<D> {
     ) -> Vec<Story> {
         let cfg = self.config;
         let mut out = Vec::new();
-        self.sessions.retain(|_, list| {
-            list.retain_mut(|s| {
+        while let Some(Reverse((due, _))) = self.schedule.peek()
+            && *due <= watermark
+        {
+            let Some(Reverse((due, key))) = self.schedule.pop() else { break };
+            let Some(keyed) = self.sessions.get_mut(&key) else { continue };
+            if keyed.scheduled != due {
+                // Superseded by an earlier entry, already visited.
+                continue;
+            }
+            keyed.sessions.retain_mut(|s| {
                 let deadline = s.deadline(&cfg);
                 if s.dirty && watermark >= deadline {
                     out.push(emit(s));
@@ -322,8 +389,16 @@ impl<D> Sessionizer<D> {
                 }
                 s.dirty || watermark < deadline.saturating_add(cfg.reopen_ms)
             });
-            !list.is_empty()
-        });
+            match keyed.sessions.iter().map(|s| s.due(&cfg)).min() {
+                Some(next) => {
+                    keyed.scheduled = next;
+                    self.schedule.push(Reverse((next, key)));
+                }
+                None => {
+                    self.sessions.remove(&key);
+                }
+            }
+        }
         out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -332,8 +407,13 @@ impl<D> Sessionizer<D> {
     /// state: the input is over.
     pub fn drain(&mut self, mut emit: impl FnMut(&Session<D>) -> Story) -> Vec<Story> {
         let sessions = std::mem::take(&mut self.sessions);
-        let mut out: Vec<Story> =
-            sessions.values().flatten().filter(|s| s.dirty).map(&mut emit).collect();
+        self.schedule.clear();
+        let mut out: Vec<Story> = sessions
+            .values()
+            .flat_map(|k| &k.sessions)
+            .filter(|s| s.dirty)
+            .map(&mut emit)
+            .collect();
         out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -359,7 +439,10 @@ impl<D> Sessionizer<D> {
 
     /// Replaces the configuration (e.g. after restoring a snapshot taken with other settings).
     pub fn set_config(&mut self, config: SessionConfig) {
-        self.config = config;
+        if config != self.config {
+            self.config = config;
+            self.reschedule();
+        }
     }
 }
 
@@ -471,6 +554,103 @@ mod tests {
     }
 
     #[test]
+    fn a_reopened_session_closes_at_its_new_deadline_not_at_the_end_of_its_reopen_window() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "a", 100 * S, 0, 100 * S);
+        assert_eq!(s.advance(190 * S, |x| x.story("t")).len(), 1);
+        // Kept until 790 s for late events; one arrives at watermark 300 s.
+        s.add("k", "late", 101 * S, 0, 300 * S);
+        assert!(s.advance(389 * S, |x| x.story("t")).is_empty());
+        let out = s.advance(390 * S, |x| x.story("t"));
+        assert_eq!(ids(&out), vec![vec!["a", "late"]]);
+        assert_eq!(out[0].revision, 1);
+    }
+
+    #[test]
+    fn a_second_session_of_a_key_closes_on_its_own_deadline() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "a", 100 * S, 0, 100 * S);
+        assert_eq!(s.advance(190 * S, |x| x.story("t")).len(), 1);
+        // Past max_span of the first session: a new one, while the first is kept until 790 s.
+        s.add("k", "b", 800 * S, 0, 200 * S);
+        assert!(s.advance(289 * S, |x| x.story("t")).is_empty());
+        // Its event time is in the future of the watermark: believed only up to skew.
+        let out = s.advance(320 * S, |x| x.story("t"));
+        assert_eq!(ids(&out), vec![vec!["b"]]);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn a_restored_state_closes_sessions_by_the_configuration_given_after() {
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        s.add("k", "a", 100 * S, 0, 100 * S);
+        let mut r: Sessionizer<()> = Sessionizer::restore(&s.snapshot()).unwrap();
+        assert!(r.advance(189 * S, |x| x.story("t")).is_empty());
+        r.set_config(SessionConfig { gap_ms: 10 * S, ..cfg() });
+        assert_eq!(ids(&r.advance(140 * S, |x| x.story("t"))), vec![vec!["a"]]);
+    }
+
+    /// Whatever the order of events and watermarks, after `advance(w)` no kept session is
+    /// unpublished past its deadline nor published past its reopen window, as if every session
+    /// had been looked at; and each event is published in the revision that follows its add.
+    #[test]
+    fn advance_visits_every_session_that_is_due_and_no_event_is_left_unpublished() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for round in 0..20 {
+            let config = SessionConfig {
+                gap_ms: (1 + next(60)) as i64 * S,
+                max_span_ms: (1 + next(600)) as i64 * S,
+                skew_ms: next(30) as i64 * S,
+                reopen_ms: next(600) as i64 * S,
+            };
+            let mut s: Sessionizer<()> = Sessionizer::new(config);
+            let mut watermark = 0;
+            let mut added = Vec::new();
+            let mut published = std::collections::HashSet::new();
+            for i in 0..2_000 {
+                watermark += next(3) as i64 * S;
+                if next(4) == 0 {
+                    for story in s.advance(watermark, |x| x.story("t")) {
+                        published.extend(story.event_ids);
+                    }
+                    for x in s.iter() {
+                        let deadline = x.deadline(&config);
+                        assert!(
+                            !(x.dirty && deadline <= watermark),
+                            "round {round}: {} unpublished past its deadline",
+                            x.id
+                        );
+                        assert!(
+                            x.dirty || watermark < deadline.saturating_add(config.reopen_ms),
+                            "round {round}: {} kept past its reopen window",
+                            x.id
+                        );
+                    }
+                    if round % 2 == 1 {
+                        s = Sessionizer::restore(&s.snapshot()).unwrap();
+                    }
+                } else {
+                    let key = format!("k{}", next(50));
+                    let time = watermark + (next(240) as i64 - 120) * S;
+                    let id = format!("e{i}");
+                    s.add(&key, &id, time, next(3) as i64 * 20 * S, watermark);
+                    added.push(id);
+                }
+            }
+            for story in s.drain(|x| x.story("t")) {
+                published.extend(story.event_ids);
+            }
+            assert!(added.iter().all(|id| published.contains(id)), "round {round}");
+        }
+    }
+
+    #[test]
     fn a_session_is_forgotten_after_reopen_window() {
         let mut s: Sessionizer<()> = Sessionizer::new(cfg());
         s.add("k", "a", 100 * S, 0, 100 * S);
@@ -522,7 +702,10 @@ mod tests {
             config: SessionConfig,
             sessions: std::collections::BTreeMap<&'a String, &'a Vec<Session<u8>>>,
         }
-        let old = Ordered { config: *a.config(), sessions: a.sessions.iter().collect() };
+        let old = Ordered {
+            config: *a.config(),
+            sessions: a.sessions.iter().map(|(k, v)| (k, &v.sessions)).collect(),
+        };
         let bytes = postcard::to_allocvec(&old).unwrap();
         assert_eq!(bytes.len(), a.snapshot().len());
         let restored: Sessionizer<u8> = Sessionizer::restore(&bytes).unwrap();
