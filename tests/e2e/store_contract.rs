@@ -129,6 +129,52 @@ pub async fn checkpoints_keep_offset_and_state_together(s: &impl Store, t: &Tena
     assert_eq!((cp.bucket, cp.state.as_slice()), (BucketStart(2000), &b"state-1"[..]));
 }
 
+/// Bytes that do not compress: a live tenant's snapshot is tens of megabytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub async fn a_state_of_tens_of_megabytes_commits_and_loads_back_whole(
+    s: &impl Store,
+    t: &TenantId,
+) {
+    let sh = ShardId(3);
+    let lease = s.acquire_lease(t, sh, "w1", 60_000, 0).await.unwrap().unwrap();
+    let big = noise(40 << 20, 7);
+    s.commit(t, &lease, BucketStart(1000), Some(&big)).await.unwrap();
+    let cp = s.load_checkpoint(t, sh).await.unwrap().unwrap();
+    assert_eq!(cp.bucket, BucketStart(1000));
+    assert!(
+        cp.state == big,
+        "a state of {} bytes came back as {} bytes",
+        big.len(),
+        cp.state.len()
+    );
+    // A smaller state replaces it whole: nothing of the larger one is left in it.
+    let small = noise(3 << 20, 8);
+    s.commit(t, &lease, BucketStart(2000), Some(&small)).await.unwrap();
+    let cp = s.load_checkpoint(t, sh).await.unwrap().unwrap();
+    assert!(cp.state == small, "got {} bytes, expected {}", cp.state.len(), small.len());
+    // A fenced commit of a large state leaves the committed one as it was.
+    let next = s.acquire_lease(t, sh, "w2", 60_000, 70_000).await.unwrap().unwrap();
+    let err = s.commit(t, &lease, BucketStart(3000), Some(&big)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "got {err:?}");
+    let cp = s.load_checkpoint(t, sh).await.unwrap().unwrap();
+    assert_eq!(cp.bucket, BucketStart(2000));
+    assert!(cp.state == small, "got {} bytes after a fenced commit", cp.state.len());
+    s.commit(t, &next, BucketStart(3000), None).await.unwrap();
+    let cp = s.load_checkpoint(t, sh).await.unwrap().unwrap();
+    assert!((cp.bucket, cp.epoch) == (BucketStart(3000), next.epoch) && cp.state == small);
+}
+
 pub async fn leases_exclude_other_owners_until_they_expire(s: &impl Store, t: &TenantId) {
     let sh = ShardId(0);
     let a = s.acquire_lease(t, sh, "a", 1000, 0).await.unwrap().unwrap();
@@ -302,6 +348,7 @@ macro_rules! all_contract_tests {
             next_bucket_walks_non_empty_buckets_only,
             a_write_with_another_layout_is_refused_and_changes_nothing,
             checkpoints_keep_offset_and_state_together,
+            a_state_of_tens_of_megabytes_commits_and_loads_back_whole,
             leases_exclude_other_owners_until_they_expire,
             a_commit_under_a_stale_epoch_is_fenced,
             publishing_is_idempotent_and_latest_revision_wins,
@@ -377,6 +424,102 @@ mod scylla {
     }
 
     all_contract_tests!();
+
+    /// A session of its own, to look at the tables as they are.
+    async fn raw_session() -> scylla::client::session::Session {
+        let nodes = std::env::var("STORYLINE_SCYLLA_NODES").unwrap_or_default();
+        let mut builder = scylla::client::session_builder::SessionBuilder::new();
+        for node in nodes.split(',') {
+            builder = builder.known_node(node);
+        }
+        builder.build().await.unwrap()
+    }
+
+    /// Rows of `shard_state` in partition (shard, epoch, slot).
+    async fn chunks(
+        db: &scylla::client::session::Session,
+        t: &storyline::model::TenantId,
+        shard: u32,
+        epoch: u64,
+        slot: i32,
+    ) -> i64 {
+        let ks = storyline::store::scylla::keyspace(t);
+        let cql = format!(
+            "SELECT COUNT(*) FROM {ks}.shard_state WHERE shard = ? AND epoch = ? AND slot = ?"
+        );
+        let result = db.query_unpaged(cql, (shard as i32, epoch as i64, slot)).await.unwrap();
+        result.into_rows_result().unwrap().first_row::<(i64,)>().unwrap().0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_state_lives_in_two_slots_of_its_epoch_and_the_next_owner_deletes_them() {
+        use storyline::model::{BucketStart, ShardId};
+        use storyline::store::Store;
+        let Some((store, ())) = fresh_store("slots").await else { return };
+        let t = crate::store_contract::unique_tenant("slots");
+        let db = raw_session().await;
+        let sh = ShardId(1);
+        let first = store.acquire_lease(&t, sh, "w1", 60_000, 0).await.unwrap().unwrap();
+        // Three commits of 2.5 MiB (three chunks each): slot 0, slot 1, slot 0 again.
+        for i in 0..3u8 {
+            let state = vec![i; 5 << 19];
+            store.commit(&t, &first, BucketStart(1000 * i64::from(i)), Some(&state)).await.unwrap();
+        }
+        assert_eq!(
+            (chunks(&db, &t, 1, first.epoch, 0).await, chunks(&db, &t, 1, first.epoch, 1).await),
+            (3, 3)
+        );
+        let cp = store.load_checkpoint(&t, sh).await.unwrap().unwrap();
+        assert!(cp.state == vec![2u8; 5 << 19], "the last commit's state");
+        // The next owner's first commit of a state deletes the previous epoch's slots.
+        let second = store.acquire_lease(&t, sh, "w2", 60_000, 70_000).await.unwrap().unwrap();
+        store.commit(&t, &second, BucketStart(3000), Some(b"small")).await.unwrap();
+        assert_eq!(chunks(&db, &t, 1, second.epoch, 0).await, 1);
+        assert_eq!(
+            (chunks(&db, &t, 1, first.epoch, 0).await, chunks(&db, &t, 1, first.epoch, 1).await),
+            (0, 0)
+        );
+        let cp = store.load_checkpoint(&t, sh).await.unwrap().unwrap();
+        assert_eq!((cp.bucket, cp.state.as_slice()), (BucketStart(3000), &b"small"[..]));
+        cleanup(&store, &[&t]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_state_written_in_the_shard_row_before_shard_state_existed_still_loads() {
+        use storyline::model::{BucketStart, ShardId};
+        use storyline::store::Store;
+        let Some((store, ())) = fresh_store("inline").await else { return };
+        let t = crate::store_contract::unique_tenant("inline");
+        let ks = storyline::store::scylla::keyspace(&t);
+        let db = raw_session().await;
+        // The tables as an earlier version created them: the state inline in `shards`.
+        for cql in [
+            format!(
+                "CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+            ),
+            format!(
+                "CREATE TABLE {ks}.shards (shard int PRIMARY KEY, owner text, epoch bigint, expires_ms bigint, \
+                 bucket bigint, state blob, closed bigint)"
+            ),
+            format!(
+                "INSERT INTO {ks}.shards (shard, owner, epoch, expires_ms, bucket, state) \
+                 VALUES (0, 'old', 3, 0, 5000, 0x696e6c696e65) IF NOT EXISTS"
+            ),
+        ] {
+            db.query_unpaged(cql, &[]).await.unwrap();
+        }
+        db.await_schema_agreement().await.unwrap();
+        let cp = store.load_checkpoint(&t, ShardId(0)).await.unwrap().unwrap();
+        assert_eq!(
+            (cp.bucket, cp.state.as_slice(), cp.epoch),
+            (BucketStart(5000), &b"inline"[..], 3)
+        );
+        let lease = store.acquire_lease(&t, ShardId(0), "new", 60_000, 1).await.unwrap().unwrap();
+        store.commit(&t, &lease, BucketStart(6000), Some(b"chunked")).await.unwrap();
+        let cp = store.load_checkpoint(&t, ShardId(0)).await.unwrap().unwrap();
+        assert_eq!((cp.bucket, cp.state.as_slice()), (BucketStart(6000), &b"chunked"[..]));
+        cleanup(&store, &[&t]).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_changed_retention_becomes_the_tables_ttl() {

@@ -12,9 +12,17 @@
 //!   worker finds the next bucket with one query per day instead of one per empty second.
 //!   Written before the events it announces; same TTL and options as `events`.
 //! - `shards`, `PRIMARY KEY (shard)`: the lease (owner, epoch, expiry) and the committed offset
-//!   with the plugin state, in one row so that one lightweight transaction fences a commit by
-//!   the lease epoch. Every write to it is an LWT; LWT and plain writes are never mixed there
-//!   (their timestamps do not order against each other).
+//!   with a reference to the plugin state, in one row so that one lightweight transaction fences
+//!   a commit by the lease epoch. Every write to it is an LWT; LWT and plain writes are never
+//!   mixed there (their timestamps do not order against each other).
+//! - `shard_state`, `PRIMARY KEY ((shard, epoch, slot), chunk)`: plugin states in chunks of
+//!   1 MiB. A live tenant's state is tens of megabytes, and a mutation over half a commit-log
+//!   segment (16 MiB by default, on ScyllaDB and Cassandra alike) is refused; an LWT would also
+//!   copy it through the Paxos table. A commit writes the chunks first, with plain writes, into
+//!   the slot its shard row does not point at, then points the row at them with the LWT that
+//!   fences the commit. Each lease epoch has two slots of its own, so a fenced worker never
+//!   writes where the current owner's state is; the new owner's first commit of a state deletes
+//!   the previous epoch's slots.
 //! - `stories`, `PRIMARY KEY (story_id, revision)` newest revision first; `dead_letters`,
 //!   `PRIMARY KEY (shard, bucket)`; `meta` (the layout).
 //! - `story_feed`, `PRIMARY KEY ((minute), published_ms, story_id, revision)`: which revisions
@@ -47,6 +55,13 @@ const RETAINED_TABLES: &[&str] = &["events", "buckets", "story_feed"];
 
 /// Partition width of `story_feed`.
 const MINUTE_MS: i64 = 60_000;
+
+/// Bytes of plugin state per `shard_state` row: far below the mutation limit, and large enough
+/// that a 50 MB state is 50 rows.
+const STATE_CHUNK: usize = 1 << 20;
+
+/// State chunks written at a time by one commit.
+const STATE_WRITES_IN_FLIGHT: usize = 4;
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend { backend: BACKEND, message: e.to_string() }
@@ -122,9 +137,14 @@ pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec
             "CREATE TABLE IF NOT EXISTS {ks}.buckets (shard int, day bigint, bucket bigint, \
              PRIMARY KEY ((shard, day), bucket)) WITH {queue_options}"
         ),
+        // `state` holds the state inline as written before `shard_state` existed; read only.
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.shards (shard int PRIMARY KEY, owner text, epoch bigint, expires_ms bigint, \
-             bucket bigint, state blob, closed bigint)"
+             bucket bigint, state blob, closed bigint, {SHARD_STATE_COLUMNS})"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.shard_state (shard int, epoch bigint, slot int, chunk int, data blob, \
+             PRIMARY KEY ((shard, epoch, slot), chunk))"
         ),
         // Late writes redirected past closed buckets, per shard.
         format!(
@@ -154,6 +174,11 @@ pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec
     ]
 }
 
+/// The columns of `shards` that point at the committed state in `shard_state`: the epoch and
+/// slot of its partition, its number of chunks and of bytes.
+const SHARD_STATE_COLUMNS: &str =
+    "state_epoch bigint, state_slot int, state_chunks int, state_bytes bigint";
+
 /// A tenant's statements, prepared once (after its schema is created) by the first caller.
 type PreparedOnce = Arc<OnceCell<Arc<Tenant>>>;
 
@@ -170,6 +195,9 @@ struct Tenant {
     renew_shard: PreparedStatement,
     commit: PreparedStatement,
     commit_with_state: PreparedStatement,
+    write_state_chunk: PreparedStatement,
+    read_state: PreparedStatement,
+    delete_state: PreparedStatement,
     insert_story: PreparedStatement,
     latest_stories: PreparedStatement,
     all_stories: PreparedStatement,
@@ -335,11 +363,44 @@ impl ScyllaStore {
         Ok(())
     }
 
+    /// Adds the state reference columns to a `shards` table created before they existed.
+    async fn upgrade_shards_table(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        let ks = keyspace(tenant);
+        let rows = self
+            .session
+            .query_unpaged(
+                "SELECT column_name FROM system_schema.columns \
+                 WHERE keyspace_name = ? AND table_name = 'shards'",
+                (&ks,),
+            )
+            .await
+            .map_err(backend)?
+            .into_rows_result()
+            .map_err(|e| corrupt("system_schema.columns", e))?;
+        let mut columns =
+            rows.rows::<(String,)>().map_err(|e| corrupt("system_schema.columns", e))?;
+        if columns.any(|c| c.is_ok_and(|(name,)| name == "state_chunks")) {
+            return Ok(());
+        }
+        self.session
+            .query_unpaged(format!("ALTER TABLE {ks}.shards ADD ({SHARD_STATE_COLUMNS})"), &[])
+            .await
+            .map_err(|e| {
+                backend(format!(
+                    "cannot add the state columns to {ks}.shards: {e} (the role needs ALTER \
+                     permission on the keyspace)"
+                ))
+            })?;
+        self.session.await_schema_agreement().await.map_err(backend)?;
+        Ok(())
+    }
+
     async fn prepare_tenant(&self, tenant: &TenantId) -> Result<Arc<Tenant>, StoreError> {
         for cql in schema_cql(tenant, &self.config, self.is_scylla) {
             self.session.query_unpaged(cql, &[]).await.map_err(backend)?;
         }
         self.session.await_schema_agreement().await.map_err(backend)?;
+        self.upgrade_shards_table(tenant).await?;
         self.apply_retention(tenant).await?;
         let ks = keyspace(tenant);
         let c = self.config.consistency;
@@ -373,7 +434,11 @@ impl ScyllaStore {
             ))
             .await?,
             count_bucket: prepare(format!("SELECT COUNT(*) FROM {ks}.events WHERE shard = ? AND bucket = ?")).await?,
-            read_shard: serial(format!("SELECT owner, epoch, expires_ms, bucket, state, closed FROM {ks}.shards WHERE shard = ?")).await?,
+            read_shard: serial(format!(
+                "SELECT owner, epoch, expires_ms, bucket, state, closed, state_epoch, state_slot, state_chunks, state_bytes \
+                 FROM {ks}.shards WHERE shard = ?"
+            ))
+            .await?,
             create_shard: prepare(format!(
                 "INSERT INTO {ks}.shards (shard, owner, epoch, expires_ms) VALUES (?, ?, ?, ?) IF NOT EXISTS"
             ))
@@ -388,7 +453,25 @@ impl ScyllaStore {
             .await?,
             commit: prepare(format!("UPDATE {ks}.shards SET bucket = ? WHERE shard = ? IF epoch = ?")).await?,
             commit_with_state: prepare(format!(
-                "UPDATE {ks}.shards SET bucket = ?, state = ? WHERE shard = ? IF epoch = ?"
+                "UPDATE {ks}.shards SET bucket = ?, state = null, state_epoch = ?, state_slot = ?, state_chunks = ?, \
+                 state_bytes = ? WHERE shard = ? IF epoch = ?"
+            ))
+            .await?,
+            write_state_chunk: prepare(format!(
+                "INSERT INTO {ks}.shard_state (shard, epoch, slot, chunk, data) VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            read_state: {
+                let mut p = prepare(format!(
+                    "SELECT chunk, data FROM {ks}.shard_state WHERE shard = ? AND epoch = ? AND slot = ? AND chunk < ?"
+                ))
+                .await?;
+                // A few chunks per page, not `page_size` rows of a megabyte each.
+                p.set_page_size(4);
+                p
+            },
+            delete_state: prepare(format!(
+                "DELETE FROM {ks}.shard_state WHERE shard = ? AND epoch = ? AND slot = ?"
             ))
             .await?,
             insert_story: prepare(format!(
@@ -466,14 +549,123 @@ impl ScyllaStore {
             .map_err(backend)?;
         let rows = result.into_rows_result().map_err(backend)?;
         let row = rows.maybe_first_row::<ShardColumns>().map_err(|e| corrupt("shards", e))?;
-        Ok(row.map(|(owner, epoch, expires_ms, bucket, state, closed)| ShardRow {
-            owner: owner.unwrap_or_default(),
-            epoch: epoch.unwrap_or(0),
-            expires_ms: expires_ms.unwrap_or(i64::MIN),
-            bucket,
-            state: state.unwrap_or_default(),
-            closed,
-        }))
+        Ok(row.map(
+            |(owner, epoch, expires_ms, bucket, inline, closed, se, slot, chunks, bytes)| {
+                let state = match (se, slot, chunks, bytes) {
+                    (Some(epoch), Some(slot), Some(chunks), Some(bytes)) => {
+                        StateRef::Chunks { epoch, slot, chunks, bytes }
+                    }
+                    _ => StateRef::Inline(inline.unwrap_or_default()),
+                };
+                ShardRow {
+                    owner: owner.unwrap_or_default(),
+                    epoch: epoch.unwrap_or(0),
+                    expires_ms: expires_ms.unwrap_or(i64::MIN),
+                    bucket,
+                    state,
+                    closed,
+                }
+            },
+        ))
+    }
+
+    /// The committed state a shard row points at.
+    async fn read_state(
+        &self,
+        t: &Tenant,
+        shard: ShardId,
+        state: StateRef,
+    ) -> Result<Vec<u8>, StoreError> {
+        let StateRef::Chunks { epoch, slot, chunks, bytes } = state else {
+            let StateRef::Inline(bytes) = state else { unreachable!("matched above") };
+            return Ok(bytes);
+        };
+        let incomplete = |got: String| {
+            corrupt(
+                "shard_state",
+                format!(
+                    "the state of shard {shard} (epoch {epoch}, slot {slot}) should be {chunks} \
+                     chunks and {bytes} bytes; {got}. Were its chunks deleted, or written at a \
+                     weaker consistency than they are read?"
+                ),
+            )
+        };
+        let mut out = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
+        let pager = self
+            .session
+            .execute_iter(t.read_state.clone(), (shard.0 as i32, epoch, slot, chunks))
+            .await
+            .map_err(backend)?;
+        let mut rows =
+            pager.rows_stream::<(i32, Vec<u8>)>().map_err(|e| corrupt("shard_state", e))?;
+        let mut next = 0;
+        while let Some(row) = rows.next().await {
+            let (chunk, data) = row.map_err(backend)?;
+            if chunk != next {
+                return Err(incomplete(format!("chunk {next} is missing")));
+            }
+            out.extend_from_slice(&data);
+            next += 1;
+        }
+        if next != chunks || out.len() as i64 != bytes {
+            return Err(incomplete(format!("found {next} chunks and {} bytes", out.len())));
+        }
+        Ok(out)
+    }
+
+    /// Writes `state` into slot `slot` of `epoch`, chunk by chunk, a few at a time.
+    async fn write_state(
+        &self,
+        t: &Tenant,
+        shard: ShardId,
+        epoch: i64,
+        slot: i32,
+        state: &[u8],
+    ) -> Result<i32, StoreError> {
+        let failed = |e: scylla::errors::ExecutionError| {
+            backend(format!("writing the plugin state of shard {shard} failed: {e}"))
+        };
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        // Typed here: the first use of the results comes before the first push.
+        let settle = |result: Result<scylla::response::query_result::QueryResult, _>| {
+            result.map(drop).map_err(failed)
+        };
+        for (i, data) in state.chunks(STATE_CHUNK).enumerate() {
+            if in_flight.len() >= STATE_WRITES_IN_FLIGHT
+                && let Some(result) = in_flight.next().await
+            {
+                settle(result)?;
+            }
+            let values = (shard.0 as i32, epoch, slot, i as i32, data);
+            in_flight.push(self.session.execute_unpaged(&t.write_state_chunk, values));
+        }
+        while let Some(result) = in_flight.next().await {
+            settle(result)?;
+        }
+        Ok(state.len().div_ceil(STATE_CHUNK) as i32)
+    }
+
+    /// Deletes a slot's chunks. Garbage collection: a failure is logged, and the slot stays.
+    async fn delete_state(
+        &self,
+        t: &Tenant,
+        tenant: &TenantId,
+        shard: ShardId,
+        epoch: i64,
+        slot: i32,
+    ) {
+        let result =
+            self.session.execute_unpaged(&t.delete_state, (shard.0 as i32, epoch, slot)).await;
+        if let Err(e) = result {
+            tracing::warn!(
+                %tenant,
+                shard = shard.0,
+                epoch,
+                slot,
+                error = %e,
+                "an unused plugin state was not deleted from shard_state; it only takes space"
+            );
+        }
     }
 
     /// The error of a transaction refused because the lease moved on.
@@ -635,17 +827,43 @@ impl ScyllaStore {
     }
 }
 
-/// owner, epoch, expires_ms, bucket, state, closed.
-type ShardColumns =
-    (Option<String>, Option<i64>, Option<i64>, Option<i64>, Option<Vec<u8>>, Option<i64>);
+/// owner, epoch, expires_ms, bucket, state, closed, state_epoch, state_slot, state_chunks,
+/// state_bytes.
+type ShardColumns = (
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    Option<i64>,
+    Option<i32>,
+    Option<i32>,
+    Option<i64>,
+);
 
+/// A shard's row in `shards`.
 struct ShardRow {
+    /// Who holds the lease.
     owner: String,
+    /// The lease epoch: the fencing token.
     epoch: i64,
+    /// When the lease lapses, epoch ms.
     expires_ms: i64,
+    /// The committed offset.
     bucket: Option<i64>,
-    state: Vec<u8>,
+    /// Where the committed state is.
+    state: StateRef,
+    /// The shard's buckets up to this one are closed for writing.
     closed: Option<i64>,
+}
+
+/// Where a shard's committed plugin state is.
+enum StateRef {
+    /// In the row itself (as written before `shard_state` existed; empty when none).
+    Inline(Vec<u8>),
+    /// In `shard_state`, partition `(shard, epoch, slot)`, chunks `0..chunks`.
+    Chunks { epoch: i64, slot: i32, chunks: i32, bytes: i64 },
 }
 
 type StoryRow = (String, i32, String, Vec<String>, i64, i64, String, i64);
@@ -878,13 +1096,10 @@ impl Store for ScyllaStore {
         shard: ShardId,
     ) -> Result<Option<Checkpoint>, StoreError> {
         let t = self.tenant(tenant).await?;
-        Ok(self.shard_row(&t, shard).await?.and_then(|row| {
-            row.bucket.map(|b| Checkpoint {
-                bucket: BucketStart(b),
-                state: row.state,
-                epoch: row.epoch as u64,
-            })
-        }))
+        let Some(row) = self.shard_row(&t, shard).await? else { return Ok(None) };
+        let Some(bucket) = row.bucket else { return Ok(None) };
+        let state = self.read_state(&t, shard, row.state).await?;
+        Ok(Some(Checkpoint { bucket: BucketStart(bucket), state, epoch: row.epoch as u64 }))
     }
 
     async fn commit(
@@ -897,14 +1112,39 @@ impl Store for ScyllaStore {
         let t = self.tenant(tenant).await?;
         let shard = lease.shard.0 as i32;
         let epoch = lease.epoch as i64;
-        let applied = match state {
-            Some(state) => self.lwt(&t.commit_with_state, (bucket.0, state, shard, epoch)).await?,
-            None => self.lwt(&t.commit, (bucket.0, shard, epoch)).await?,
+        let Some(state) = state else {
+            if self.lwt(&t.commit, (bucket.0, shard, epoch)).await? {
+                return Ok(());
+            }
+            return Err(self.fenced(&t, tenant, lease).await);
         };
-        if applied {
-            return Ok(());
+        // The state goes where the row does not point: this epoch's other slot, or slot 0 of a
+        // new epoch. A lease lost already is not worth the writes.
+        let current = self.shard_row(&t, lease.shard).await?;
+        let previous = match current {
+            Some(row) if row.epoch == epoch => row.state,
+            _ => return Err(self.fenced(&t, tenant, lease).await),
+        };
+        let slot = match previous {
+            StateRef::Chunks { epoch: e, slot, .. } if e == epoch => 1 - slot,
+            _ => 0,
+        };
+        let chunks = self.write_state(&t, lease.shard, epoch, slot, state).await?;
+        let bytes = state.len() as i64;
+        let values = (bucket.0, epoch, slot, chunks, bytes, shard, epoch);
+        if !self.lwt(&t.commit_with_state, values).await? {
+            self.delete_state(&t, tenant, lease.shard, epoch, slot).await;
+            return Err(self.fenced(&t, tenant, lease).await);
         }
-        Err(self.fenced(&t, tenant, lease).await)
+        // The previous owner's slots are unused from now on.
+        if let StateRef::Chunks { epoch: e, .. } = previous
+            && e != epoch
+        {
+            for slot in [0, 1] {
+                self.delete_state(&t, tenant, lease.shard, e, slot).await;
+            }
+        }
+        Ok(())
     }
 
     async fn acquire_lease(
