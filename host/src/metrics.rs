@@ -63,7 +63,7 @@ pub fn render<S: Store>(
         dead.push((t, handle.block_on(store.dead_letters(tenant))?.len() as f64));
         for shard in (0..layout.shards).map(ShardId) {
             let labels = format!("{{tenant=\"{tenant}\",shard=\"{shard}\"}}");
-            let offset = handle.block_on(store.load_checkpoint(tenant, shard))?.map(|c| c.bucket);
+            let offset = handle.block_on(store.committed_offset(tenant, shard))?;
             let oldest = handle.block_on(store.next_bucket(tenant, shard, offset))?;
             let lag_ms = oldest.map_or(0, |b| (now - b.0 - layout.bucket_ms).max(0));
             lag.push((labels.clone(), lag_ms as f64 / 1000.0));

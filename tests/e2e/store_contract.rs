@@ -117,7 +117,9 @@ pub async fn checkpoints_keep_offset_and_state_together(s: &impl Store, t: &Tena
     let sh = ShardId(2);
     assert_eq!(s.load_checkpoint(t, sh).await.unwrap(), None);
     let lease = s.acquire_lease(t, sh, "w1", 10_000, 0).await.unwrap().unwrap();
+    assert_eq!(s.committed_offset(t, sh).await.unwrap(), None);
     s.commit(t, &lease, BucketStart(1000), Some(b"state-1")).await.unwrap();
+    assert_eq!(s.committed_offset(t, sh).await.unwrap(), Some(BucketStart(1000)));
     let cp = s.load_checkpoint(t, sh).await.unwrap().unwrap();
     assert_eq!(
         (cp.bucket, cp.state.as_slice(), cp.epoch),

@@ -203,8 +203,7 @@ pub fn write_status<S: Store>(
     let mut alarms = Vec::new();
     for shard in (0..layout.shards).map(ShardId) {
         let lease = handle.block_on(store.lease(tenant, shard))?;
-        let cp = handle.block_on(store.load_checkpoint(tenant, shard))?;
-        let offset = cp.as_ref().map(|c| c.bucket);
+        let offset = handle.block_on(store.committed_offset(tenant, shard))?;
         let pending = handle.block_on(store.pending_events(tenant, shard, offset))?;
         let oldest = handle.block_on(store.next_bucket(tenant, shard, offset))?;
         // Lag: how old the oldest unconsumed bucket is; 0 when nothing waits.

@@ -15,7 +15,8 @@
 //! | keyspace      | key                                  | value                                  |
 //! |---------------|--------------------------------------|----------------------------------------|
 //! | `offsets`     | shard                                | committed bucket, epoch                |
-//! | `state`       | shard                                | plugin snapshot (rewritten on change)  |
+//! | `state_files` | shard                                | the file of the committed plugin state |
+//! | `state`       | shard                                | plugin state, as earlier versions kept it (read only) |
 //! | `leases`      | shard                                | owner, epoch, expiry                   |
 //! | `workers`     | owner                                | heartbeat expiry                       |
 //! | `stories`     | story id, revision                   | published time, story JSON             |
@@ -25,6 +26,8 @@
 //! | `closed`      | shard                                | last bucket closed for writing         |
 //! | `late`        | shard                                | late events redirected, total lateness |
 //! | `meta`        | `layout`                             | shards, bucket length                  |
+//!
+//! Plugin states are files, `<tenant>/states/<shard>-<seq>` (see [`super::state_files`]).
 //!
 //! Integers in keys are big-endian (bucket starts with the sign bit flipped) so that byte order
 //! is numeric order and a range scan walks buckets in time order.
@@ -40,6 +43,7 @@ use serde_json::value::RawValue;
 
 use super::bucket_events::{EventParts, Flat};
 use super::event_log::{EventLog, Record};
+use super::state_files::{StateFile, StateFiles};
 use super::{
     BucketEvents, Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent, Store, StoreError,
     StoredStory,
@@ -81,7 +85,12 @@ struct TenantDb {
     db: Database,
     events: EventLog,
     offsets: Keyspace,
+    /// Which file holds each shard's committed state.
+    state_files: Keyspace,
+    /// States committed by earlier versions, inline; removed at a shard's next commit.
     state: Keyspace,
+    /// The state files.
+    states: StateFiles,
     leases: Keyspace,
     workers: Keyspace,
     stories: Keyspace,
@@ -159,10 +168,24 @@ impl TenantDb {
         let events = EventLog::open(&dir.join("events")).map_err(backend)?;
         migrate_events(&db, &events)?;
         events.expire(crate::producer::now_ms() - retention_ms);
+        let state_files = ks("state_files")?;
+        let mut named = HashMap::new();
+        for kv in state_files.iter() {
+            let (k, v) = kv.into_inner().map_err(backend)?;
+            let shard = <[u8; 4]>::try_from(&k[..])
+                .map_err(|_| corrupt("state_files", format!("key of {} bytes", k.len())))?;
+            let file: StateFile =
+                postcard::from_bytes(&v).map_err(|e| corrupt("state_files", e))?;
+            named.insert(ShardId(u32::from_be_bytes(shard)), file);
+        }
+        let states = StateFiles::open(&dir.join("states"), |shard| named.get(&shard).copied())
+            .map_err(|e| backend(format!("cannot open {}: {e}", dir.join("states").display())))?;
         let tenant = TenantDb {
             events,
             offsets: ks("offsets")?,
+            state_files,
             state: ks("state")?,
+            states,
             leases: ks("leases")?,
             workers: ks("workers")?,
             stories: ks("stories")?,
@@ -272,6 +295,14 @@ impl TenantDb {
                 Ok(LateStats { events, lateness_ms })
             }
         }
+    }
+
+    /// The file of a shard's committed state, if it has one.
+    fn state_file(&self, shard: ShardId) -> Result<Option<StateFile>, StoreError> {
+        let Some(v) = self.state_files.get(shard.0.to_be_bytes()).map_err(backend)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&v).map(Some).map_err(|e| corrupt("state_files", e))
     }
 
     fn fence(&self, tenant: &TenantId, lease: &Lease) -> Result<(), StoreError> {
@@ -732,6 +763,21 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn committed_offset(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> Result<Option<BucketStart>, StoreError> {
+        self.blocking(tenant, move |db| {
+            let Some(v) = db.offsets.get(shard.0.to_be_bytes()).map_err(backend)? else {
+                return Ok(None);
+            };
+            let o: OffsetValue = postcard::from_bytes(&v).map_err(|e| corrupt("offsets", e))?;
+            Ok(Some(BucketStart(o.bucket)))
+        })
+        .await
+    }
+
     async fn load_checkpoint(
         &self,
         tenant: &TenantId,
@@ -741,7 +787,22 @@ impl Store for EmbeddedStore {
             let key = shard.0.to_be_bytes();
             let Some(v) = db.offsets.get(key).map_err(backend)? else { return Ok(None) };
             let o: OffsetValue = postcard::from_bytes(&v).map_err(|e| corrupt("offsets", e))?;
-            let state = db.state.get(key).map_err(backend)?.map(|s| s.to_vec()).unwrap_or_default();
+            let state = match db.state_files.get(key).map_err(backend)? {
+                Some(f) => {
+                    let file: StateFile =
+                        postcard::from_bytes(&f).map_err(|e| corrupt("state_files", e))?;
+                    db.states.read(shard, file).map_err(|e| {
+                        corrupt(
+                            "states",
+                            format!(
+                                "the committed state of shard {shard} cannot be read: {e} \
+                                 (was the tenant's states directory changed by hand?)"
+                            ),
+                        )
+                    })?
+                }
+                None => db.state.get(key).map_err(backend)?.map(|s| s.to_vec()).unwrap_or_default(),
+            };
             Ok(Some(Checkpoint { bucket: BucketStart(o.bucket), state, epoch: o.epoch }))
         })
         .await
@@ -758,20 +819,53 @@ impl Store for EmbeddedStore {
         let state = state.map(<[u8]>::to_vec);
         let tenant_id = tenant.clone();
         self.blocking(tenant, move |db| {
-            let _guard = db.lock();
-            db.fence(&tenant_id, &lease)?;
             let key = lease.shard.0.to_be_bytes();
-            // Offset and state in one atomic batch: recovery sees both or neither.
+            // The state's file first, durable, outside the lock: producers' appends go on
+            // while tens of megabytes are written.
+            let file = match &state {
+                Some(state) => Some(db.states.write(lease.shard, state).map_err(|e| {
+                    backend(format!("cannot write the plugin state of shard {}: {e}", lease.shard))
+                })?),
+                None => None,
+            };
+            let guard = db.lock();
+            let previous = db.state_file(lease.shard)?;
+            if let Err(e) = db.fence(&tenant_id, &lease) {
+                drop(guard);
+                if let Some(file) = file {
+                    db.states.remove(lease.shard, file);
+                }
+                return Err(e);
+            }
+            // Offset and the state's file in one atomic batch: recovery sees both or neither.
             let mut batch = db.db.batch().durability(Some(PersistMode::SyncData));
             batch.insert(
                 &db.offsets,
                 key,
                 encode(&OffsetValue { bucket: bucket.0, epoch: lease.epoch }),
             );
-            if let Some(state) = state {
-                batch.insert(&db.state, key, state);
+            if let Some(file) = file {
+                batch.insert(&db.state_files, key, encode(&file));
+                batch.remove(&db.state, key);
             }
-            batch.commit().map_err(backend)
+            let committed = batch.commit().map_err(backend);
+            drop(guard);
+            match (committed, file) {
+                (Ok(()), Some(_)) => {
+                    if let Some(previous) = previous {
+                        db.states.remove(lease.shard, previous);
+                    }
+                    Ok(())
+                }
+                (Ok(()), None) => Ok(()),
+                (Err(e), file) => {
+                    // Not named by any commit (a batch is all or nothing).
+                    if let Some(file) = file {
+                        db.states.remove(lease.shard, file);
+                    }
+                    Err(e)
+                }
+            }
         })
         .await
     }
@@ -1051,6 +1145,81 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_shard_keeps_one_state_file_and_files_no_commit_names_are_deleted_on_open() {
+        let root = std::env::temp_dir().join(format!("storyline-states-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = EmbeddedStore::new(&root);
+        let t = TenantId::new("acme").unwrap();
+        let states = store.tenant_dir(&t).join("states");
+        let lease = store.acquire_lease(&t, ShardId(2), "w1", 60_000, 0).await.unwrap().unwrap();
+        for i in 0..3u8 {
+            let state = vec![i; 100_000 + usize::from(i)];
+            store.commit(&t, &lease, BucketStart(i64::from(i)), Some(&state)).await.unwrap();
+        }
+        assert_eq!(files(&states).len(), 1, "{:?}", files(&states));
+        // A commit without a state keeps the file; a fenced one leaves none behind.
+        store.commit(&t, &lease, BucketStart(5), None).await.unwrap();
+        let next =
+            store.acquire_lease(&t, ShardId(2), "w2", 60_000, 70_000).await.unwrap().unwrap();
+        let err = store.commit(&t, &lease, BucketStart(6), Some(b"stale")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "got {err:?}");
+        assert_eq!(files(&states).len(), 1, "{:?}", files(&states));
+        // What a crash between writing a file and committing it leaves.
+        std::fs::write(states.join("2-999"), b"never committed").unwrap();
+        std::fs::write(states.join("stray"), b"?").unwrap();
+        drop(store);
+        let store = EmbeddedStore::new(&root);
+        let cp = store.load_checkpoint(&t, ShardId(2)).await.unwrap().unwrap();
+        assert_eq!((cp.bucket, cp.state), (BucketStart(5), vec![2u8; 100_002]));
+        assert_eq!(files(&states).len(), 1, "{:?}", files(&states));
+        // New files are numbered past every file found.
+        store.commit(&t, &next, BucketStart(7), Some(b"new")).await.unwrap();
+        let seq: u64 = files(&states)[0].split_once('-').unwrap().1.parse().unwrap();
+        assert!(seq > 999, "file {seq}");
+        let cp = store.load_checkpoint(&t, ShardId(2)).await.unwrap().unwrap();
+        assert_eq!((cp.bucket, cp.state.as_slice()), (BucketStart(7), &b"new"[..]));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn a_state_kept_inline_by_an_earlier_version_loads_and_leaves_at_the_next_commit() {
+        let root = std::env::temp_dir().join(format!("storyline-inline-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = EmbeddedStore::new(&root);
+        let t = TenantId::new("acme").unwrap();
+        {
+            let db = Database::builder(store.tenant_dir(&t)).open().unwrap();
+            let offsets = db.keyspace("offsets", KeyspaceCreateOptions::default).unwrap();
+            let state = db.keyspace("state", KeyspaceCreateOptions::default).unwrap();
+            offsets
+                .insert(1u32.to_be_bytes(), encode(&OffsetValue { bucket: 4000, epoch: 0 }))
+                .unwrap();
+            state.insert(1u32.to_be_bytes(), b"inline").unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let cp = store.load_checkpoint(&t, ShardId(1)).await.unwrap().unwrap();
+        assert_eq!((cp.bucket, cp.state.as_slice()), (BucketStart(4000), &b"inline"[..]));
+        let lease = store.acquire_lease(&t, ShardId(1), "w", 60_000, 0).await.unwrap().unwrap();
+        store.commit(&t, &lease, BucketStart(5000), Some(b"in a file")).await.unwrap();
+        let db = store.tenant(&t).unwrap();
+        assert!(db.state.get(1u32.to_be_bytes()).unwrap().is_none());
+        let cp = store.load_checkpoint(&t, ShardId(1)).await.unwrap().unwrap();
+        assert_eq!(cp.state, b"in a file");
+        drop((db, store));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[tokio::test]
     async fn events_stored_by_earlier_versions_move_to_the_event_log() {

@@ -11,6 +11,7 @@ mod bucket_events;
 pub mod embedded;
 mod event_log;
 pub mod scylla;
+mod state_files;
 
 use std::future::Future;
 
@@ -250,6 +251,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         shard: ShardId,
         after: Option<BucketStart>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The bucket of the shard's last commit, without its state (which may be tens of
+    /// megabytes): for status and metrics.
+    fn committed_offset(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> impl Future<Output = Result<Option<BucketStart>, StoreError>> + Send;
 
     /// The shard's last commit.
     fn load_checkpoint(

@@ -1090,6 +1090,15 @@ impl Store for ScyllaStore {
         Ok(total)
     }
 
+    async fn committed_offset(
+        &self,
+        tenant: &TenantId,
+        shard: ShardId,
+    ) -> Result<Option<BucketStart>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        Ok(self.shard_row(&t, shard).await?.and_then(|row| row.bucket).map(BucketStart))
+    }
+
     async fn load_checkpoint(
         &self,
         tenant: &TenantId,
