@@ -576,9 +576,9 @@ impl ScyllaStore {
         shard: ShardId,
         state: StateRef,
     ) -> Result<Vec<u8>, StoreError> {
-        let StateRef::Chunks { epoch, slot, chunks, bytes } = state else {
-            let StateRef::Inline(bytes) = state else { unreachable!("matched above") };
-            return Ok(bytes);
+        let (epoch, slot, chunks, bytes) = match state {
+            StateRef::Inline(bytes) => return Ok(bytes),
+            StateRef::Chunks { epoch, slot, chunks, bytes } => (epoch, slot, chunks, bytes),
         };
         let incomplete = |got: String| {
             corrupt(
