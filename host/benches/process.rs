@@ -102,6 +102,8 @@ fn main() {
         c.process(b).expect("process");
         inst.process(b, &|_| true).expect("process");
     }
+    // Before any snapshot: what holding the state takes (a snapshot needs room on top).
+    let memory = inst.memory_bytes();
     let best = |f: &mut dyn FnMut() -> usize| {
         (0..ROUNDS)
             .map(|_| {
@@ -119,4 +121,9 @@ fn main() {
     println!("snapshot of the state left ({:.1} MB):", bytes as f64 / 1e6);
     println!("  native  {:>8.0} MB/s  ({native:?})", mbps(native));
     println!("  wasm    {:>8.0} MB/s  ({wasm:?}, with the copy out of the guest)", mbps(wasm));
+    println!(
+        "guest memory holding that state: {:.1} MB ({:.1}x the snapshot)",
+        memory as f64 / 1e6,
+        memory as f64 / bytes.max(1) as f64
+    );
 }

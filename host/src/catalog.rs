@@ -193,6 +193,11 @@ impl Catalog {
         slots.entry(tenant.clone()).or_insert_with(|| Arc::new(Slot::empty(tenant.clone()))).clone()
     }
 
+    /// Bytes of plugin memory the tenant's instances hold, and the tenant's limit.
+    pub fn memory(&self, tenant: &TenantId) -> (usize, usize) {
+        (self.runtime.memory_in_use(tenant), self.limits.memory_bytes)
+    }
+
     /// Every tenant seen so far, with its slot.
     pub fn slots(&self) -> Vec<Arc<Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()

@@ -52,6 +52,7 @@ pub fn render<S: Store>(
 
     let (mut loads, mut reload_failed, mut lag, mut late, mut lateness, mut dead) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut memory, mut memory_limit) = (vec![], vec![]);
     let now = now_ms();
     for slot in catalog.slots() {
         let tenant = slot.tenant();
@@ -59,6 +60,9 @@ pub fn render<S: Store>(
         let t = format!("{{tenant=\"{tenant}\"}}");
         loads.push((t.clone(), status.loads as f64));
         reload_failed.push((t.clone(), f64::from(u8::from(status.last_error.is_some()))));
+        let (used, limit) = catalog.memory(tenant);
+        memory.push((t.clone(), used as f64));
+        memory_limit.push((t.clone(), limit as f64));
         let Some(layout) = handle.block_on(store.layout(tenant))? else { continue };
         dead.push((t, handle.block_on(store.dead_letters(tenant))?.len() as f64));
         for shard in (0..layout.shards).map(ShardId) {
@@ -78,6 +82,18 @@ pub fn render<S: Store>(
         "gauge",
         "1 when the tenant's last reload was rejected (the previous version serves).",
         &reload_failed,
+    );
+    metric(
+        "storyline_plugin_memory_bytes",
+        "gauge",
+        "Linear memory held by the tenant's plugin instances (their state lives there).",
+        &memory,
+    );
+    metric(
+        "storyline_plugin_memory_limit_bytes",
+        "gauge",
+        "The tenant's plugin memory limit (run --memory-mb); a growth past it fails the bucket.",
+        &memory_limit,
     );
     metric(
         "storyline_lag_seconds",

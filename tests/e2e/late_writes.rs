@@ -61,6 +61,12 @@ fn producers_with_clocks_30_s_off_either_way_lose_nothing() {
         .sum();
     assert_eq!(served as u64, late, "{response}");
     assert!(response.contains("storyline_lag_seconds{tenant=\"acme\",shard=\"0\"}"), "{response}");
+    let limit = format!(
+        "storyline_plugin_memory_limit_bytes{{tenant=\"acme\"}} {}",
+        test_limits().memory_bytes
+    );
+    assert!(response.contains(&limit), "{response}");
+    assert!(response.contains("storyline_plugin_memory_bytes{tenant=\"acme\"} "), "{response}");
 }
 
 /// The same on a ScyllaDB (or Cassandra) node when `STORYLINE_SCYLLA_NODES` is set: producers

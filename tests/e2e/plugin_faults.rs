@@ -96,6 +96,29 @@ fn the_memory_limit_is_the_tenants_across_all_its_instances() {
 }
 
 #[test]
+fn the_memory_a_tenants_instances_hold_is_reported_and_given_back() {
+    let runtime = crate::support::runtime();
+    let tenant = TenantId::new("acme-gauge").unwrap();
+    let none = r#"{"mode": "none"}"#;
+    assert_eq!(runtime.memory_in_use(&tenant), 0);
+    let mut a = loaded("faulty").instantiate(&tenant, none, test_limits()).unwrap();
+    let b = loaded("faulty").instantiate(&tenant, none, test_limits()).unwrap();
+    assert!(a.memory_bytes() > 0);
+    assert_eq!(runtime.memory_in_use(&tenant), a.memory_bytes() + b.memory_bytes());
+    // A guest that grows its memory holds more.
+    let before = a.memory_bytes();
+    let ids: Vec<String> = (0..20_000).map(|i| format!("event-{i:06}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    a.process(&bucket("acme-gauge", 1000, &ids), &no_earlier_events).unwrap();
+    assert!(a.memory_bytes() > before, "{} then {}", before, a.memory_bytes());
+    assert_eq!(runtime.memory_in_use(&tenant), a.memory_bytes() + b.memory_bytes());
+    drop(a);
+    assert_eq!(runtime.memory_in_use(&tenant), b.memory_bytes());
+    drop(b);
+    assert_eq!(runtime.memory_in_use(&tenant), 0);
+}
+
+#[test]
 fn a_guest_error_is_a_refusal_not_a_trap_and_the_instance_goes_on() {
     let mut inst = instance("faulty", "acme", r#"{"mode": "fail", "only_kind": "poison"}"#);
     let err = inst

@@ -143,6 +143,11 @@ impl PluginInstance {
         self.store.data().log.totals
     }
 
+    /// Bytes of linear memory the guest holds (what counts against the tenant's memory limit).
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limiter.used()
+    }
+
     /// True after a trap or a limit: every further call fails with [`Failure::Poisoned`].
     pub fn is_poisoned(&self) -> bool {
         self.poisoned

@@ -135,6 +135,13 @@ impl Runtime {
         })
     }
 
+    /// Bytes of linear memory the tenant's instances hold now (all plugins and versions): what
+    /// counts against its memory limit.
+    pub fn memory_in_use(&self, tenant: &TenantId) -> usize {
+        let budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        budgets.get(tenant).map_or(0, |b| b.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Loads and checks the plugin in `path`.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
         let bytes =

@@ -145,6 +145,13 @@ pub(crate) struct MemoryLimiter {
     pub(crate) hit: bool,
 }
 
+impl MemoryLimiter {
+    /// Bytes reserved by this store's memories.
+    pub(crate) fn used(&self) -> usize {
+        self.used
+    }
+}
+
 impl Drop for MemoryLimiter {
     fn drop(&mut self) {
         self.tenant.fetch_sub(self.used, Ordering::AcqRel);
