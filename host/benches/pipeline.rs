@@ -8,7 +8,10 @@
 //! offsets and plugin state are committed, 5,000 by default as in `storyline run`; `-- --memory-mb N`
 //! the tenant's memory limit, 2,048 by default as in `storyline run`; `-- --batch N` events per
 //! durable batch, 1,000 as in `storyline ingest`; `-- --plugin NAME` another plugin of
-//! `plugins/`, e.g. `template`, to see what the host's path costs with a lighter rule).
+//! `plugins/`, e.g. `template`, to see what the host's path costs with a lighter rule;
+//! `-- --bucket-ms N --delay-ms N --shards N` the layout and read delay, 1,000 ms, 1,000 ms
+//! and 4 by default as `storyline run`: shorter buckets hand the workers smaller, steadier
+//! work).
 //!
 //! Prints: ingest rate; end-to-end rate (first event written → last event handed to the plugin
 //! and committed, producer and workers running together); the CPU that took per event (all
@@ -107,7 +110,17 @@ fn main() {
     let catalog = Catalog::new(runtime.clone(), &plugins, limits);
     catalog.reload(&tenant);
     let _watcher = catalog.watch(|_| {}).expect("watch");
-    let layout = Layout::default();
+    // `--bucket-ms N`, `--shards N`, `--delay-ms N`: the tenant's layout and the workers' read
+    // delay (1,000 ms buckets, 4 shards and a 1,000 ms delay by default, as `storyline run`).
+    let layout = Layout {
+        bucket_ms: arg(&args, "--bucket-ms")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(Layout::default().bucket_ms),
+        shards: arg(&args, "--shards")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(Layout::default().shards),
+    };
+    let delay_ms: i64 = arg(&args, "--delay-ms").and_then(|n| n.parse().ok()).unwrap_or(1000);
     println!(
         "pipeline: {total} events ({sessions} sessions), {} shards, {} ms buckets, plugin {plugin_name}, config {plugin_config}",
         layout.shards, layout.bucket_ms
@@ -120,8 +133,7 @@ fn main() {
     let worker = {
         let (handle, store, tenant, shared) =
             (rt.handle().clone(), store.clone(), tenant.clone(), shared.clone());
-        let config =
-            WorkerConfig { delay_ms: 1000, limits, checkpoint_ms, ..WorkerConfig::default() };
+        let config = WorkerConfig { delay_ms, limits, checkpoint_ms, ..WorkerConfig::default() };
         let slot = catalog.slot(&tenant);
         std::thread::spawn(move || run_tenant(&handle, &store, &tenant, &slot, &config, &shared))
     };
@@ -155,13 +167,16 @@ fn main() {
     // Workers' progress when a tenth of the input is written: the steady rate is measured from
     // there to the last write, without the start-up and the tail (read delay, last buckets).
     let mut tenth = (Duration::ZERO, 0);
-    for (i, line) in lines.iter().enumerate() {
-        rt.block_on(producer.push_line(line, i + 1, &mut report)).expect("ingest");
-        if i == lines.len() / 10 {
-            tenth = (started.elapsed(), shared.progress.events.load(Ordering::Relaxed));
+    // One task for the whole input, as `storyline ingest` drives its producer.
+    rt.block_on(async {
+        for (i, line) in lines.iter().enumerate() {
+            producer.push_line(line, i + 1, &mut report).await.expect("ingest");
+            if i == lines.len() / 10 {
+                tenth = (started.elapsed(), shared.progress.events.load(Ordering::Relaxed));
+            }
         }
-    }
-    rt.block_on(producer.flush(&mut report)).expect("flush");
+        producer.flush(&mut report).await.expect("flush");
+    });
     let ingested = started.elapsed();
     let steady = (shared.progress.events.load(Ordering::Relaxed) - tenth.1) as f64
         / (ingested - tenth.0).as_secs_f64();
