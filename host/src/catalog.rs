@@ -320,8 +320,9 @@ impl Catalog {
     }
 }
 
-/// What status prints of a tenant's plugin: version, hash, load time, last reload error.
-pub fn describe(slot: &Slot) -> String {
+/// What status prints of a tenant's plugin: version, hash, load time, last reload error, and
+/// `memory`: the bytes its instances hold and the tenant's limit (see [`Catalog::memory`]).
+pub fn describe(slot: &Slot, memory: (usize, usize)) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let status = slot.status();
@@ -351,6 +352,13 @@ pub fn describe(slot: &Slot) -> String {
         }
         None => out.push_str("last reload error: none\n"),
     }
+    let (used, limit) = memory;
+    let _ = writeln!(
+        out,
+        "plugin memory: {} MiB of {} MiB (the rule's state in every shard's instance)",
+        used >> 20,
+        limit >> 20
+    );
     out
 }
 

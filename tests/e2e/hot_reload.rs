@@ -469,6 +469,7 @@ fn the_running_binary_reloads_reports_replays_and_starts_new_tenants() {
     assert!(status.contains("plugin: faulty@"), "{status}");
     assert!(status.contains("storyline:correlator@0.2.0"), "{status}");
     assert!(status.contains("last reload error: none"), "{status}");
+    assert!(status.contains("plugin memory: ") && status.contains(" MiB of 2048 MiB"), "{status}");
 
     // A bad file is rejected and shows in status; the fix is taken.
     put(&dir.join("acme/faulty.wasm"), b"not a plugin");

@@ -47,7 +47,7 @@ fn spawn_status_writer(
             for slot in catalog.slots() {
                 let path = dir.join(format!("{}.txt", slot.tenant()));
                 let tmp = dir.join(format!(".{}.tmp", slot.tenant()));
-                let text = crate::catalog::describe(&slot);
+                let text = crate::catalog::describe(&slot, catalog.memory(slot.tenant()));
                 if std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
                     tracing::warn!("cannot write {}", path.display());
                 }
