@@ -25,6 +25,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use rustc_hash::FxBuildHasher;
 use serde::ser::SerializeStruct;
@@ -163,12 +164,15 @@ impl<D> Session<D> {
 /// Sessions by key; a key has more than one session when its tuple was reused. A hash map with a
 /// fixed hasher: looking a key up is one hash instead of a dozen comparisons of keys that share
 /// long prefixes (community ids all start alike). Its order is never observed: stories leave
-/// sorted by id and snapshots list keys in a fixed order.
-type Sessions<D> = HashMap<String, Keyed<D>, FxBuildHasher>;
+/// sorted by id and snapshots list keys in a fixed order. Keys are shared with the schedule, so a
+/// scheduled key costs no copy of it.
+type Sessions<D> = HashMap<Arc<str>, Keyed<D>, FxBuildHasher>;
 
 /// The sessions of one key and when `advance` visits them next.
 #[derive(Debug, Clone)]
 struct Keyed<D> {
+    /// The key, shared with the map and the schedule.
+    key: Arc<str>,
     /// Usually one; more when the key's tuple was reused.
     sessions: Vec<Session<D>>,
     /// The time of this key's live entry in the schedule: never later than the earliest
@@ -183,7 +187,7 @@ pub struct Sessionizer<D> {
     sessions: Sessions<D>,
     /// (due time, key), earliest first: when `advance` must look at a key. Rebuilt from the
     /// sessions on restore and on a change of configuration, never serialised.
-    schedule: BinaryHeap<Reverse<(TimestampMs, String)>>,
+    schedule: BinaryHeap<Reverse<(TimestampMs, Arc<str>)>>,
 }
 
 /// Snapshots hold the sessions as a map in a fixed order (key hash, then key), so that equal
@@ -191,7 +195,7 @@ pub struct Sessionizer<D> {
 /// keys were added in.
 impl<D: Serialize> Serialize for Sessionizer<D> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct Sorted<'a, D>(Vec<(&'a String, &'a Vec<Session<D>>)>);
+        struct Sorted<'a, D>(Vec<(&'a str, &'a Vec<Session<D>>)>);
         impl<D: Serialize> Serialize for Sorted<'_, D> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
@@ -201,7 +205,7 @@ impl<D: Serialize> Serialize for Sessionizer<D> {
         // string comparison for nearly every pair (community ids share their first bytes).
         let hasher = FxBuildHasher;
         let mut sorted: Vec<_> =
-            self.sessions.iter().map(|(k, v)| (hasher.hash_one(k), k, &v.sessions)).collect();
+            self.sessions.iter().map(|(k, v)| (hasher.hash_one(k), &**k, &v.sessions)).collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         let sorted: Vec<_> = sorted.into_iter().map(|(_, k, v)| (k, v)).collect();
         let mut s = serializer.serialize_struct("Sessionizer", 2)?;
@@ -223,7 +227,10 @@ impl<'de, D: Deserialize<'de>> Deserialize<'de> for Sessionizer<D> {
         let sessions = stored
             .sessions
             .into_iter()
-            .map(|(k, sessions)| (k, Keyed { sessions, scheduled: TimestampMs::MAX }))
+            .map(|(k, sessions)| {
+                let key: Arc<str> = Arc::from(k);
+                (Arc::clone(&key), Keyed { key, sessions, scheduled: TimestampMs::MAX })
+            })
             .collect();
         let mut s = Sessionizer { config: stored.config, sessions, schedule: BinaryHeap::new() };
         s.reschedule();
@@ -316,8 +323,13 @@ impl<D> Sessionizer<D> {
         if !self.sessions.contains_key(key) {
             // Room for one session: a key rarely has two, and a vector's first allocation would
             // otherwise hold four (over a kilobyte of sessions kept for ten minutes).
-            let keyed = Keyed { sessions: Vec::with_capacity(1), scheduled: TimestampMs::MAX };
-            self.sessions.insert(key.to_string(), keyed);
+            let key: Arc<str> = Arc::from(key);
+            let keyed = Keyed {
+                key: Arc::clone(&key),
+                sessions: Vec::with_capacity(1),
+                scheduled: TimestampMs::MAX,
+            };
+            self.sessions.insert(key, keyed);
         }
         let Some(keyed) = self.sessions.get_mut(key) else { unreachable!("inserted above") };
         let list = &mut keyed.sessions;
@@ -357,7 +369,7 @@ impl<D> Sessionizer<D> {
         let due = session.due(&cfg);
         if due < keyed.scheduled {
             keyed.scheduled = due;
-            self.schedule.push(Reverse((due, key.to_string())));
+            self.schedule.push(Reverse((due, Arc::clone(&keyed.key))));
         }
         session
     }
@@ -700,11 +712,11 @@ mod tests {
         #[derive(Serialize)]
         struct Ordered<'a> {
             config: SessionConfig,
-            sessions: std::collections::BTreeMap<&'a String, &'a Vec<Session<u8>>>,
+            sessions: std::collections::BTreeMap<&'a str, &'a Vec<Session<u8>>>,
         }
         let old = Ordered {
             config: *a.config(),
-            sessions: a.sessions.iter().map(|(k, v)| (k, &v.sessions)).collect(),
+            sessions: a.sessions.iter().map(|(k, v)| (&**k, &v.sessions)).collect(),
         };
         let bytes = postcard::to_allocvec(&old).unwrap();
         assert_eq!(bytes.len(), a.snapshot().len());
