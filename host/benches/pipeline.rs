@@ -218,9 +218,10 @@ fn main() {
     if args.iter().any(|a| a == "--no-latency") {
         shared.shutdown.store(true, Ordering::Relaxed);
         worker.join().expect("worker thread").expect("worker");
-        // The store's background work ends with it, before its directory goes.
+        // The producer holds the store too: its background work ends with the last holder.
+        drop(producer);
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_scratch(&dir);
         return;
     }
     // Wait until every session's story is out: sessions close on their timeout.
@@ -266,6 +267,21 @@ fn main() {
         percentile(&latencies, 0.99) as f64 / 1000.0,
         latencies.len()
     );
+    drop(producer);
     drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_scratch(&dir);
+}
+
+/// Removes the bench's directory (over a gigabyte). The store's background threads may still be
+/// finishing a flush into it when the last handle goes, so a failure is retried for a few
+/// seconds, then reported.
+fn remove_scratch(dir: &std::path::Path) {
+    for _ in 0..50 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    eprintln!("pipeline: could not remove {}; remove it by hand", dir.display());
 }
