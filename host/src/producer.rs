@@ -9,7 +9,7 @@
 //! The insert time is taken when a batch is written, not when a line is read: a batch that
 //! waited does not land in a bucket a worker may already have passed.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use storyline_sdk::format::{self, FormatError, InputEvent};
 
@@ -268,29 +268,55 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
         Ok(())
     }
 
-    /// Reads a whole JSONL stream, then flushes. A line that is not UTF-8 is rejected like a
-    /// malformed one; a read error ends the input (what was read is still written).
-    pub async fn ingest(&mut self, mut reader: impl BufRead) -> Result<IngestReport, StoreError> {
+    /// Reads a JSONL stream to its end, then flushes. A line that is not UTF-8 is rejected like
+    /// a malformed one; a read error ends the input (what was read is still written).
+    ///
+    /// A thread reads while this task validates and writes. A stream that goes quiet (a pipe
+    /// fed by a live source) does not leave its last events waiting for a full batch: when no
+    /// line has come for [`IDLE_FLUSH`], or as soon as no batch is being written, what is
+    /// pending is written, and counted as durable once it is.
+    pub async fn ingest(
+        &mut self,
+        reader: impl Read + Send + 'static,
+    ) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
-        // One buffer for every line.
-        let mut buf = Vec::new();
-        for line_no in 1.. {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    self.reject(&mut report, line_no, format!("unreadable, input ends here: {e}"));
-                    break;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Line>>(8);
+        let reading = std::thread::Builder::new()
+            .name("ingest-read".into())
+            .spawn(move || read_lines(reader, &tx))
+            .map_err(|e| StoreError::Backend {
+                backend: "producer",
+                message: format!("cannot start the reading thread: {e}"),
+            })?;
+        loop {
+            let chunk = if self.pending.is_empty() && self.in_flight.is_none() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(IDLE_FLUSH, rx.recv()).await {
+                    Ok(chunk) => chunk,
+                    Err(_) => {
+                        // Quiet input: write what is pending (after the batch in flight), and
+                        // count what became durable.
+                        self.flush(&mut report).await?;
+                        continue;
+                    }
+                }
+            };
+            let Some(chunk) = chunk else { break };
+            for (line_no, line) in chunk {
+                match line {
+                    Ok(text) => self.push_line(&text, line_no, &mut report).await?,
+                    Err(reason) => self.reject(&mut report, line_no, reason),
                 }
             }
-            let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            match std::str::from_utf8(text) {
-                Ok(line) => self.push_line(line, line_no, &mut report).await?,
-                Err(e) => self.reject(&mut report, line_no, format!("not UTF-8: {e}")),
+            let writing = self.in_flight.as_ref().is_some_and(|(task, _)| !task.is_finished());
+            if rx.is_empty() && !writing && !self.pending.is_empty() {
+                // Nothing more read yet and the store is idle: write now rather than wait.
+                self.send(&mut report).await?;
             }
         }
+        // The thread ends with the input: the channel closed because it returned.
+        let _ = reading.join();
         self.flush(&mut report).await?;
         Ok(report)
     }
@@ -300,6 +326,52 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
         if report.rejected.len() < 100 {
             report.rejected.push(FormatError { line, reason });
         }
+    }
+}
+
+/// How long pending events wait for more input before they are written anyway.
+pub const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A line read, numbered from 1: its text, or why it cannot be read.
+type Line = (usize, Result<String, String>);
+
+/// Lines handed over per chunk at most.
+const CHUNK_LINES: usize = 256;
+
+/// Reads `reader` line by line into chunks sent on `tx`. A chunk leaves when it is full or
+/// when the lines read so far are all the input holds for now (the next read may wait), so
+/// that a slow source's lines are not held back.
+fn read_lines(reader: impl Read, tx: &tokio::sync::mpsc::Sender<Vec<Line>>) {
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, reader);
+    let mut chunk: Vec<Line> = Vec::with_capacity(CHUNK_LINES);
+    let mut buf = Vec::new();
+    for line_no in 1.. {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                chunk.push((line_no, Err(format!("unreadable, input ends here: {e}"))));
+                break;
+            }
+        }
+        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let line = match std::str::from_utf8(text) {
+            Ok(line) => Ok(line.to_string()),
+            Err(e) => Err(format!("not UTF-8: {e}")),
+        };
+        chunk.push((line_no, line));
+        if chunk.len() >= CHUNK_LINES || reader.buffer().is_empty() {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_LINES));
+            if tx.blocking_send(full).is_err() {
+                // The producer stopped (a store error): nothing more to hand over.
+                return;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.blocking_send(chunk);
     }
 }
 
@@ -331,6 +403,72 @@ mod tests {
             "{}",
             report.rejected[0].reason
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Input that arrives in pieces and waits in between, like a pipe from a live source.
+    struct Trickle(std::sync::mpsc::Receiver<Vec<u8>>, Vec<u8>);
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if self.1.is_empty() {
+                // Blocks until the next piece; the sender gone is the end of the input.
+                match self.0.recv() {
+                    Ok(piece) => self.1 = piece,
+                    Err(_) => return Ok(0),
+                }
+            }
+            let n = out.len().min(self.1.len());
+            out[..n].copy_from_slice(&self.1[..n]);
+            self.1.drain(..n);
+            Ok(n)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_of_a_quiet_stream_are_written_without_waiting_for_a_full_batch() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = std::env::temp_dir().join(format!("storyline-trickle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = crate::store::embedded::EmbeddedStore::new(&dir);
+        let tenant = TenantId::new("acme").unwrap();
+        let durable = Arc::new(AtomicU64::new(0));
+        let seen = Arc::clone(&durable);
+        // Batches of 1,000: three events alone would never fill one.
+        let mut p = Producer::new(&store, tenant.clone(), Layout::default(), None)
+            .on_durable(Box::new(move |n| seen.store(n, Ordering::SeqCst)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let line = |t: i64| format!("{{\"source\":\"s\",\"kind\":\"k\",\"time\":{t}}}\n");
+        let feeder = {
+            let durable = Arc::clone(&durable);
+            std::thread::spawn(move || {
+                tx.send(format!("{}{}", line(1), line(2)).into_bytes()).unwrap();
+                tx.send(line(3).into_bytes()).unwrap();
+                // The input stays open: the three must become durable meanwhile.
+                let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while durable.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < give_up {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                let while_open = durable.load(Ordering::SeqCst);
+                tx.send(line(4).into_bytes()).unwrap();
+                while_open
+            })
+        };
+        let report = p.ingest(Trickle(rx, Vec::new())).await.unwrap();
+        assert_eq!(feeder.join().unwrap(), 3, "events written while the input was still open");
+        assert_eq!((report.accepted, report.rejected_count), (4, 0));
+        let mut stored = 0;
+        for shard in 0..Layout::default().shards {
+            let mut after = None;
+            while let Some(b) = store.next_bucket(&tenant, ShardId(shard), after).await.unwrap() {
+                stored += store.read_bucket(&tenant, ShardId(shard), b).await.unwrap().len();
+                after = Some(b);
+            }
+        }
+        assert_eq!(stored, 4);
+        drop(p);
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

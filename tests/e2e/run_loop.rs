@@ -255,6 +255,124 @@ fn ingest_reaches_a_running_worker_through_its_socket() {
     assert_one_story_per_session(&site.stories(), &truth(&file));
 }
 
+/// The first `n` lines of a generated file.
+fn head(path: &str, n: usize) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap().lines().take(n).map(str::to_string).collect()
+}
+
+#[test]
+fn a_quiet_pipe_into_ingest_is_written_before_it_closes() {
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+    let site = Site::new("quiet-pipe");
+    let lines = head(&site.generate("events.jsonl", 10, 3), 3);
+    let (data, plugins) = (site.scratch.str("data"), site.scratch.str("plugins"));
+    let mut ingest = Command::new(env!("CARGO_BIN_EXE_storyline"))
+        .args(["--data-dir", &data, "--plugin-dir", &plugins])
+        .args(["ingest", "--tenant", "acme", "--progress", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = ingest.stdin.take().unwrap();
+    writeln!(stdin, "{}", lines.join("\n")).unwrap();
+    stdin.flush().unwrap();
+    // `--progress` prints the count of durable events; the input is still open.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = ingest.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the 3 events were not made durable while the pipe stayed open");
+        if line == "durable 3" {
+            break;
+        }
+    }
+    assert_eq!(ingest.try_wait().unwrap(), None, "ingest is still reading");
+    drop(stdin);
+    let out = ingest.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("accepted 3 events"), "{stderr}");
+}
+
+#[test]
+fn a_quiet_pipe_reaches_a_running_worker_before_it_closes() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let site = Site::new("quiet-socket");
+    // Short session timeouts: stories are published while the pipe is still open.
+    std::fs::write(
+        site.scratch.path("plugins/acme/network_session.json"),
+        r#"{"gap_ms": 150, "skew_ms": 100, "dns_window_ms": 1000, "reopen_ms": 60000}"#,
+    )
+    .unwrap();
+    let lines = head(&site.generate("events.jsonl", 10, 6), 20);
+    let (data, plugins) = (site.scratch.str("data"), site.scratch.str("plugins"));
+    let base = ["--data-dir", &data, "--plugin-dir", &plugins];
+    let run = Command::new(env!("CARGO_BIN_EXE_storyline"))
+        .args(base)
+        .args(["run", "--tenant", "acme", "--delay-ms", "100"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = site.scratch.path("data/ingest.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the worker did not open its ingest socket");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut ingest = Command::new(env!("CARGO_BIN_EXE_storyline"))
+        .args(base)
+        .args(["ingest", "--tenant", "acme", "--bucket-ms", "100", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = ingest.stdin.take().unwrap();
+    writeln!(stdin, "{}", lines.join("\n")).unwrap();
+    stdin.flush().unwrap();
+    // The running worker gets the events, closes their sessions and publishes them while the
+    // pipe stays open.
+    let ids: BTreeSet<String> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no story of the piped events while the pipe was open");
+        std::thread::sleep(Duration::from_millis(250));
+        let out = site.run(&["stories", "--tenant", "acme"]);
+        let published = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && ids.iter().any(|id| published.contains(id.as_str())) {
+            break;
+        }
+    }
+    assert_eq!(ingest.try_wait().unwrap(), None, "ingest is still reading");
+    drop(stdin);
+    let out = ingest.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("accepted 20 events"), "{stderr}");
+    crate::support::sigterm(&run);
+    let run = run.wait_with_output().unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
 #[test]
 fn a_shard_lagging_by_half_the_retention_raises_the_alarm() {
     let site = Site::new("lag-alarm");

@@ -1,6 +1,6 @@
 //! `storyline ingest`.
 
-use std::io::BufRead;
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -26,7 +26,7 @@ pub fn ingest_stream<S: Store>(
     store: &S,
     dirs: &Dirs,
     tenant: &TenantId,
-    reader: impl BufRead,
+    reader: impl Read + Send + 'static,
     (shards, bucket_ms): (Option<u32>, Option<i64>),
     (batch, on_durable): (usize, Option<crate::producer::OnDurable>),
 ) -> anyhow::Result<Ingested> {
@@ -72,12 +72,12 @@ pub fn ingest<S: Store + Clone>(
 ) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
     ensure_dir(&dirs.data)?;
-    let reader: Box<dyn BufRead> = match file {
-        None => Box::new(std::io::stdin().lock()),
-        Some(p) if p == Path::new("-") => Box::new(std::io::stdin().lock()),
-        Some(p) => Box::new(std::io::BufReader::new(
+    let reader: Box<dyn Read + Send> = match file {
+        None => Box::new(std::io::stdin()),
+        Some(p) if p == Path::new("-") => Box::new(std::io::stdin()),
+        Some(p) => Box::new(
             std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
-        )),
+        ),
     };
     let name = file.map_or("stdin".to_string(), |p| p.display().to_string());
     let started = std::time::Instant::now();

@@ -11,7 +11,7 @@
 //! `REJECT\t<error>` lines (at most 100) and a final `SUMMARY\t<json>`. For status and stories
 //! the server answers the command's output followed by `END`. Any failure is `ERROR\t<message>`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -134,7 +134,7 @@ pub struct Summary {
 pub fn send(
     mut socket: UnixStream,
     tenant: &TenantId,
-    reader: impl BufRead,
+    reader: impl Read,
     (shards, bucket_ms): (Option<u32>, Option<i64>),
     batch: usize,
 ) -> anyhow::Result<Summary> {
@@ -151,9 +151,23 @@ pub fn send(
     let mut out = std::io::BufWriter::new(&mut socket);
     serde_json::to_writer(&mut out, &header)?;
     out.write_all(b"\n")?;
-    for line in reader.lines() {
-        out.write_all(line.context("cannot read events")?.as_bytes())?;
-        out.write_all(b"\n")?;
+    // Lines go as read (the server rejects a line that is not UTF-8, with its number), and
+    // what is buffered leaves whenever the input has nothing more for now: a slow source's
+    // events reach the running process at once, not when a buffer fills.
+    let mut reader = BufReader::with_capacity(1 << 16, reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).context("cannot read events")? == 0 {
+            break;
+        }
+        out.write_all(&line)?;
+        if !line.ends_with(b"\n") {
+            out.write_all(b"\n")?;
+        }
+        if reader.buffer().is_empty() {
+            out.flush()?;
+        }
     }
     out.flush()?;
     drop(out);
