@@ -12,8 +12,12 @@ use crate::pairs::PairIndex;
 use crate::story::{Kind, Pair, SessionData, story_of};
 
 /// Version of the snapshot format, its first byte. Bump it when [`State`] changes shape, and
-/// keep reading the older versions the host may still hold.
-const STATE_VERSION: u8 = 1;
+/// keep reading the older versions the host may still hold. 2: the sessionizer keeps published
+/// sessions encoded (version 1 is read too: the sessionizer reads its first layout).
+const STATE_VERSION: u8 = 2;
+
+/// The oldest version [`State::decode`] reads.
+const OLDEST_VERSION: u8 = 1;
 
 /// Latest time the rule believes, ±: 9999-12-31T23:59:59.999Z. Times beyond it are clamped to
 /// it, so that the window sums of the sessionizer (`time ± gap + skew + reach`) cannot overflow
@@ -175,7 +179,7 @@ impl State {
                 }
                 // The session of this key nearest the lookup; `reach` only widens the search.
                 let reach = cfg.dns_window_ms + cfg.skew_ms;
-                let Some(s) = self.sessions.find_mut(key, lookup.time, reach) else { continue };
+                let Some(s) = self.sessions.find(key, lookup.time, reach) else { continue };
                 if s.data.kind != Kind::Network
                     || !lookup.fits(cfg, s.first_seen, s.data.start_lo(s.first_seen))
                 {
@@ -299,10 +303,10 @@ impl State {
         let Some((&version, body)) = bytes.split_first() else {
             return Ok(State::new(config));
         };
-        if version != STATE_VERSION {
+        if !(OLDEST_VERSION..=STATE_VERSION).contains(&version) {
             return Err(Error::InvalidState(format!(
-                "snapshot format version {version}; this network-session plugin reads version \
-                 {STATE_VERSION} (was the snapshot taken by a newer plugin?)"
+                "snapshot format version {version}; this network-session plugin reads versions \
+                 {OLDEST_VERSION} to {STATE_VERSION} (was the snapshot taken by a newer plugin?)"
             )));
         }
         let mut state: State = postcard::from_bytes(body).map_err(|e| {

@@ -720,6 +720,33 @@ fn snapshot_and_restore_at_any_bucket_give_the_uninterrupted_output() {
     }
 }
 
+/// Snapshots of format version 1 (taken before published sessions were kept encoded), one per
+/// cut of the sample, each a u32 length then the bytes: written by that version of this plugin
+/// after `run_without_drain` of the sample's first `cut` buckets.
+const V1_SNAPSHOTS: &[u8] = include_bytes!("../testdata/snapshots-v1.bin");
+
+#[test]
+fn a_snapshot_of_version_1_restores_and_gives_the_uninterrupted_output() {
+    let buckets = sample_by_arrival();
+    let whole = run(&mut init(), &buckets);
+    let mut rest = V1_SNAPSHOTS;
+    for cut in 0..=buckets.len() {
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        let (old, tail) = tail.split_at(len);
+        rest = tail;
+        assert_eq!(old[0], 1, "cut {cut}");
+        let mut out = run_without_drain(&mut init(), &buckets[..cut]);
+        let mut second = init();
+        second.restore(old).unwrap();
+        let now = second.snapshot();
+        assert_eq!(now[0], 2, "written in the current version (cut {cut})");
+        out.extend(run(&mut second, &buckets[cut..]));
+        assert_eq!(out, whole, "cut before bucket {cut}");
+    }
+    assert!(rest.is_empty(), "one snapshot per cut");
+}
+
 #[test]
 fn a_snapshot_carries_waiting_lookups_and_the_pair_index() {
     let mut c = init();
