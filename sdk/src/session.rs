@@ -999,10 +999,8 @@ mod tests {
             config: SessionConfig,
             sessions: std::collections::BTreeMap<&'a str, &'a Vec<Session<u8>>>,
         }
-        let old = Ordered {
-            config: *a.config(),
-            sessions: lists.iter().map(|(k, v)| (*k, v)).collect(),
-        };
+        let old =
+            Ordered { config: *a.config(), sessions: lists.iter().map(|(k, v)| (*k, v)).collect() };
         let bytes = postcard::to_allocvec(&old).unwrap();
         let restored: Sessionizer<u8> = Sessionizer::restore(&bytes).unwrap();
         assert_eq!(restored.len(), 200);

@@ -260,27 +260,53 @@ fn head(path: &str, n: usize) -> Vec<String> {
     std::fs::read_to_string(path).unwrap().lines().take(n).map(str::to_string).collect()
 }
 
+/// `storyline ingest … -` fed through a pipe that stays open until [`Pipe::close`].
+struct Pipe {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Pipe {
+    /// Starts `ingest` with `args` (its stdout piped) and writes `lines` into it.
+    fn open(site: &Site, args: &[&str], lines: &[String]) -> Pipe {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let (data, plugins) = (site.scratch.str("data"), site.scratch.str("plugins"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_storyline"))
+            .args(["--data-dir", &data, "--plugin-dir", &plugins, "ingest"])
+            .args(args)
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}", lines.join("\n")).unwrap();
+        stdin.flush().unwrap();
+        Pipe { child, stdin: Some(stdin) }
+    }
+
+    /// Checks that `ingest` was still reading, closes the pipe, and checks its report.
+    fn close(mut self, accepted: usize) {
+        assert_eq!(self.child.try_wait().unwrap(), None, "ingest is still reading");
+        drop(self.stdin.take());
+        let out = self.child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("accepted {accepted} events")), "{stderr}");
+    }
+}
+
 #[test]
 fn a_quiet_pipe_into_ingest_is_written_before_it_closes() {
-    use std::io::{BufRead, Write};
-    use std::process::{Command, Stdio};
+    use std::io::BufRead;
     let site = Site::new("quiet-pipe");
     let lines = head(&site.generate("events.jsonl", 10, 3), 3);
-    let (data, plugins) = (site.scratch.str("data"), site.scratch.str("plugins"));
-    let mut ingest = Command::new(env!("CARGO_BIN_EXE_storyline"))
-        .args(["--data-dir", &data, "--plugin-dir", &plugins])
-        .args(["ingest", "--tenant", "acme", "--progress", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = ingest.stdin.take().unwrap();
-    writeln!(stdin, "{}", lines.join("\n")).unwrap();
-    stdin.flush().unwrap();
+    let mut pipe = Pipe::open(&site, &["--tenant", "acme", "--progress"], &lines);
     // `--progress` prints the count of durable events; the input is still open.
     let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = ingest.stdout.take().unwrap();
+    let stdout = pipe.child.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -296,17 +322,11 @@ fn a_quiet_pipe_into_ingest_is_written_before_it_closes() {
             break;
         }
     }
-    assert_eq!(ingest.try_wait().unwrap(), None, "ingest is still reading");
-    drop(stdin);
-    let out = ingest.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("accepted 3 events"), "{stderr}");
+    pipe.close(3);
 }
 
 #[test]
 fn a_quiet_pipe_reaches_a_running_worker_before_it_closes() {
-    use std::io::Write;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let site = Site::new("quiet-socket");
@@ -318,9 +338,8 @@ fn a_quiet_pipe_reaches_a_running_worker_before_it_closes() {
     .unwrap();
     let lines = head(&site.generate("events.jsonl", 10, 6), 20);
     let (data, plugins) = (site.scratch.str("data"), site.scratch.str("plugins"));
-    let base = ["--data-dir", &data, "--plugin-dir", &plugins];
     let run = Command::new(env!("CARGO_BIN_EXE_storyline"))
-        .args(base)
+        .args(["--data-dir", &data, "--plugin-dir", &plugins])
         .args(["run", "--tenant", "acme", "--delay-ms", "100"])
         .stderr(Stdio::piped())
         .spawn()
@@ -331,16 +350,7 @@ fn a_quiet_pipe_reaches_a_running_worker_before_it_closes() {
         assert!(Instant::now() < deadline, "the worker did not open its ingest socket");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut ingest = Command::new(env!("CARGO_BIN_EXE_storyline"))
-        .args(base)
-        .args(["ingest", "--tenant", "acme", "--bucket-ms", "100", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = ingest.stdin.take().unwrap();
-    writeln!(stdin, "{}", lines.join("\n")).unwrap();
-    stdin.flush().unwrap();
+    let pipe = Pipe::open(&site, &["--tenant", "acme", "--bucket-ms", "100"], &lines);
     // The running worker gets the events, closes their sessions and publishes them while the
     // pipe stays open.
     let ids: BTreeSet<String> = lines
@@ -362,12 +372,7 @@ fn a_quiet_pipe_reaches_a_running_worker_before_it_closes() {
             break;
         }
     }
-    assert_eq!(ingest.try_wait().unwrap(), None, "ingest is still reading");
-    drop(stdin);
-    let out = ingest.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("accepted 20 events"), "{stderr}");
+    pipe.close(20);
     crate::support::sigterm(&run);
     let run = run.wait_with_output().unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
