@@ -47,6 +47,29 @@ impl Site {
         self.scratch.str(file)
     }
 
+    /// Short session timeouts for the tenant's plugin: stories are published within a second.
+    fn short_sessions(&self) {
+        std::fs::write(
+            self.scratch.path("plugins/acme/network_session.json"),
+            r#"{"gap_ms": 150, "skew_ms": 100, "dns_window_ms": 1000, "reopen_ms": 60000}"#,
+        )
+        .unwrap();
+    }
+
+    /// Waits (up to a minute) until a running worker opened its ingest socket; its path.
+    fn wait_for_socket(&self) -> std::path::PathBuf {
+        let socket = self.scratch.path("data/ingest.sock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not open its ingest socket"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        socket
+    }
+
     /// Latest revision of every story: id → event ids.
     fn stories(&self) -> BTreeMap<String, Vec<String>> {
         let (stdout, _) = self.ok(&["stories", "--tenant", "acme"]);
@@ -227,12 +250,7 @@ fn ingest_reaches_a_running_worker_through_its_socket() {
         .spawn()
         .unwrap();
     // The running worker owns the embedded store; ingest must go through its socket.
-    let socket = site.scratch.path("data/ingest.sock");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !socket.exists() {
-        assert!(std::time::Instant::now() < deadline, "the worker did not open its ingest socket");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let socket = site.wait_for_socket();
     let (_, ingest) = site.ok(&["ingest", "--tenant", "acme", &file]);
     assert!(ingest.contains("accepted 600 events"), "{ingest}");
     std::thread::sleep(std::time::Duration::from_secs(4));
@@ -331,11 +349,7 @@ fn a_quiet_pipe_reaches_a_running_worker_before_it_closes() {
     use std::time::{Duration, Instant};
     let site = Site::new("quiet-socket");
     // Short session timeouts: stories are published while the pipe is still open.
-    std::fs::write(
-        site.scratch.path("plugins/acme/network_session.json"),
-        r#"{"gap_ms": 150, "skew_ms": 100, "dns_window_ms": 1000, "reopen_ms": 60000}"#,
-    )
-    .unwrap();
+    site.short_sessions();
     let lines = head(&site.generate("events.jsonl", 10, 6), 20);
     let (data, plugins) = (site.scratch.str("data"), site.scratch.str("plugins"));
     let run = Command::new(env!("CARGO_BIN_EXE_storyline"))
@@ -344,12 +358,7 @@ fn a_quiet_pipe_reaches_a_running_worker_before_it_closes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let socket = site.scratch.path("data/ingest.sock");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "the worker did not open its ingest socket");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    site.wait_for_socket();
     let pipe = Pipe::open(&site, &["--tenant", "acme", "--bucket-ms", "100"], &lines);
     // The running worker gets the events, closes their sessions and publishes them while the
     // pipe stays open.
@@ -405,11 +414,7 @@ fn stories_follow_prints_each_revision_once_as_it_is_published() {
     use std::time::{Duration, Instant};
     let site = Site::new("follow");
     // Short session timeouts: stories are published while the worker runs.
-    std::fs::write(
-        site.scratch.path("plugins/acme/network_session.json"),
-        r#"{"gap_ms": 150, "skew_ms": 100, "dns_window_ms": 1000, "reopen_ms": 60000}"#,
-    )
-    .unwrap();
+    site.short_sessions();
     let file = site.generate("events.jsonl", 200, 4);
     site.ok(&["ingest", "--tenant", "acme", "--bucket-ms", "100", "--batch", "50", &file]);
     let (data, plugins) = (site.scratch.str("data"), site.scratch.str("plugins"));
