@@ -154,7 +154,13 @@ fn main() {
     }
 
     // The producer, on this thread, routing with its own plugin instance as `ingest` does.
-    let router = plugin.instantiate(&tenant, &plugin_config, limits).expect("router");
+    let router = storyline::producer::Router::new(
+        plugin.clone(),
+        plugin_config.clone(),
+        tenant.clone(),
+        limits,
+        "the bench's own instance",
+    );
     // `--batch N`: events per durable batch (1,000 by default, as `storyline ingest`).
     let batch: usize = arg(&args, "--batch")
         .and_then(|n| n.parse().ok())

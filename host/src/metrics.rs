@@ -52,7 +52,7 @@ pub fn render<S: Store>(
 
     let (mut loads, mut reload_failed, mut lag, mut late, mut lateness, mut dead) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut memory, mut memory_limit) = (vec![], vec![]);
+    let (mut memory, mut memory_limit, mut ignored) = (vec![], vec![], vec![]);
     let now = now_ms();
     for slot in catalog.slots() {
         let tenant = slot.tenant();
@@ -60,6 +60,7 @@ pub fn render<S: Store>(
         let t = format!("{{tenant=\"{tenant}\"}}");
         loads.push((t.clone(), status.loads as f64));
         reload_failed.push((t.clone(), f64::from(u8::from(status.last_error.is_some()))));
+        ignored.push((t.clone(), status.ignored.len() as f64));
         let (used, limit) = catalog.memory(tenant);
         memory.push((t.clone(), used as f64));
         memory_limit.push((t.clone(), limit as f64));
@@ -82,6 +83,12 @@ pub fn render<S: Store>(
         "gauge",
         "1 when the tenant's last reload was rejected (the previous version serves).",
         &reload_failed,
+    );
+    metric(
+        "storyline_plugin_ignored_files",
+        "gauge",
+        "Other .wasm files in the tenant's plugin folder, ignored (one plugin per tenant).",
+        &ignored,
     );
     metric(
         "storyline_plugin_memory_bytes",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use storyline::catalog::{Catalog, Slot};
 use storyline::generate::{GenConfig, generate};
 use storyline::model::{ShardId, TenantId};
-use storyline::producer::{IngestReport, Producer, fnv1a, now_ms};
+use storyline::producer::{IngestReport, Producer, Router, fnv1a, now_ms};
 use storyline::store::embedded::EmbeddedStore;
 use storyline::store::{Layout, Store};
 use storyline::worker::{Progress, Shared, WorkerConfig, run_tenant};
@@ -127,7 +127,7 @@ fn skewed_producers_lose_nothing<S: Store>(
     let mut producers: Vec<_> = clocks
         .iter()
         .map(|clock| {
-            let router = plugin.instantiate(t, "{}", test_limits()).unwrap();
+            let router = Router::new(plugin.clone(), "{}".into(), t.clone(), test_limits(), "test");
             Producer::new(store, t.clone(), Layout::default(), Some(router)).clock(*clock)
         })
         .collect();

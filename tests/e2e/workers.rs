@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use storyline::catalog::Slot;
 use storyline::model::{ShardId, TenantId};
-use storyline::producer::{IngestReport, Producer};
+use storyline::producer::{IngestReport, Producer, Router};
 use storyline::store::embedded::EmbeddedStore;
 use storyline::store::{Layout, Store};
 use storyline::worker::{Shared, WorkerConfig, run_tenant};
@@ -204,7 +204,7 @@ fn a_batch_is_routed_by_explicit_keys_then_by_the_plugin_then_by_id() {
         let scratch = Scratch::new(&format!("route-{plugin}"));
         let store = EmbeddedStore::new(scratch.path("data"));
         let t = TenantId::new("acme").unwrap();
-        let router = loaded(plugin).instantiate(&t, "{}", Limits::default()).unwrap();
+        let router = Router::new(loaded(plugin), "{}".into(), t.clone(), Limits::default(), "test");
         let mut producer = Producer::new(&store, t.clone(), layout, Some(router));
         let mut report = IngestReport::default();
         for (i, line) in lines(2500).iter().enumerate() {

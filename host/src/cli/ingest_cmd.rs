@@ -5,10 +5,12 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
+use super::ingest_socket::Summary;
 use super::{Dirs, ensure_dir, tenant_arg};
+use crate::catalog::{Catalog, Found, KnownGood, Remembered, find_plugin};
 use crate::model::TenantId;
-use crate::plugin::{Limits, Runtime};
-use crate::producer::{IngestReport, Producer};
+use crate::plugin::{Limits, Plugin, Runtime};
+use crate::producer::{IngestReport, Producer, Router};
 use crate::store::{Layout, Store};
 
 /// What an ingest run did, and with which layout.
@@ -20,11 +22,11 @@ pub struct Ingested {
 }
 
 /// Validates and stores a JSONL stream for `tenant`: the part shared by `storyline ingest` and
-/// the ingest socket of a running `storyline run`.
+/// the ingest socket of a running `storyline run` (`serving`: its catalog).
 pub fn ingest_stream<S: Store>(
     handle: &tokio::runtime::Handle,
     store: &S,
-    dirs: &Dirs,
+    (dirs, serving): (&Dirs, Option<&Catalog>),
     tenant: &TenantId,
     reader: impl Read + Send + 'static,
     (shards, bucket_ms): (Option<u32>, Option<i64>),
@@ -43,20 +45,122 @@ pub fn ingest_stream<S: Store>(
         bucket_ms: bucket_ms.unwrap_or(base.bucket_ms),
     };
     // The tenant's plugin computes routing keys, so a story's events share a shard.
-    let router = match dirs.tenant_plugin(tenant)? {
-        Some((path, config)) => {
-            let runtime = Runtime::new(Some(dirs.cache()))?;
-            let plugin = runtime.load(&path)?;
-            Some(plugin.instantiate(tenant, &config, Limits::default())?)
-        }
-        None => None,
-    };
+    let router = router_for(dirs, tenant, serving);
     let mut producer = Producer::new(store, tenant.clone(), layout, router).batch_size(batch);
     if let Some(f) = on_durable {
         producer = producer.on_durable(f);
     }
     let report = handle.block_on(producer.ingest(reader))?;
     Ok(Ingested { report, layout })
+}
+
+/// The version that computes the tenant's routing keys. The plugin folder never stops intake:
+/// the version a running host serves comes first; else the tenant's plugin file; when the
+/// folder has none that loads (a stray or broken file), the last version that loaded, which
+/// the data directory remembers; else none (events are routed by id). Every fallback is
+/// logged with its reason, and the report names the version used.
+fn router_for(dirs: &Dirs, tenant: &TenantId, serving: Option<&Catalog>) -> Option<Router> {
+    if let Some(catalog) = serving
+        && let Some(active) = catalog.slot(tenant).active()
+    {
+        let origin = format!("the version the running host serves, from {}", active.path.display());
+        return Some(Router::new(
+            active.plugin.clone(),
+            active.config.clone(),
+            tenant.clone(),
+            catalog.limits(),
+            origin,
+        ));
+    }
+    let runtime = match serving {
+        Some(catalog) => catalog.runtime().clone(),
+        None => match Runtime::new(Some(dirs.cache())) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%tenant, "cannot start the plugin runtime ({e:#}); routing by event id");
+                return None;
+            }
+        },
+    };
+    let limits = serving.map_or_else(Limits::default, Catalog::limits);
+    let known = dirs.known_good();
+    let remembered = known.recall(tenant);
+    let problem = match find_plugin(
+        &dirs.plugins,
+        tenant,
+        remembered.as_ref().map(|r| r.path.as_path()),
+    ) {
+        Ok(Some(found)) => match load_checked(&runtime, tenant, &found, limits) {
+            Ok((plugin, bytes)) => {
+                for file in &found.ignored {
+                    tracing::warn!(%tenant, "ignoring {}: the tenant's plugin is {} (one .wasm per tenant folder; remove the other file)", file.display(), found.path.display());
+                }
+                let record = Remembered {
+                    path: found.path.clone(),
+                    sha256: plugin.info().sha256.clone(),
+                    config: found.config.clone(),
+                };
+                if let Err(e) = known.remember(tenant, &bytes, &record) {
+                    tracing::debug!(%tenant, "cannot remember the version that loaded: {e}");
+                }
+                let origin = found.path.display().to_string();
+                return Some(Router::new(plugin, found.config, tenant.clone(), limits, origin));
+            }
+            Err(e) => e,
+        },
+        Ok(None) => format!("no plugin in {}", dirs.plugins.join(tenant.as_str()).display()),
+        Err(e) => e,
+    };
+    match remembered.and_then(|r| recall(&runtime, &known, tenant, r, limits)) {
+        Some(router) => {
+            tracing::warn!(%tenant, "{problem}; routing with {}", router.describe());
+            Some(router)
+        }
+        None => {
+            if dirs.plugins.join(tenant.as_str()).exists() {
+                tracing::warn!(%tenant, "{problem}, and no earlier version is known; routing by event id");
+            }
+            None
+        }
+    }
+}
+
+/// Loads a plugin file and checks that `init` takes its configuration.
+fn load_checked(
+    runtime: &Runtime,
+    tenant: &TenantId,
+    found: &Found,
+    limits: Limits,
+) -> Result<(Plugin, Vec<u8>), String> {
+    let bytes = std::fs::read(&found.path)
+        .map_err(|e| format!("cannot read {}: {e}", found.path.display()))?;
+    let plugin = runtime.load_bytes(&found.path, &bytes).map_err(|e| e.to_string())?;
+    plugin.instantiate(tenant, &found.config, limits).map_err(|e| e.to_string())?;
+    Ok((plugin, bytes))
+}
+
+/// A router with the tenant's remembered version, if it still loads.
+fn recall(
+    runtime: &Runtime,
+    known: &KnownGood,
+    tenant: &TenantId,
+    remembered: Remembered,
+    limits: Limits,
+) -> Option<Router> {
+    let copy = known.copy(&remembered.sha256);
+    // Loaded under the name of the file it came from, so logs name it as the host does.
+    let loaded = std::fs::read(&copy)
+        .map_err(|e| format!("cannot read {}: {e}", copy.display()))
+        .and_then(|bytes| runtime.load_bytes(&remembered.path, &bytes).map_err(|e| e.to_string()));
+    let plugin = match loaded {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(%tenant, "the last version that loaded no longer does: {e}");
+            return None;
+        }
+    };
+    let origin = format!("the last version that loaded, from {}", remembered.path.display());
+    Some(Router::new(plugin, remembered.config, tenant.clone(), limits, origin))
 }
 
 /// Reads events from `file` (or stdin) into the tenant's store. When a `storyline run` owns
@@ -82,27 +186,20 @@ pub fn ingest<S: Store + Clone>(
     let name = file.map_or("stdin".to_string(), |p| p.display().to_string());
     let started = std::time::Instant::now();
     let socket = dirs.socket.as_ref().and_then(|p| std::os::unix::net::UnixStream::connect(p).ok());
-    let (accepted, batches, rejected_count, rejected, layout) = match socket {
+    let summary = match socket {
         Some(socket) => {
             if progress {
                 eprintln!(
                     "note: a running `storyline run` owns the store; --progress is not reported through its socket"
                 );
             }
-            let s = super::ingest_socket::send(socket, &tenant, reader, flags, batch)?;
-            (
-                s.accepted,
-                s.batches,
-                s.rejected_count,
-                s.rejected,
-                Layout { shards: s.shards, bucket_ms: s.bucket_ms },
-            )
+            super::ingest_socket::send(socket, &tenant, reader, flags, batch)?
         }
         None => {
             let Ingested { report, layout } = ingest_stream(
                 rt.handle(),
                 store,
-                dirs,
+                (dirs, None),
                 &tenant,
                 reader,
                 flags,
@@ -116,17 +213,28 @@ pub fn ingest<S: Store + Clone>(
                     progress.then_some(print)
                 }),
             )?;
-            let rejected = report.rejected.iter().map(|e| e.to_string()).collect();
-            (report.accepted, report.batches, report.rejected_count, rejected, layout)
+            Summary::of(&report, layout)
         }
     };
+    let Summary { accepted, batches, rejected_count, ref rejected, shards, bucket_ms, .. } =
+        summary;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "{name}: accepted {accepted} events in {batches} batches ({:.0} events/s) into tenant {tenant} ({} shards, {} ms buckets); rejected {rejected_count} lines",
         accepted as f64 / secs.max(1e-9),
-        layout.shards,
-        layout.bucket_ms,
+        shards,
+        bucket_ms,
     );
+    match &summary.routed_by {
+        Some(router) => eprintln!("{name}: routed by {router}"),
+        None => eprintln!("{name}: routed by event id (the tenant has no plugin to route with)"),
+    }
+    if summary.route_failures > 0 {
+        eprintln!(
+            "{name}: the plugin's route failed on {} batches; their events were routed by event id (see the warnings above)",
+            summary.route_failures
+        );
+    }
     for e in rejected.iter().take(20) {
         eprintln!("  {name} {e}");
     }

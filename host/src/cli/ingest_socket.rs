@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Dirs;
 use super::ingest_cmd::{Ingested, ingest_stream};
+use crate::catalog::Catalog;
 use crate::model::TenantId;
 use crate::store::Store;
 
@@ -128,6 +129,28 @@ pub struct Summary {
     /// The first refused lines, as `line N: reason`.
     #[serde(skip)]
     pub rejected: Vec<String>,
+    /// The plugin version that computed routing keys, and where it came from.
+    #[serde(default)]
+    pub routed_by: Option<String>,
+    /// Batches whose `route` call failed (routed by event id instead).
+    #[serde(default)]
+    pub route_failures: u64,
+}
+
+impl Summary {
+    /// The summary of an ingest done here.
+    pub fn of(report: &crate::producer::IngestReport, layout: crate::store::Layout) -> Self {
+        Summary {
+            accepted: report.accepted,
+            batches: report.batches,
+            rejected_count: report.rejected_count,
+            shards: layout.shards,
+            bucket_ms: layout.bucket_ms,
+            rejected: report.rejected.iter().map(|e| e.to_string()).collect(),
+            routed_by: report.routed_by.clone(),
+            route_failures: report.route_failures,
+        }
+    }
 }
 
 /// Client side: streams `reader` to a running worker.
@@ -195,6 +218,7 @@ pub fn serve<S: Store + Clone>(
     handle: tokio::runtime::Handle,
     store: S,
     dirs: Dirs,
+    serving: Arc<Catalog>,
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let path = path(&dirs.data);
@@ -210,9 +234,10 @@ pub fn serve<S: Store + Clone>(
         while !shutdown.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    let (handle, store, dirs) = (handle.clone(), store.clone(), dirs.clone());
+                    let (handle, store, dirs, serving) =
+                        (handle.clone(), store.clone(), dirs.clone(), serving.clone());
                     std::thread::spawn(move || {
-                        if let Err(e) = answer(&handle, &store, &dirs, stream) {
+                        if let Err(e) = answer(&handle, &store, &dirs, &serving, stream) {
                             tracing::warn!("ingest socket: {e:#}");
                         }
                     });
@@ -235,6 +260,7 @@ fn answer<S: Store>(
     handle: &tokio::runtime::Handle,
     store: &S,
     dirs: &Dirs,
+    serving: &Catalog,
     stream: UnixStream,
 ) -> anyhow::Result<()> {
     stream.set_nonblocking(false)?;
@@ -282,7 +308,7 @@ fn answer<S: Store>(
     let result = ingest_stream(
         handle,
         store,
-        dirs,
+        (dirs, Some(serving)),
         &tenant,
         reader,
         (header.shards, header.bucket_ms),
@@ -293,14 +319,7 @@ fn answer<S: Store>(
             for e in &report.rejected {
                 writeln!(reply, "REJECT\t{e}")?;
             }
-            let summary = Summary {
-                accepted: report.accepted,
-                batches: report.batches,
-                rejected_count: report.rejected_count,
-                shards: layout.shards,
-                bucket_ms: layout.bucket_ms,
-                rejected: Vec::new(),
-            };
+            let summary = Summary::of(&report, layout);
             writeln!(reply, "SUMMARY\t{}", serde_json::to_string(&summary)?)?;
         }
         Err(e) => writeln!(reply, "ERROR\t{e:#}")?,

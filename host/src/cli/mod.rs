@@ -362,9 +362,9 @@ impl Dirs {
         self.data.join("cache").join("components")
     }
 
-    /// The tenant's plugin file and its configuration (see [`crate::catalog::find_plugin`]).
-    pub fn tenant_plugin(&self, tenant: &TenantId) -> anyhow::Result<Option<(PathBuf, String)>> {
-        crate::catalog::find_plugin(&self.plugins, tenant).map_err(anyhow::Error::msg)
+    /// Each tenant's last plugin version that loaded (see [`crate::catalog::KnownGood`]).
+    pub fn known_good(&self) -> crate::catalog::KnownGood {
+        crate::catalog::KnownGood::new(self.data.join("cache").join("known-good"))
     }
 
     /// Tenants that have a directory in the plugin directory.

@@ -114,12 +114,16 @@ pub fn run<S: Store + Clone>(
             shutdown.store(true, Ordering::Relaxed);
         });
     }
+    let catalog =
+        Catalog::remembering(runtime, &dirs.plugins, options.limits, Some(dirs.known_good()));
     if dirs.socket.is_some() {
-        // This process owns the embedded store: `storyline ingest` reaches it through here.
+        // This process owns the embedded store: `storyline ingest` reaches it through here,
+        // and routes with the versions this process serves.
         super::ingest_socket::serve(
             rt.handle().clone(),
             store.clone(),
             dirs.clone(),
+            catalog.clone(),
             shutdown.clone(),
         )?;
     }
@@ -150,7 +154,6 @@ pub fn run<S: Store + Clone>(
     };
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
-    let catalog = Catalog::new(runtime, &dirs.plugins, options.limits);
     let workers = Arc::new(Mutex::new(Vec::new()));
     let start_tenant = {
         let (rt, store, catalog, workers) =

@@ -1,6 +1,6 @@
 //! A deliberately faulty plugin for the host's tests: each fault the host must contain.
 //!
-//! Configuration: `{"mode": "<mode>", "only_kind": "<kind>", "tag": "<text>"}`. With
+//! Configuration: `{"mode": "<mode>", "only_kind": "<kind>", "tag": "<text>", "route": "<fault>"}`. With
 //! `only_kind`, the fault fires only on buckets holding an event of that kind; other buckets are
 //! processed well (one story per event). `tag` is copied into every story's fields (tests tell
 //! plugin versions apart by it). Modes:
@@ -18,11 +18,15 @@
 //! | `probe`       | reports what the sandbox lets it see: env, args, files, clock, randomness |
 //! | `chatty`      | logs far more than the host allows per call                      |
 //!
+//! `route` picks what the `route` export does: `none` (default: no key, the host routes by id),
+//! `trap` (panics), `loop` (never returns), `stderr` (writes a line to stderr for every event
+//! and keys it by its source).
+//!
 //! An unknown mode fails `init` with `Error::InvalidConfig`.
 
 use serde::Deserialize;
 use storyline_sdk::session::story_id;
-use storyline_sdk::{Bucket, Correlator, Error, Level, Story, export_correlator, log};
+use storyline_sdk::{Bucket, Correlator, Error, Event, Level, Story, export_correlator, log};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,11 +37,15 @@ struct Config {
     only_kind: Option<String>,
     #[serde(default)]
     tag: Option<String>,
+    #[serde(default = "none")]
+    route: String,
 }
 
 fn none() -> String {
     "none".into()
 }
+
+const ROUTE_MODES: &[&str] = &["none", "trap", "loop", "stderr"];
 
 const MODES: &[&str] = &[
     "none",
@@ -58,6 +66,7 @@ pub struct Faulty {
     mode: String,
     only_kind: Option<String>,
     tag: Option<String>,
+    route: String,
     buckets_seen: u64,
 }
 
@@ -134,7 +143,37 @@ impl Correlator for Faulty {
                 MODES.join(", ")
             )));
         }
-        Ok(Faulty { mode: c.mode, only_kind: c.only_kind, tag: c.tag, buckets_seen: 0 })
+        if !ROUTE_MODES.contains(&c.route.as_str()) {
+            return Err(Error::InvalidConfig(format!(
+                "unknown route mode \"{}\"; known: {}",
+                c.route,
+                ROUTE_MODES.join(", ")
+            )));
+        }
+        Ok(Faulty {
+            mode: c.mode,
+            only_kind: c.only_kind,
+            tag: c.tag,
+            route: c.route,
+            buckets_seen: 0,
+        })
+    }
+
+    fn route(&self, event: &Event) -> Option<String> {
+        match self.route.as_str() {
+            "trap" => panic!("deliberate trap in route, event {}", event.id),
+            "loop" => {
+                let mut x: u64 = 1;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            "stderr" => {
+                eprintln!("routing event {}", event.id);
+                Some(event.source.clone())
+            }
+            _ => None,
+        }
     }
 
     fn process(&mut self, bucket: &Bucket) -> Result<Vec<Story>, Error> {

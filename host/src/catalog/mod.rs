@@ -20,6 +20,9 @@ use crate::model::{TenantId, TimestampMs};
 use crate::plugin::{Limits, Plugin, Runtime};
 use crate::producer::now_ms;
 
+mod known_good;
+pub use known_good::{KnownGood, Remembered};
+
 /// Quiet time after the last file event before a tenant is reloaded: a writer still copying
 /// keeps producing events, so a half-written file is retried once it stops.
 pub const SETTLE: Duration = Duration::from_millis(200);
@@ -46,6 +49,8 @@ pub struct SlotStatus {
     pub last_error: Option<(TimestampMs, String)>,
     /// Successful loads so far.
     pub loads: u64,
+    /// Other `.wasm` files in the tenant's folder, ignored (see [`find_plugin`]).
+    pub ignored: Vec<PathBuf>,
 }
 
 /// One tenant's plugin: the active version and its history.
@@ -102,6 +107,20 @@ impl Slot {
             Some((now_ms(), message));
     }
 
+    /// Records the other `.wasm` files of the folder, logging those not reported before.
+    fn set_ignored(&self, ignored: Vec<PathBuf>, serving: &Path) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        for file in ignored.iter().filter(|f| !status.ignored.contains(f)) {
+            tracing::warn!(
+                tenant = %self.tenant,
+                "ignoring {}: the tenant's plugin is {} (one .wasm per tenant folder; remove the other file)",
+                file.display(),
+                serving.display()
+            );
+        }
+        status.ignored = ignored;
+    }
+
     fn install(&self, plugin: Plugin, config: String, path: PathBuf) {
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.generation.load(Ordering::Acquire) + 1;
@@ -120,18 +139,61 @@ impl Slot {
     }
 }
 
-/// A tenant's plugin file and its configuration (`{}` when no `.json` is beside it), or `None`
-/// when the tenant has no folder or no `.wasm` in it. With several `.wasm`, the first by name.
-pub fn find_plugin(dir: &Path, tenant: &TenantId) -> Result<Option<(PathBuf, String)>, String> {
+/// A tenant's plugin file as its folder names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The plugin file.
+    pub path: PathBuf,
+    /// Its configuration: the `.json` beside it, `{}` when there is none.
+    pub config: String,
+    /// Other `.wasm` files in the folder, which are not the tenant's plugin (reported, never
+    /// loaded).
+    pub ignored: Vec<PathBuf>,
+}
+
+/// The tenant's plugin file, or `None` when the tenant has no folder or no `.wasm` in it.
+///
+/// One plugin per tenant: the only `.wasm` of its folder (names starting with `.` are
+/// temporary files and never count). When the folder holds several, `prefer` decides (the file
+/// serving now, or the last one that loaded): the others are ignored and reported. Several
+/// with none preferred is an error naming them: which file is a tenant's plugin never depends
+/// on file-name order.
+pub fn find_plugin(
+    dir: &Path,
+    tenant: &TenantId,
+    prefer: Option<&Path>,
+) -> Result<Option<Found>, String> {
     let folder = dir.join(tenant.as_str());
     let Ok(entries) = std::fs::read_dir(&folder) else { return Ok(None) };
     let mut wasm: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .filter(|p| p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.')))
         .collect();
     wasm.sort();
-    let Some(path) = wasm.into_iter().next() else { return Ok(None) };
+    let chosen = match wasm.len() {
+        0 => return Ok(None),
+        1 => 0,
+        n => {
+            let preferred = prefer.and_then(|p| p.file_name());
+            match wasm.iter().position(|w| w.file_name() == preferred) {
+                Some(i) => i,
+                None => {
+                    let names: Vec<String> = wasm
+                        .iter()
+                        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+                        .collect();
+                    return Err(format!(
+                        "{} holds {n} plugin files ({}) and none of them served tenant {tenant} before: keep one .wasm per tenant folder (install a new version by renaming it over the old one)",
+                        folder.display(),
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+    };
+    let path = wasm.remove(chosen);
     let config_path = path.with_extension("json");
     let config = match std::fs::read_to_string(&config_path) {
         Ok(c) => c,
@@ -140,7 +202,7 @@ pub fn find_plugin(dir: &Path, tenant: &TenantId) -> Result<Option<(PathBuf, Str
             return Err(format!("cannot read plugin configuration {}: {e}", config_path.display()));
         }
     };
-    Ok(Some((path, config)))
+    Ok(Some(Found { path, config, ignored: wasm }))
 }
 
 /// Every tenant's slot, loaded from the plugin directory.
@@ -149,6 +211,8 @@ pub struct Catalog {
     runtime: Runtime,
     dir: PathBuf,
     limits: Limits,
+    /// Where each tenant's last version that loaded is remembered, if anywhere.
+    known_good: Option<KnownGood>,
     slots: Mutex<BTreeMap<TenantId, Arc<Slot>>>,
     /// One reload at a time (the watcher's and a caller's may race): compare and install are
     /// one step.
@@ -173,10 +237,22 @@ pub enum Reload {
 impl Catalog {
     /// A catalog of the plugin directory `dir`; nothing is loaded yet.
     pub fn new(runtime: Runtime, dir: impl Into<PathBuf>, limits: Limits) -> Arc<Self> {
+        Self::remembering(runtime, dir, limits, None)
+    }
+
+    /// Like [`Catalog::new`], remembering each tenant's version that loaded in `known_good`
+    /// (so that `storyline ingest` routes with it even when the folder is broken).
+    pub fn remembering(
+        runtime: Runtime,
+        dir: impl Into<PathBuf>,
+        limits: Limits,
+        known_good: Option<KnownGood>,
+    ) -> Arc<Self> {
         Arc::new(Catalog {
             runtime,
             dir: dir.into(),
             limits,
+            known_good,
             slots: Mutex::new(BTreeMap::new()),
             reloading: Mutex::new(()),
         })
@@ -185,6 +261,16 @@ impl Catalog {
     /// The plugin directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The runtime the plugins are loaded in.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The limits each instance runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The tenant's slot (empty until [`Catalog::reload`] finds its plugin).
@@ -221,11 +307,21 @@ impl Catalog {
     pub fn reload(&self, tenant: &TenantId) -> Reload {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let slot = self.slot(tenant);
-        let found = match find_plugin(&self.dir, tenant) {
-            Ok(found) => found,
-            Err(e) => return reject(&slot, e),
+        // With several files in the folder, the one serving (else the last that loaded) stays
+        // the tenant's plugin.
+        let remembered = self.known_good.as_ref().and_then(|k| k.recall(tenant));
+        let prefer = match slot.active() {
+            Some(active) => Some(active.path.clone()),
+            None => remembered.map(|r| r.path),
         };
-        let Some((path, config)) = found else {
+        let found = match find_plugin(&self.dir, tenant, prefer.as_deref()) {
+            Ok(found) => found,
+            Err(e) => {
+                return reject(&slot, format!("{e}; the previous version, if any, keeps serving"));
+            }
+        };
+        let Some(Found { path, config, ignored }) = found else {
+            slot.set_ignored(Vec::new(), Path::new(""));
             if slot.active().is_some() {
                 slot.remove();
                 tracing::warn!(%tenant, "plugin removed: the tenant's shards stop after their commit; offsets are kept");
@@ -233,6 +329,7 @@ impl Catalog {
             }
             return Reload::Absent;
         };
+        slot.set_ignored(ignored, &path);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => return reject(&slot, format!("cannot read {}: {e}", path.display())),
@@ -252,6 +349,16 @@ impl Catalog {
             return reject(&slot, format!("{e}; the previous version keeps serving"));
         }
         tracing::info!(%tenant, plugin = %plugin.info().label(), path = %path.display(), "plugin loaded");
+        if let Some(known) = &self.known_good {
+            let record = Remembered {
+                path: path.clone(),
+                sha256: plugin.info().sha256.clone(),
+                config: config.clone(),
+            };
+            if let Err(e) = known.remember(tenant, &bytes, &record) {
+                tracing::warn!(%tenant, "cannot remember the version that loaded (a standalone ingest may not route with it): {e}");
+            }
+        }
         slot.install(plugin, config, path);
         Reload::Loaded
     }
@@ -352,6 +459,14 @@ pub fn describe(slot: &Slot, memory: (usize, usize)) -> String {
         }
         None => out.push_str("last reload error: none\n"),
     }
+    if !status.ignored.is_empty() {
+        let names: Vec<String> = status.ignored.iter().map(|p| p.display().to_string()).collect();
+        let _ = writeln!(
+            out,
+            "ignored plugin files: {} (one .wasm per tenant folder; remove them)",
+            names.join(", ")
+        );
+    }
     let (used, limit) = memory;
     let _ = writeln!(
         out,
@@ -365,4 +480,60 @@ pub fn describe(slot: &Slot, memory: (usize, usize)) -> String {
 fn reject(slot: &Slot, message: String) -> Reload {
     slot.record_error(message.clone());
     Reload::Rejected(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(name: &str, files: &[&str]) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("storyline-find-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("acme")).unwrap();
+        for f in files {
+            std::fs::write(dir.join("acme").join(f), "x").unwrap();
+        }
+        dir
+    }
+
+    fn acme() -> TenantId {
+        TenantId::new("acme").unwrap()
+    }
+
+    #[test]
+    fn the_only_wasm_of_a_folder_is_the_plugin_and_temporary_files_never_count() {
+        let dir = folder("only", &["rules.wasm", ".rules.wasm", "rules.json.tmp", "notes.txt"]);
+        let found = find_plugin(&dir, &acme(), None).unwrap().unwrap();
+        assert_eq!(found.path, dir.join("acme/rules.wasm"));
+        assert_eq!(found.config, "{}");
+        assert!(found.ignored.is_empty(), "{:?}", found.ignored);
+        assert_eq!(find_plugin(&dir, &TenantId::new("beta").unwrap(), None), Ok(None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn with_several_wasm_the_preferred_one_serves_and_the_others_are_ignored_whatever_their_names()
+    {
+        let dir = folder("several", &["a-stray.wasm", "rules.wasm", "z-stray.wasm"]);
+        let prefer = Path::new("/elsewhere/plugins/acme/rules.wasm");
+        let found = find_plugin(&dir, &acme(), Some(prefer)).unwrap().unwrap();
+        assert_eq!(found.path, dir.join("acme/rules.wasm"));
+        assert_eq!(
+            found.ignored,
+            vec![dir.join("acme/a-stray.wasm"), dir.join("acme/z-stray.wasm")]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn several_wasm_and_none_preferred_is_an_error_naming_them_never_a_choice_by_name() {
+        let dir = folder("ambiguous", &["b.wasm", "a.wasm"]);
+        for prefer in [None, Some(Path::new("gone.wasm"))] {
+            let err = find_plugin(&dir, &acme(), prefer).unwrap_err();
+            assert!(err.contains("holds 2 plugin files (a.wasm, b.wasm)"), "{err}");
+            assert!(err.contains("keep one .wasm per tenant folder"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -14,8 +14,10 @@ use std::io::{BufRead, Read};
 use storyline_sdk::format::{self, FormatError, InputEvent};
 
 use crate::model::{BucketStart, ShardId, TenantId, TimestampMs};
-use crate::plugin::{EventView, PluginInstance};
 use crate::store::{Layout, NewEvent, Store, StoreError};
+
+mod router;
+pub use router::{MAX_FAILURES, ROUTE_DEADLINE, Router};
 
 /// Default events per durable batch: one fdatasync (~1 ms) per thousand events.
 pub const DEFAULT_BATCH: usize = 1000;
@@ -51,6 +53,11 @@ pub struct IngestReport {
     pub rejected_count: u64,
     /// Batches written.
     pub batches: u64,
+    /// The plugin version that computed routing keys and where it came from; `None`: events
+    /// were routed by their `route` field, else by id.
+    pub routed_by: Option<String>,
+    /// Batches whose `route` call failed (each was routed by event id instead).
+    pub route_failures: u64,
 }
 
 /// Called with the number of events durable so far, after each batch.
@@ -65,7 +72,9 @@ pub struct Producer<'s, S: Store + Clone> {
     tenant: TenantId,
     layout: Layout,
     /// The tenant's plugin, asked for routing keys; `None` routes by event id.
-    router: Option<PluginInstance>,
+    router: Option<Router>,
+    /// Batches whose `route` call failed so far.
+    route_failures: u64,
     batch_size: usize,
     /// Prefix of generated event ids: unique per producer run.
     id_prefix: String,
@@ -98,12 +107,7 @@ pub fn now_ms() -> TimestampMs {
 
 impl<'s, S: Store + Clone> Producer<'s, S> {
     /// A producer for `tenant` with `layout`, routing with `router` when given.
-    pub fn new(
-        store: &'s S,
-        tenant: TenantId,
-        layout: Layout,
-        router: Option<PluginInstance>,
-    ) -> Self {
+    pub fn new(store: &'s S, tenant: TenantId, layout: Layout, router: Option<Router>) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -114,6 +118,7 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
             tenant,
             layout,
             router,
+            route_failures: 0,
             batch_size: DEFAULT_BATCH,
             id_prefix: format!("ev-{:x}{:04x}", nanos as u64, std::process::id() & 0xffff),
             generated: 0,
@@ -142,49 +147,46 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
     }
 
     /// Shards for the pending events that have none yet: the explicit routing key of an event
-    /// decides first, then the key the tenant's plugin computes (one call for the batch),
-    /// then the event id.
-    fn route_pending(&mut self) {
-        let Producer { router, pending, layout, .. } = self;
-        let shards = layout.shards;
-        let unrouted: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].1.is_none()).collect();
+    /// decides first, then the key the tenant's plugin computes (one call for the batch, on a
+    /// blocking thread: see [`Router`]), then the event id.
+    async fn route_pending(&mut self) {
+        let shards = self.layout.shards;
+        let unrouted: Vec<usize> =
+            (0..self.pending.len()).filter(|&i| self.pending[i].1.is_none()).collect();
         if unrouted.is_empty() {
             return;
         }
-        let by_id = |e: &InputEvent| shard_of(e.id.as_deref().unwrap_or_default(), shards);
-        let keys = router.as_mut().map(|router| {
-            let views: Vec<EventView<'_>> = unrouted
-                .iter()
-                .map(|&i| {
-                    let e = &pending[i].0;
-                    EventView {
-                        id: e.id.as_deref().unwrap_or_default(),
-                        source: &e.source,
-                        kind: &e.kind,
-                        event_time: e.time,
-                        insert_time: 0,
-                        attributes: &e.attributes,
-                        payload: &e.payload,
+        let mut keys = Vec::new();
+        if let Some(mut router) = self.router.take().filter(|r| !r.given_up()) {
+            // The events travel to the blocking thread and back: nothing is copied, and
+            // nothing is lost whatever the rule does (the router catches panics).
+            let pending = std::mem::take(&mut self.pending);
+            let which = unrouted.clone();
+            let joined = tokio::task::spawn_blocking(move || {
+                let routed = router.keys_blocking(&pending, &which);
+                (router, pending, routed)
+            })
+            .await;
+            match joined {
+                Ok((router, pending, routed)) => {
+                    self.pending = pending;
+                    self.router = Some(router);
+                    if routed.failure.is_some() {
+                        self.route_failures += 1;
                     }
-                })
-                .collect();
-            router.route_all(&views)
-        });
-        let keys = match keys {
-            Some(Ok(keys)) => keys,
-            Some(Err(err)) => {
-                tracing::warn!("routing by event id from now on: {err}");
-                *router = None;
-                Vec::new()
+                    keys = routed.keys;
+                }
+                // Only a runtime shutting down cancels a blocking task; the producer's own
+                // future is then being dropped too, and none of these events was acknowledged.
+                Err(e) => tracing::error!("routing task lost: {e}"),
             }
-            None => Vec::new(),
-        };
+        }
         let mut keys = keys.into_iter();
         for i in unrouted {
-            let (e, shard) = &mut pending[i];
+            let Some((e, shard)) = self.pending.get_mut(i) else { break };
             *shard = Some(match keys.next().flatten() {
                 Some(key) => shard_of(&key, shards),
-                None => by_id(e),
+                None => shard_of(e.id.as_deref().unwrap_or_default(), shards),
             });
         }
     }
@@ -242,7 +244,7 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
     /// Starts writing the pending batch once the previous one is durable.
     async fn send(&mut self, report: &mut IngestReport) -> Result<(), StoreError> {
         // While the previous batch is still being written.
-        self.route_pending();
+        self.route_pending().await;
         self.settle(report).await?;
         if self.pending.is_empty() {
             return Ok(());
@@ -318,6 +320,8 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
         // The thread ends with the input: the channel closed because it returned.
         let _ = reading.join();
         self.flush(&mut report).await?;
+        report.routed_by = self.router.as_ref().map(Router::describe);
+        report.route_failures = self.route_failures;
         Ok(report)
     }
 
