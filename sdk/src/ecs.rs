@@ -50,6 +50,12 @@ pub struct EcsEvent<'a> {
     pub host: Option<Named<'a>>,
     /// `event.*`.
     pub event: Option<EventMeta>,
+    /// `rule.*`: the detection rule an alert fired on (Suricata's signature, a Zeek notice).
+    #[serde(borrow)]
+    pub rule: Option<Rule<'a>>,
+    /// `file.*`: a file the event saw cross the connection.
+    #[serde(borrow)]
+    pub file: Option<Named<'a>>,
 }
 
 /// `source` or `destination`.
@@ -193,6 +199,18 @@ pub struct Named<'a> {
     /// `*.name`.
     #[serde(borrow, deserialize_with = "text")]
     pub name: Option<Cow<'a, str>>,
+}
+
+/// `rule`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Rule<'a> {
+    /// `rule.name`: the signature or notice.
+    #[serde(borrow, deserialize_with = "text")]
+    pub name: Option<Cow<'a, str>>,
+    /// `rule.id`.
+    #[serde(borrow, deserialize_with = "lenient_text")]
+    pub id: Option<Cow<'a, str>>,
 }
 
 /// `event`.

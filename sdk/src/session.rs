@@ -714,6 +714,63 @@ impl<D> Sessionizer<D> {
             .map_err(|e| Error::InvalidState(format!("session state is not readable: {e}")))
     }
 
+    /// The same sessions with their data converted, and possibly their keys changed, by `f`
+    /// (given each session's key and data, it returns the new key and data): how a rule whose
+    /// per-session data or keying changed reads a snapshot of the earlier shape (restore it as
+    /// `Sessionizer<Old>`, then convert). Ids, times, events and revisions are kept; sessions
+    /// of keys that become one are kept side by side under it. Published sessions are decoded,
+    /// converted and encoded again; one that no longer decodes is dropped (it could not take a
+    /// late event anyway).
+    pub fn convert<E>(self, mut f: impl FnMut(&str, D) -> (String, E)) -> Sessionizer<E>
+    where
+        D: DeserializeOwned,
+        E: Serialize,
+    {
+        let mut map = |s: Session<D>| {
+            let (key, data) = f(&s.key, s.data);
+            Session {
+                data,
+                id: s.id,
+                key,
+                first_seen: s.first_seen,
+                last_seen: s.last_seen,
+                event_ids: s.event_ids,
+                revision: s.revision,
+                touched: s.touched,
+                dirty: s.dirty,
+                reach_ms: s.reach_ms,
+            }
+        };
+        let mut sessions: Sessions<E> = Sessions::default();
+        let keyed_for = |sessions: &mut Sessions<E>, key: &str| -> Arc<str> {
+            if let Some((k, _)) = sessions.get_key_value(key) {
+                return Arc::clone(k);
+            }
+            let key: Arc<str> = Arc::from(key);
+            sessions.insert(Arc::clone(&key), Keyed::new(Arc::clone(&key)));
+            key
+        };
+        for (_, keyed) in self.sessions {
+            for session in keyed.open {
+                let session = map(session);
+                let key = keyed_for(&mut sessions, &session.key);
+                if let Some(k) = sessions.get_mut(&key) {
+                    k.open.push(session);
+                }
+            }
+            for frozen in &keyed.frozen {
+                let Some(session) = frozen.thaw::<D>().map(&mut map) else { continue };
+                let key = keyed_for(&mut sessions, &session.key);
+                if let Some(k) = sessions.get_mut(&key) {
+                    k.frozen.push(Frozen::freeze(&session));
+                }
+            }
+        }
+        let mut out = Sessionizer { config: self.config, sessions, schedule: BinaryHeap::new() };
+        out.reschedule();
+        out
+    }
+
     /// Replaces the configuration (e.g. after restoring a snapshot taken with other settings).
     pub fn set_config(&mut self, config: SessionConfig) {
         if config != self.config {

@@ -68,6 +68,10 @@ pub struct Lookups {
     by_pair: BTreeMap<Pair, BTreeSet<Ticket>>,
     /// (deadline, ticket), earliest first.
     by_deadline: BTreeSet<(TimestampMs, Ticket)>,
+    /// Tickets by the lookup's own key (its exchange's tuple): the flow of that exchange takes
+    /// them. Derived from `by_ticket`, so not part of snapshots (rebuilt by [`Lookups::reindex`]).
+    #[serde(skip)]
+    by_own_key: BTreeMap<String, BTreeSet<Ticket>>,
     /// The next ticket.
     next: Ticket,
 }
@@ -91,7 +95,34 @@ impl Lookups {
             self.by_pair.entry(pair).or_default().insert(ticket);
         }
         self.by_deadline.insert((deadline, ticket));
+        self.by_own_key.entry(lookup.own_key.clone()).or_default().insert(ticket);
         self.by_ticket.insert(ticket, (deadline, lookup));
+    }
+
+    /// Gives every waiting lookup the own key `f` computes (snapshots of earlier formats keyed
+    /// lone lookups otherwise).
+    pub fn rekey(&mut self, f: impl Fn(&Lookup) -> String) {
+        for (_, lookup) in self.by_ticket.values_mut() {
+            lookup.own_key = f(lookup);
+        }
+        self.reindex();
+    }
+
+    /// Rebuilds the index by own key after a snapshot was read.
+    pub fn reindex(&mut self) {
+        self.by_own_key.clear();
+        for (ticket, (_, lookup)) in &self.by_ticket {
+            self.by_own_key.entry(lookup.own_key.clone()).or_default().insert(*ticket);
+        }
+    }
+
+    /// Removes and returns the lookups whose own exchange is the flow of `key`.
+    pub fn take_own(&mut self, key: &str) -> Vec<Lookup> {
+        if !self.by_own_key.contains_key(key) {
+            return Vec::new();
+        }
+        let tickets = self.by_own_key.get(key).cloned().unwrap_or_default();
+        tickets.into_iter().filter_map(|t| self.take(t)).collect()
     }
 
     /// The lookups waiting for a connection of `pair`, in arrival order.
@@ -117,6 +148,12 @@ impl Lookups {
             }
         }
         self.by_deadline.remove(&(deadline, ticket));
+        if let Some(tickets) = self.by_own_key.get_mut(&lookup.own_key) {
+            tickets.remove(&ticket);
+            if tickets.is_empty() {
+                self.by_own_key.remove(&lookup.own_key);
+            }
+        }
         Some(lookup)
     }
 

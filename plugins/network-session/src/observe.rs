@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use storyline_sdk::Event;
-use storyline_sdk::community_id::{CommunityId, proto};
+use storyline_sdk::community_id::{CommunityId, FlowTuple, proto};
 use storyline_sdk::ecs::EcsEvent;
 
 /// What an event describes, as far as this rule cares.
@@ -145,41 +145,69 @@ pub fn route(event: &Event) -> Option<String> {
     given.filter(|id| !id.is_empty()).map(str::to_owned)
 }
 
-/// Length of a Community ID v1 in base64: `1:` and 28 characters.
-pub const COMMUNITY_ID_LEN: usize = 30;
-
-/// The community id of the event's flow: the sensor's `network.community_id` when it gives a
-/// non-empty one, else computed (seed 0) from the tuple, as `EcsEvent::community_id` does but
-/// written into `buf` instead of a new `String`: this runs once per event.
-pub fn community_id<'b>(
-    ecs: &'b EcsEvent<'_>,
-    transport: Option<u8>,
-    buf: &'b mut [u8; COMMUNITY_ID_LEN],
-) -> Option<&'b str> {
-    let given = ecs.network.as_ref().and_then(|n| n.community_id.as_deref());
-    if let Some(id) = given.filter(|id| !id.is_empty()) {
-        return Some(id);
+/// The key of the session an event's tuple belongs to: its two endpoints in a fixed order
+/// (lower address and port first), the same from every sensor and either direction.
+///
+/// The transport is not part of it: most application logs (Zeek's `ssl`, `kerberos`,
+/// `smb_files`, Suricata's `alert`...) do not say it, and they must join the flow record of
+/// their connection, which does. Two sessions of different transports on the same two
+/// address/port pairs at the same time do not happen in practice (the client's ephemeral port
+/// differs). ICMP has no ports: its key is the address pair, marked as ICMP, so that it never
+/// meets a portless record of another protocol. Returns `None` when a port is missing: such
+/// records look for a connection of their address pair instead (see `State::add`).
+pub fn tuple_key(flow: &Flow, transport: Option<u8>) -> Option<String> {
+    use std::fmt::Write;
+    let (a, b) = (flow.client, flow.server);
+    let (low, high) = if (a.ip, a.port) <= (b.ip, b.port) { (a, b) } else { (b, a) };
+    let mut key = String::with_capacity(48);
+    if matches!(transport, Some(proto::ICMP | proto::ICMPV6)) {
+        let _ = write!(key, "icmp {} {}", low.ip, high.ip);
+        return Some(key);
     }
-    let digest = CommunityId::default().digest(&ecs.flow_tuple(transport)?);
-    buf[..2].copy_from_slice(b"1:");
-    base64(&digest, &mut buf[2..]);
-    // Only ASCII was written.
-    std::str::from_utf8(buf).ok()
+    let (lp, hp) = (low.port?, high.port?);
+    let _ = write!(key, "{} {lp} {} {hp}", low.ip, high.ip);
+    Some(key)
 }
 
-/// Standard base64 with padding of a 20-byte digest into 28 bytes.
-fn base64(digest: &[u8; 20], out: &mut [u8]) {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for (chunk, o) in digest.chunks(3).zip(out.chunks_mut(4)) {
-        let b1 = chunk.get(1).copied().unwrap_or(0);
-        let b2 = chunk.get(2).copied().unwrap_or(0);
-        let n = u32::from(chunk[0]) << 16 | u32::from(b1) << 8 | u32::from(b2);
-        let sextet = |shift: u32| ALPHABET[(n >> shift) as usize & 63];
-        o[0] = sextet(18);
-        o[1] = sextet(12);
-        o[2] = if chunk.len() > 1 { sextet(6) } else { b'=' };
-        o[3] = if chunk.len() > 2 { sextet(0) } else { b'=' };
-    }
+/// The key of a session of an address pair whose records carry no ports.
+pub fn pair_key(flow: &Flow) -> String {
+    let (a, b) = (flow.client.ip, flow.server.ip);
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    format!("{low} {high}")
+}
+
+/// What an event adds beyond [`Facts`]: the alert it raised and the file it saw. Kept apart
+/// from `Facts` because DNS lookups, which wait in the state with their facts, carry neither.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extra<'a> {
+    /// The signature of an alert (`rule.name`, or the kind for an alert without one).
+    pub alert: Option<Cow<'a, str>>,
+    /// `file.name`.
+    pub file: Option<Cow<'a, str>>,
+}
+
+/// The alert and file of an event. An event is an alert when it names a rule (`rule.name`)
+/// or its kind is `alert` (Suricata) or `notice` (Zeek).
+pub fn extra<'a>(kind: &'a str, ecs: &'a EcsEvent<'_>) -> Extra<'a> {
+    let rule = text(ecs.rule.as_ref().and_then(|r| r.name.as_ref()));
+    let is_alert = kind.eq_ignore_ascii_case("alert") || kind.eq_ignore_ascii_case("notice");
+    let alert = rule.or_else(|| is_alert.then_some(Cow::Borrowed(kind)));
+    Extra { alert, file: text(ecs.file.as_ref().and_then(|f| f.name.as_ref())) }
+}
+
+/// The community id of an event: the sensor's `network.community_id`, else computed (seed
+/// 0) from its tuple as reported (ICMP type and code included). `None` when the transport is
+/// unknown.
+pub fn community_id_of(ecs: &EcsEvent<'_>, transport: Option<u8>) -> Option<String> {
+    ecs.community_id(transport).filter(|id| !id.is_empty())
+}
+
+/// The community id (seed 0) of a flow with its transport; see [`community_id_of`].
+pub fn flow_community_id(flow: &Flow, transport: Option<u8>) -> Option<String> {
+    let t = transport.filter(|t| !matches!(*t, proto::ICMP | proto::ICMPV6))?;
+    let (c, s) = (flow.client, flow.server);
+    let tuple = FlowTuple::new(c.ip, c.port.unwrap_or(0), s.ip, s.port.unwrap_or(0), t);
+    Some(CommunityId::default().base64(&tuple))
 }
 
 /// What one event adds to its story's fields, borrowed from the event while it is processed
@@ -356,28 +384,50 @@ mod tests {
     }
 
     #[test]
-    fn community_id_written_in_place_matches_the_sdk() {
-        let mut buf = [0u8; COMMUNITY_ID_LEN];
-        for (i, (src, dst)) in [("10.0.0.5", "93.184.216.34"), ("2001:db8::1", "2001:db8::2")]
-            .into_iter()
-            .cycle()
-            .take(400)
-            .enumerate()
-        {
-            let (sport, dport) = (1000 + i as u16 * 37, 80 + i as u16);
-            let p = format!(
-                r#"{{"source":{{"ip":"{src}","port":{sport}}},"destination":{{"ip":"{dst}","port":{dport}}}}}"#
-            );
-            let e = ecs(&p);
-            for t in [proto::TCP, proto::UDP, proto::ICMP, 47] {
-                let want = e.community_id(Some(t)).unwrap();
-                assert_eq!(community_id(&e, Some(t), &mut buf), Some(want.as_str()));
-            }
-        }
-        let given = ecs(r#"{"network":{"community_id":"1:abc"}}"#);
-        assert_eq!(community_id(&given, None, &mut buf), Some("1:abc"));
-        let empty = ecs(r#"{"network":{"community_id":""}}"#);
-        assert_eq!(community_id(&empty, None, &mut buf), None);
+    fn tuple_keys_are_the_same_from_either_direction_and_with_or_without_transport() {
+        let a = ecs(
+            r#"{"source":{"ip":"10.0.0.5","port":51514},"destination":{"ip":"93.184.216.34","port":443}}"#,
+        );
+        let b = ecs(
+            r#"{"source":{"ip":"93.184.216.34","port":443},"destination":{"ip":"10.0.0.5","port":51514}}"#,
+        );
+        let fa = flow(&a, Some(proto::TCP)).unwrap();
+        let fb = flow(&b, None).unwrap();
+        assert_eq!(tuple_key(&fa, Some(proto::TCP)), tuple_key(&fb, None));
+        assert_eq!(tuple_key(&fa, None).unwrap(), "10.0.0.5 51514 93.184.216.34 443");
+        // Equal ports: the same key whichever side a sensor calls the source.
+        let n1 = ecs(
+            r#"{"source":{"ip":"10.0.0.9","port":123},"destination":{"ip":"10.0.0.5","port":123}}"#,
+        );
+        let n2 = ecs(
+            r#"{"source":{"ip":"10.0.0.5","port":123},"destination":{"ip":"10.0.0.9","port":123}}"#,
+        );
+        let (f1, f2) = (flow(&n1, None).unwrap(), flow(&n2, None).unwrap());
+        assert_eq!(tuple_key(&f1, None), tuple_key(&f2, None));
+        // ICMP keys name the protocol; a portless record has no tuple key.
+        let icmp = ecs(
+            r#"{"source":{"ip":"10.0.0.5","port":8},"destination":{"ip":"10.0.0.9","port":0}}"#,
+        );
+        let fi = flow(&icmp, Some(proto::ICMP)).unwrap();
+        assert_eq!(tuple_key(&fi, Some(proto::ICMP)).unwrap(), "icmp 10.0.0.5 10.0.0.9");
+        let portless = ecs(r#"{"source":{"ip":"10.0.0.5"},"destination":{"ip":"10.0.0.9"}}"#);
+        let fp = flow(&portless, None).unwrap();
+        assert_eq!(tuple_key(&fp, None), None);
+        assert_eq!(pair_key(&fp), "10.0.0.5 10.0.0.9");
+    }
+
+    #[test]
+    fn the_community_id_is_the_sensors_else_the_standard_one_of_the_flow() {
+        let e = ecs(
+            r#"{"source":{"ip":"10.0.0.5","port":51514},"destination":{"ip":"93.184.216.34","port":443}}"#,
+        );
+        let f = flow(&e, Some(proto::TCP)).unwrap();
+        assert_eq!(community_id_of(&e, Some(proto::TCP)), flow_community_id(&f, Some(proto::TCP)));
+        assert_eq!(community_id_of(&e, None), None, "no transport, no id");
+        let given = ecs(
+            r#"{"source":{"ip":"10.0.0.5","port":1},"destination":{"ip":"10.0.0.6","port":2},"network":{"community_id":"1:abc"}}"#,
+        );
+        assert_eq!(community_id_of(&given, None).as_deref(), Some("1:abc"));
     }
 
     #[test]

@@ -82,3 +82,43 @@ impl PairIndex {
         *self = PairIndex::default();
     }
 }
+
+/// Community id → key of the connection that has it: a record naming only the community id
+/// (an endpoint agent's, say) finds its connection here. Pruned like [`PairIndex`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommunityIndex {
+    /// The entries.
+    keys: BTreeMap<String, String>,
+    /// Sweep when the index reaches this size.
+    sweep_at: usize,
+}
+
+impl CommunityIndex {
+    /// Records that the connection of `key` has community id `id` (the first key seen wins).
+    pub fn insert(&mut self, id: &str, key: &str) {
+        if !self.keys.contains_key(id) {
+            self.keys.insert(id.to_owned(), key.to_owned());
+        }
+    }
+
+    /// Records a session's community id, if it has one.
+    pub fn insert_from(&mut self, data: &crate::story::SessionData, key: &str) {
+        if let Some(id) = data.community_id() {
+            self.insert(id, key);
+        }
+    }
+
+    /// The key of the connection with community id `id`.
+    pub fn get(&self, id: &str) -> Option<&str> {
+        self.keys.get(id).map(String::as_str)
+    }
+
+    /// Drops the entries whose key the sessionizer no longer keeps, once the index doubled.
+    pub fn sweep_if_due<D>(&mut self, sessions: &Sessionizer<D>) {
+        if self.keys.len() < self.sweep_at.max(MIN_SWEEP) {
+            return;
+        }
+        self.keys.retain(|_, key| sessions.contains_key(key));
+        self.sweep_at = self.keys.len() * 2;
+    }
+}

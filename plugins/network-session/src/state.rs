@@ -7,14 +7,16 @@ use storyline_sdk::{Error, Event, Story, TimestampMs};
 
 use crate::config::Config;
 use crate::lookups::{Lookup, Lookups};
-use crate::observe::{self, Class, Facts, Flow};
-use crate::pairs::PairIndex;
-use crate::story::{Kind, Pair, SessionData, story_of};
+use crate::observe::{self, Class, Extra, Facts, Flow};
+use crate::pairs::{CommunityIndex, PairIndex};
+use crate::story::{Kind, Pair, SessionData, SessionDataV2, story_of};
 
 /// Version of the snapshot format, its first byte. Bump it when [`State`] changes shape, and
 /// keep reading the older versions the host may still hold. 2: the sessionizer keeps published
-/// sessions encoded (version 1 is read too: the sessionizer reads its first layout).
-const STATE_VERSION: u8 = 2;
+/// sessions encoded (version 1 is read too: the sessionizer reads its first layout). 3: a
+/// story keeps alerts, files and its community id (its key is now the flow's tuple); versions
+/// 1 and 2 are read as [`StateV2`] and converted.
+const STATE_VERSION: u8 = 3;
 
 /// The oldest version [`State::decode`] reads.
 const OLDEST_VERSION: u8 = 1;
@@ -39,6 +41,8 @@ pub struct State {
     lookups: Lookups,
     /// Address pair → connection keys, to find a lookup's connection.
     pairs: PairIndex,
+    /// Community id → connection key, for records that name only the community id.
+    communities: CommunityIndex,
 }
 
 impl State {
@@ -48,10 +52,16 @@ impl State {
             sessions: Sessionizer::new(config.sessions()),
             lookups: Lookups::default(),
             pairs: PairIndex::default(),
+            communities: CommunityIndex::default(),
         }
     }
 
     /// Adds one event. `ecs` is its payload, parsed once (empty when unreadable).
+    ///
+    /// Every event that names both addresses joins the session of its tuple, whatever its
+    /// kind: its kind and fields only decide what it adds to the story. DNS lookups are the
+    /// one exception: one whose own exchange no sensor reported as a flow joins the
+    /// connection its answer led to (see `lookups`).
     pub fn add(&mut self, cfg: &Config, event: &Event, ecs: &EcsEvent<'_>, watermark: TimestampMs) {
         let time = sane_time(event.event_time);
         let class = observe::class(&event.kind, ecs);
@@ -59,12 +69,20 @@ impl State {
         let explicit = ecs.transport().is_some();
         let flow = observe::flow(ecs, transport);
         let facts = observe::facts(event, ecs);
+        let extra = observe::extra(&event.kind, ecs);
+        let tuple = flow.as_ref().and_then(|f| observe::tuple_key(f, transport));
+        let reach = ecs.duration_ms().min(cfg.max_span_ms);
+        let connection = Connection { event, ecs, time, flow, transport, explicit, reach };
         if class == Class::Dns {
-            let mut buf = [0u8; observe::COMMUNITY_ID_LEN];
-            let own_key = match observe::community_id(ecs, transport, &mut buf) {
-                Some(cid) => format!("dns:{cid}"),
-                None => format!("dns-event:{}", event.id),
-            };
+            // A lookup whose own exchange a sensor reported as a flow belongs with that flow:
+            // the tuple is stronger evidence than the answer.
+            if let Some(key) = &tuple
+                && self.has_connection(key, time)
+            {
+                self.add_connection(cfg, key, &connection, (&facts, &extra), watermark);
+                return;
+            }
+            let own_key = tuple.unwrap_or_else(|| format!("dns-event:{}", event.id));
             let transport = transport.map(|t| (t, explicit));
             let client = flow.map(|f| f.client.ip).or_else(|| ecs.source_addr().map(|(ip, _)| ip));
             let answers = ecs.dns_answer_ips();
@@ -84,7 +102,7 @@ impl State {
                 }
                 // No answered address (or no client) to find a connection by: a story of its
                 // own, joined by other records of the same lookup (query and response logged
-                // apart share the lookup's tuple).
+                // apart share the lookup's tuple) and by the flow of its exchange.
                 _ => {
                     let origin = Origin {
                         key: &own_key,
@@ -98,33 +116,65 @@ impl State {
             }
             return;
         }
-        let mut buf = [0u8; observe::COMMUNITY_ID_LEN];
-        match observe::community_id(ecs, transport, &mut buf) {
-            Some(key) => {
-                let reach = ecs.duration_ms().min(cfg.max_span_ms);
-                let connection = Connection { event, time, flow, transport, explicit, reach };
-                self.add_connection(cfg, key, &connection, &facts, watermark);
+        let key = match (tuple, &flow) {
+            (Some(key), _) => key,
+            // Both addresses but no ports: the connection of the address pair it fits, else a
+            // session of the pair.
+            (None, Some(f)) => {
+                self.pair_connection(f, time).unwrap_or_else(|| observe::pair_key(f))
             }
-            None => {
-                let key = format!("event:{}", event.id);
-                let session = self.sessions.add(&key, &event.id, time, 0, watermark);
-                session.data.kind = Kind::Event;
-                session.data.merge(&facts);
-                if let Some(f) = &flow {
-                    session.data.observe_sides(f, time, &event.id);
+            (None, None) => {
+                let given = ecs.network.as_ref().and_then(|n| n.community_id.as_deref());
+                match given.filter(|id| !id.is_empty()) {
+                    // The connection that has this community id, else a session of the id.
+                    Some(id) => self.communities.get(id).unwrap_or(id).to_owned(),
+                    None => {
+                        let key = format!("event:{}", event.id);
+                        let session = self.sessions.add(&key, &event.id, time, 0, watermark);
+                        session.data.kind = Kind::Event;
+                        session.data.merge(&facts);
+                        session.data.merge_extra(&extra);
+                        return;
+                    }
                 }
             }
+        };
+        self.add_connection(cfg, &key, &connection, (&facts, &extra), watermark);
+    }
+
+    /// Whether a connection of `key` is seen around `time`.
+    fn has_connection(&self, key: &str, time: TimestampMs) -> bool {
+        self.sessions.contains_key(key)
+            && self.sessions.find(key, time, 0).is_some_and(|s| s.data.kind == Kind::Network)
+    }
+
+    /// The key of the connection of `flow`'s address pair nearest `time`, for a record that
+    /// names the addresses but not the ports (a file seen between two hosts, an endpoint event).
+    fn pair_connection(&self, flow: &Flow, time: TimestampMs) -> Option<String> {
+        let pair = Pair::new(flow.client.ip, flow.server.ip);
+        let mut best: Option<(i64, &String)> = None;
+        for key in self.pairs.keys(pair) {
+            let Some(s) = self.sessions.find(key, time, 0) else { continue };
+            if s.data.kind != Kind::Network {
+                continue;
+            }
+            let distance =
+                if time < s.first_seen { s.first_seen - time } else { (time - s.last_seen).max(0) };
+            if best.is_none_or(|(d, k)| (distance, key) < (d, k)) {
+                best = Some((distance, key));
+            }
         }
+        best.map(|(_, k)| k.clone())
     }
 
     /// Adds an event that reports a connection, then attaches the DNS lookups that were
-    /// waiting for it.
+    /// waiting for it: those that led to it, and those whose own exchange it is.
     fn add_connection(
         &mut self,
         cfg: &Config,
         key: &str,
         c: &Connection<'_>,
-        facts: &Facts<'_>,
+        (facts, extra): (&Facts<'_>, &Extra<'_>),
         watermark: TimestampMs,
     ) {
         let time = c.time;
@@ -132,11 +182,24 @@ impl State {
         let d = &mut session.data;
         d.kind = Kind::Network;
         d.merge(facts);
+        d.merge_extra(extra);
         d.set_transport(c.transport, c.explicit);
         d.observe_connection(time, c.reach);
         if let Some(f) = &c.flow {
             d.observe_sides(f, time, &c.event.id);
+            if d.wants_community_id()
+                && let Some(id) = observe::community_id_of(c.ecs, c.transport)
+            {
+                d.set_community_id(&id);
+                self.communities.insert(&id, key);
+            }
         }
+        for lookup in self.lookups.take_own(key) {
+            let session = self.sessions.add(key, &lookup.event_id, lookup.time, 0, watermark);
+            session.data.merge(&lookup.facts);
+        }
+        let Some(session) = self.sessions.find_mut(key, time, c.reach) else { return };
+        let d = &mut session.data;
         let Some(pair) = d.pair() else { return };
         let newly_indexed = !std::mem::replace(&mut d.indexed, true);
         let has_lookup = d.has_lookup();
@@ -245,14 +308,23 @@ impl State {
     /// Adds a DNS lookup as (part of) a `dns-lookup` story keyed by its own tuple.
     fn add_lookup_story(&mut self, o: &Origin<'_>, facts: &Facts<'_>, watermark: TimestampMs) {
         let session = self.sessions.add(o.key, o.event_id, o.time, 0, watermark);
+        let new = session.event_ids.len() == 1;
         let d = &mut session.data;
-        d.kind = Kind::DnsLookup;
+        // The flow of the lookup's exchange may have opened the session: it stays a connection.
+        if new {
+            d.kind = Kind::DnsLookup;
+        }
         d.merge(facts);
         if let Some((t, explicit)) = o.transport {
             d.set_transport(Some(t), explicit);
         }
         if let Some(f) = o.flow {
             d.observe_sides(f, o.time, o.event_id);
+            if d.wants_community_id()
+                && let Some(id) = observe::flow_community_id(f, o.transport.map(|(t, _)| t))
+            {
+                d.set_community_id(&id);
+            }
         }
     }
 
@@ -266,6 +338,7 @@ impl State {
     /// Housekeeping once per bucket.
     pub fn sweep(&mut self) {
         self.pairs.sweep_if_due(&self.sessions);
+        self.communities.sweep_if_due(&self.sessions);
     }
 
     /// Publishes the sessions that closed at `watermark`.
@@ -279,6 +352,7 @@ impl State {
             self.settle_lookup(cfg, &lookup, lookup.time);
         }
         self.pairs.clear();
+        self.communities = CommunityIndex::default();
         self.sessions.drain(story_of)
     }
 
@@ -309,12 +383,41 @@ impl State {
                  {OLDEST_VERSION} to {STATE_VERSION} (was the snapshot taken by a newer plugin?)"
             )));
         }
-        let mut state: State = postcard::from_bytes(body).map_err(|e| {
+        let unreadable = |e: postcard::Error| {
             Error::InvalidState(format!(
-                "network-session snapshot of {} bytes is not readable: {e}",
+                "network-session snapshot of {} bytes (format version {version}) is not readable: {e}",
                 bytes.len()
             ))
-        })?;
+        };
+        let mut state: State = if version >= 3 {
+            postcard::from_bytes(body).map_err(unreadable)?
+        } else {
+            // Sessions were keyed by community id; they are keyed by tuple now, and so are
+            // the pair index and the waiting lookups' own stories.
+            let old: StateV2 = postcard::from_bytes(body).map_err(unreadable)?;
+            let mut pairs = PairIndex::default();
+            let sessions = old.sessions.convert(|key, data| {
+                let new_key = data.new_key(key);
+                if let Some(pair) = data.indexed_pair() {
+                    pairs.insert(pair, &new_key);
+                }
+                (new_key, data.upgrade(key))
+            });
+            let mut lookups = old.lookups;
+            lookups.rekey(|l| {
+                let tuple = l
+                    .flow
+                    .as_ref()
+                    .and_then(|f| observe::tuple_key(f, l.transport.map(|(t, _)| t)));
+                tuple.unwrap_or_else(|| l.own_key.clone())
+            });
+            let mut communities = CommunityIndex::default();
+            for s in sessions.iter() {
+                communities.insert_from(&s.data, &s.key);
+            }
+            State { sessions, lookups, pairs, communities }
+        };
+        state.lookups.reindex();
         state.sessions.set_config(config.sessions());
         Ok(state)
     }
@@ -326,9 +429,19 @@ impl State {
     }
 }
 
+/// [`State`] as format versions 1 and 2 hold it.
+#[derive(Debug, Deserialize)]
+struct StateV2 {
+    sessions: Sessionizer<SessionDataV2>,
+    lookups: Lookups,
+    /// Read past: it is rebuilt under the new keys.
+    _pairs: PairIndex,
+}
+
 /// An event that reports a connection, with what `add` read from it.
 struct Connection<'a> {
     event: &'a Event,
+    ecs: &'a EcsEvent<'a>,
     /// Its time, within [`sane_time`].
     time: TimestampMs,
     flow: Option<Flow>,

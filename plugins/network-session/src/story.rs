@@ -11,7 +11,7 @@ use storyline_sdk::community_id::proto;
 use storyline_sdk::session::Session;
 use storyline_sdk::{Fields, Story, TimestampMs};
 
-use crate::observe::{Endpoint, Facts, Flow};
+use crate::observe::{Endpoint, Extra, Facts, Flow};
 
 /// At most this many distinct values are kept per list of a story (the smallest, so the
 /// choice does not depend on arrival order). An analyst needs examples, not ten thousand URLs,
@@ -117,6 +117,81 @@ pub struct SessionData {
     users: SortedSet<String>,
     /// Host names.
     hosts: SortedSet<String>,
+    /// Signatures of the alerts raised on the session.
+    alerts: SortedSet<String>,
+    /// Names of files seen crossing it.
+    files: SortedSet<String>,
+    /// The community id of its flow: the sensor's, else computed from the first record that
+    /// named the transport (or implied it).
+    community_id: Option<String>,
+}
+
+/// [`SessionData`] as snapshots of format versions 1 and 2 hold it (before alerts, files and
+/// the community id were kept): read, then converted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionDataV2 {
+    kind: Kind,
+    indexed: bool,
+    transport: Option<(u8, bool)>,
+    sides: Option<Sides>,
+    start_lo: Option<TimestampMs>,
+    lookups: Option<(TimestampMs, TimestampMs)>,
+    sensors: SortedSet<String>,
+    event_kinds: SortedSet<String>,
+    dns: SortedSet<(Option<String>, SortedSet<String>)>,
+    http: SortedSet<HttpRecord>,
+    tls_sni: SortedSet<String>,
+    processes: SortedSet<ProcessRecord>,
+    users: SortedSet<String>,
+    hosts: SortedSet<String>,
+}
+
+impl SessionDataV2 {
+    /// The session's key today: its tuple (it was the community id), else the key it had.
+    pub fn new_key(&self, key: &str) -> String {
+        let tuple = self.sides.as_ref().and_then(|s| {
+            let flow = Flow { client: s.client, server: s.server, by_tuple: true };
+            crate::observe::tuple_key(&flow, self.transport.map(|(t, _)| t))
+        });
+        match self.kind {
+            Kind::Network | Kind::DnsLookup => tuple.unwrap_or_else(|| key.to_owned()),
+            Kind::Event => key.to_owned(),
+        }
+    }
+
+    /// The address pair the session was indexed under, if it was.
+    pub fn indexed_pair(&self) -> Option<Pair> {
+        let s = self.sides.as_ref().filter(|_| self.indexed)?;
+        Some(Pair::new(s.client.ip, s.server.ip))
+    }
+
+    /// The data in today's shape; `key` is the session's key, which was its community id.
+    pub fn upgrade(self, key: &str) -> SessionData {
+        let community_id = match self.kind {
+            Kind::Network => Some(key.to_owned()),
+            Kind::DnsLookup => key.strip_prefix("dns:").map(str::to_owned),
+            Kind::Event => None,
+        };
+        SessionData {
+            kind: self.kind,
+            indexed: self.indexed,
+            transport: self.transport,
+            sides: self.sides,
+            start_lo: self.start_lo,
+            lookups: self.lookups,
+            sensors: self.sensors,
+            event_kinds: self.event_kinds,
+            dns: self.dns,
+            http: self.http,
+            tls_sni: self.tls_sni,
+            processes: self.processes,
+            users: self.users,
+            hosts: self.hosts,
+            alerts: SortedSet::default(),
+            files: SortedSet::default(),
+            community_id,
+        }
+    }
 }
 
 /// A set of at most [`MAX_VALUES`] values (the smallest) kept as a sorted vector. A story's
@@ -224,6 +299,33 @@ impl SessionData {
         }
     }
 
+    /// Adds an event's alert signature and file name.
+    pub fn merge_extra(&mut self, extra: &Extra<'_>) {
+        if let Some(a) = &extra.alert {
+            insert_text(&mut self.alerts, a);
+        }
+        if let Some(f) = &extra.file {
+            insert_text(&mut self.files, f);
+        }
+    }
+
+    /// Whether the community id is still to be found (computing one costs a SHA-1).
+    pub fn wants_community_id(&self) -> bool {
+        self.community_id.is_none()
+    }
+
+    /// The flow's community id, once known.
+    pub fn community_id(&self) -> Option<&str> {
+        self.community_id.as_deref()
+    }
+
+    /// Records the flow's community id, the first one found.
+    pub fn set_community_id(&mut self, id: &str) {
+        if self.community_id.is_none() {
+            self.community_id = Some(id.to_owned());
+        }
+    }
+
     /// Records the transport: an explicit one (from `network.transport`) wins over a default.
     pub fn set_transport(&mut self, transport: Option<u8>, explicit: bool) {
         let Some(t) = transport else { return };
@@ -280,17 +382,12 @@ impl SessionData {
         self.sides.as_ref().map(|s| Pair::new(s.client.ip, s.server.ip))
     }
 
-    /// The published fields. `key` is the session's key (the community id for a connection,
-    /// `dns:<community id>` for a lone lookup).
+    /// The published fields.
     ///
     /// Written straight into JSON text, keys in alphabetical order (objects too), without
     /// building `serde_json::Value`s: this runs for every publication.
-    pub fn fields(&self, key: &str) -> Fields {
-        let community_id = match self.kind {
-            Kind::Network => Some(key),
-            Kind::DnsLookup => key.strip_prefix("dns:"),
-            Kind::Event => None,
-        };
+    pub fn fields(&self) -> Fields {
+        let community_id = self.community_id.as_deref();
         let sides = self.sides.as_ref();
         let dns = Seq(|| {
             self.dns.iter().map(|(name, answers)| DnsOut { answers, name: name.as_deref() })
@@ -304,10 +401,12 @@ impl SessionData {
             })
         });
         Fields::builder()
+            .field("alerts", &self.alerts)
             .field("client", &sides.map(|s| EndpointOut::of(&s.client)))
             .field("community_id", &community_id)
             .field("dns", &dns)
             .field("event_kinds", &self.event_kinds)
+            .field("files", &self.files)
             .field("hosts", &self.hosts)
             .field("http", &http)
             .field("processes", &self.processes)
@@ -383,7 +482,7 @@ pub fn story_of(session: &Session<SessionData>) -> Story {
         story.first_seen = story.first_seen.min(first);
         story.last_seen = story.last_seen.max(last);
     }
-    story.fields = d.fields(&session.key);
+    story.fields = d.fields();
     story
 }
 
