@@ -53,6 +53,7 @@
 // Lets generated bindings name this crate the same way from inside it and from a plugin crate.
 extern crate self as storyline_sdk;
 
+pub mod clocks;
 pub mod community_id;
 pub mod ecs;
 pub mod format;

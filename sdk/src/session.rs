@@ -162,12 +162,14 @@ struct Times {
 
 impl Times {
     // Saturating arithmetic throughout: event times come from sensors and may be absurd.
-    fn matches(&self, time: TimestampMs, reach: i64, cfg: &SessionConfig) -> bool {
-        let slack = cfg.gap_ms.saturating_add(cfg.skew_ms).saturating_add(reach.max(self.reach_ms));
+    /// Whether an event at `time` (± `reach`) joins this session when clocks may disagree by
+    /// `skew` (the configured skew, or less for an event whose clock is known).
+    fn matches(&self, time: TimestampMs, reach: i64, skew: i64, cfg: &SessionConfig) -> bool {
+        let slack = cfg.gap_ms.saturating_add(skew).saturating_add(reach.max(self.reach_ms));
         let within = time >= self.first_seen.saturating_sub(slack)
             && time <= self.last_seen.saturating_add(slack);
         let span = self.last_seen.max(time).saturating_sub(self.first_seen.min(time));
-        within && span <= cfg.max_span_ms.saturating_add(cfg.skew_ms)
+        within && span <= cfg.max_span_ms.saturating_add(skew)
     }
 
     fn distance(&self, time: TimestampMs) -> i64 {
@@ -271,19 +273,19 @@ impl<D> Keyed<D> {
 
     /// The session an event at `time` (± `reach`) joins: the nearest that matches, an open one
     /// when an open and a published one are as near.
-    fn pick(&self, time: TimestampMs, reach: i64, cfg: &SessionConfig) -> Option<Pick> {
+    fn pick(&self, time: TimestampMs, reach: i64, skew: i64, cfg: &SessionConfig) -> Option<Pick> {
         let open = self
             .open
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.times().matches(time, reach, cfg))
+            .filter(|(_, s)| s.times().matches(time, reach, skew, cfg))
             .map(|(i, s)| (s.times().distance(time), i))
             .min_by_key(|&(d, _)| d);
         let frozen = self
             .frozen
             .iter()
             .enumerate()
-            .filter(|(_, f)| f.times.matches(time, reach, cfg))
+            .filter(|(_, f)| f.times.matches(time, reach, skew, cfg))
             .map(|(i, f)| (f.times.distance(time), i))
             .min_by_key(|&(d, _)| d);
         match (open, frozen) {
@@ -528,7 +530,7 @@ impl<D> Sessionizer<D> {
         D: DeserializeOwned,
     {
         let keyed = self.sessions.get(key)?;
-        match keyed.pick(time, reach_ms, &self.config)? {
+        match keyed.pick(time, reach_ms, self.config.skew_ms, &self.config)? {
             Pick::Open(i) => Some(Found::Open(&keyed.open[i])),
             Pick::Frozen(j) => keyed.frozen[j].thaw().map(|s| Found::Published(Box::new(s))),
         }
@@ -548,7 +550,7 @@ impl<D> Sessionizer<D> {
     {
         let cfg = self.config;
         let keyed = self.sessions.get_mut(key)?;
-        let index = match keyed.pick(time, reach_ms, &cfg)? {
+        let index = match keyed.pick(time, reach_ms, cfg.skew_ms, &cfg)? {
             Pick::Open(i) => i,
             Pick::Frozen(j) => {
                 let session = keyed.frozen[j].thaw()?;
@@ -580,14 +582,35 @@ impl<D> Sessionizer<D> {
     where
         D: Default + DeserializeOwned,
     {
+        let skew = self.config.skew_ms;
+        self.add_within(key, event_id, time, reach_ms, skew, watermark)
+    }
+
+    /// [`Sessionizer::add`] for an event whose clock may be off by `skew_ms` instead of the
+    /// configured skew: less for a sensor whose clock a rule has learned (see
+    /// [`crate::clocks`]), so that sessions of a reused tuple split on the gap alone. Sessions
+    /// still close on the configured skew: a sensor whose clock is not known may still report.
+    pub fn add_within(
+        &mut self,
+        key: &str,
+        event_id: &str,
+        time: TimestampMs,
+        reach_ms: i64,
+        skew_ms: i64,
+        watermark: TimestampMs,
+    ) -> &mut Session<D>
+    where
+        D: Default + DeserializeOwned,
+    {
         let cfg = self.config;
+        let skew = skew_ms.clamp(0, cfg.skew_ms);
         // Look the key up before allocating it: most events join a key that exists.
         if !self.sessions.contains_key(key) {
             let key: Arc<str> = Arc::from(key);
             self.sessions.insert(Arc::clone(&key), Keyed::new(key));
         }
         let Some(keyed) = self.sessions.get_mut(key) else { unreachable!("inserted above") };
-        let found = match keyed.pick(time, reach_ms, &cfg) {
+        let found = match keyed.pick(time, reach_ms, skew, &cfg) {
             Some(Pick::Open(i)) => Some(i),
             // A late event for a published session: it opens again.
             Some(Pick::Frozen(j)) => keyed.frozen.remove(j).thaw().map(|s| keyed.push_open(s)),

@@ -13,7 +13,7 @@ pub const MAX_MS: i64 = 30 * 24 * 3_600_000;
 ///
 /// ```json
 /// {"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000,
-///  "dns_window_ms": 30000}
+///  "dns_window_ms": 30000, "residual_skew_ms": 2000}
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -31,6 +31,10 @@ pub struct Config {
     /// How soon after a DNS answer the connection it led to must start (plus `skew_ms`).
     /// Default 30 000.
     pub dns_window_ms: i64,
+    /// How far a sensor's clock may still be off once the rule has learned its offset from
+    /// the connections it shares with other sensors (it then replaces `skew_ms` when an event
+    /// is matched to a session). Default 2 000.
+    pub residual_skew_ms: i64,
 }
 
 impl Default for Config {
@@ -42,12 +46,13 @@ impl Default for Config {
             skew_ms: s.skew_ms,
             reopen_ms: s.reopen_ms,
             dns_window_ms: 30_000,
+            residual_skew_ms: 2_000,
         }
     }
 }
 
 /// An example of a full configuration, quoted in error messages.
-const EXAMPLE: &str = r#"{"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000}"#;
+const EXAMPLE: &str = r#"{"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 2000}"#;
 
 impl Config {
     /// Parses and checks the text given to `init`; an empty text means `{}`.
@@ -76,6 +81,7 @@ impl Config {
             ("skew_ms", self.skew_ms),
             ("reopen_ms", self.reopen_ms),
             ("dns_window_ms", self.dns_window_ms),
+            ("residual_skew_ms", self.residual_skew_ms),
         ];
         for (name, value) in fields {
             if !(0..=MAX_MS).contains(&value) {

@@ -40,12 +40,19 @@ pub struct Lookup {
 
 impl Lookup {
     /// Whether a connection whose earliest event is at `first_seen`, and that may have started
-    /// as early as `start_lo` (an end-stamped flow record), can be the one this lookup led to:
+    /// as early as `start_lo` (an end-stamped flow record), can be the one this lookup, at `at`
+    /// on the reference clock, led to:
     /// it starts no earlier than the lookup and within `dns_window_ms` after it, give or take
     /// `skew_ms` between the two sensors' clocks.
-    pub fn fits(&self, cfg: &Config, first_seen: TimestampMs, start_lo: TimestampMs) -> bool {
-        first_seen >= self.time.saturating_sub(cfg.skew_ms)
-            && start_lo <= self.time.saturating_add(cfg.dns_window_ms + cfg.skew_ms)
+    pub fn fits(
+        &self,
+        cfg: &Config,
+        at: TimestampMs,
+        first_seen: TimestampMs,
+        start_lo: TimestampMs,
+    ) -> bool {
+        first_seen >= at.saturating_sub(cfg.skew_ms)
+            && start_lo <= at.saturating_add(cfg.dns_window_ms + cfg.skew_ms)
     }
 
     /// The address pairs it can belong to.

@@ -1,6 +1,9 @@
 //! The rule itself: how each event joins a story, over state that survives snapshots.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use storyline_sdk::clocks::{SensorClocks, SensorId};
 use storyline_sdk::ecs::EcsEvent;
 use storyline_sdk::session::Sessionizer;
 use storyline_sdk::{Error, Event, Story, TimestampMs};
@@ -43,6 +46,12 @@ pub struct State {
     pairs: PairIndex,
     /// Community id → connection key, for records that name only the community id.
     communities: CommunityIndex,
+    /// Every sensor's clock against the others', learned from the connections they share.
+    clocks: SensorClocks,
+    /// The offsets last logged, to log a sensor's offset when it is learned or moves (not kept
+    /// in snapshots: a restored instance logs them once more).
+    #[serde(skip)]
+    logged: BTreeMap<String, i64>,
 }
 
 impl State {
@@ -53,6 +62,8 @@ impl State {
             lookups: Lookups::default(),
             pairs: PairIndex::default(),
             communities: CommunityIndex::default(),
+            clocks: SensorClocks::default(),
+            logged: BTreeMap::new(),
         }
     }
 
@@ -63,7 +74,13 @@ impl State {
     /// one exception: one whose own exchange no sensor reported as a flow joins the
     /// connection its answer led to (see `lookups`).
     pub fn add(&mut self, cfg: &Config, event: &Event, ecs: &EcsEvent<'_>, watermark: TimestampMs) {
-        let time = sane_time(event.event_time);
+        let raw = sane_time(event.event_time);
+        let sensor = self.clocks.sensor(&event.source);
+        // Every time-based decision is taken on one clock: the sensor's learned offset is
+        // taken out, and a sensor whose clock is known needs only the residual tolerance.
+        let (time, calibrated) = self.clocks.correct(sensor, raw);
+        let time = sane_time(time);
+        let skew = if calibrated { cfg.residual_skew_ms.min(cfg.skew_ms) } else { cfg.skew_ms };
         let class = observe::class(&event.kind, ecs);
         let transport = observe::transport(ecs, class);
         let explicit = ecs.transport().is_some();
@@ -72,7 +89,16 @@ impl State {
         let extra = observe::extra(&event.kind, ecs);
         let tuple = flow.as_ref().and_then(|f| observe::tuple_key(f, transport));
         let reach = ecs.duration_ms().min(cfg.max_span_ms);
-        let connection = Connection { event, ecs, time, flow, transport, explicit, reach };
+        let connection = Connection {
+            event,
+            ecs,
+            time,
+            clock: Clock { sensor, raw, skew },
+            flow,
+            transport,
+            explicit,
+            reach,
+        };
         if class == Class::Dns {
             // A lookup whose own exchange a sensor reported as a flow belongs with that flow:
             // the tuple is stronger evidence than the answer.
@@ -90,7 +116,9 @@ impl State {
                 Some(client) if !answers.is_empty() => {
                     let lookup = Lookup {
                         event_id: event.id.clone(),
-                        time,
+                        // By the resolver's clock: corrected when used, so that a clock learned
+                        // while the lookup waits already counts when it settles.
+                        time: raw,
                         client,
                         answers,
                         own_key,
@@ -130,7 +158,8 @@ impl State {
                     Some(id) => self.communities.get(id).unwrap_or(id).to_owned(),
                     None => {
                         let key = format!("event:{}", event.id);
-                        let session = self.sessions.add(&key, &event.id, time, 0, watermark);
+                        let session =
+                            self.sessions.add_within(&key, &event.id, time, 0, skew, watermark);
                         session.data.kind = Kind::Event;
                         session.data.merge(&facts);
                         session.data.merge_extra(&extra);
@@ -178,8 +207,18 @@ impl State {
         watermark: TimestampMs,
     ) {
         let time = c.time;
-        let session = self.sessions.add(key, &c.event.id, time, c.reach, watermark);
+        let session =
+            self.sessions.add_within(key, &c.event.id, time, c.reach, c.clock.skew, watermark);
         let d = &mut session.data;
+        // Two sensors' reports of one connection measure their clocks' difference: the first
+        // report of each sensor against the session's first point-in-time report (records that
+        // cover a duration may be stamped at either end, so they measure nothing).
+        if c.reach <= POINT_MS && !d.has_sensor(&c.event.source) {
+            match d.anchor() {
+                Some((other, at)) => self.clocks.observe(c.clock.sensor, c.clock.raw, other, at),
+                None => d.set_anchor(c.clock.sensor, c.clock.raw),
+            }
+        }
         d.kind = Kind::Network;
         d.merge(facts);
         d.merge_extra(extra);
@@ -195,7 +234,8 @@ impl State {
             }
         }
         for lookup in self.lookups.take_own(key) {
-            let session = self.sessions.add(key, &lookup.event_id, lookup.time, 0, watermark);
+            let at = corrected(&self.clocks, &lookup);
+            let session = self.sessions.add(key, &lookup.event_id, at, 0, watermark);
             session.data.merge(&lookup.facts);
         }
         let Some(session) = self.sessions.find_mut(key, time, c.reach) else { return };
@@ -214,12 +254,14 @@ impl State {
         if has_lookup || !self.lookups.any_for(pair) {
             return;
         }
+        let clocks = &self.clocks;
         let closest = self
             .lookups
             .waiting_for(pair)
-            .filter(|(_, l)| l.fits(cfg, first, start_lo))
-            .min_by_key(|(ticket, l)| (l.time.abs_diff(first), *ticket))
-            .map(|(ticket, _)| ticket);
+            .map(|(ticket, l)| (ticket, l, corrected(clocks, l)))
+            .filter(|(_, l, at)| l.fits(cfg, *at, first, start_lo))
+            .min_by_key(|(ticket, _, at)| (at.abs_diff(first), *ticket))
+            .map(|(ticket, _, _)| ticket);
         if let Some(lookup) = closest.and_then(|ticket| self.lookups.take(ticket)) {
             self.attach(key, first, last, &lookup, watermark);
         }
@@ -231,6 +273,7 @@ impl State {
     /// client for the same server usually precedes a second connection); then the first to
     /// start (parallel connections share one cached answer); then the smallest key.
     fn best_connection(&mut self, cfg: &Config, lookup: &Lookup) -> Option<Candidate> {
+        let at = corrected(&self.clocks, lookup);
         let mut best: Option<Candidate> = None;
         let mut stale = Vec::new();
         for &answer in &lookup.answers {
@@ -242,9 +285,9 @@ impl State {
                 }
                 // The session of this key nearest the lookup; `reach` only widens the search.
                 let reach = cfg.dns_window_ms + cfg.skew_ms;
-                let Some(s) = self.sessions.find(key, lookup.time, reach) else { continue };
+                let Some(s) = self.sessions.find(key, at, reach) else { continue };
                 if s.data.kind != Kind::Network
-                    || !lookup.fits(cfg, s.first_seen, s.data.start_lo(s.first_seen))
+                    || !lookup.fits(cfg, at, s.first_seen, s.data.start_lo(s.first_seen))
                 {
                     continue;
                 }
@@ -281,7 +324,40 @@ impl State {
     fn settle_lookup(&mut self, cfg: &Config, lookup: &Lookup, watermark: TimestampMs) {
         match self.best_connection(cfg, lookup) {
             Some(c) => self.attach(&c.key, c.first, c.last, lookup, watermark),
-            None => self.add_lookup_story(&Origin::of(lookup), &lookup.facts, watermark),
+            None => {
+                self.measure_lookup(lookup);
+                let at = corrected(&self.clocks, lookup);
+                self.add_lookup_story(&Origin::of(lookup, at), &lookup.facts, watermark);
+            }
+        }
+    }
+
+    /// A lookup that fits no connection may still measure its resolver's clock: the
+    /// connection of its (client, answer) pairs nearest in time, within
+    /// [`storyline_sdk::clocks::MAX_OFFSET_MS`], is most likely the one its answer led to,
+    /// and the two stamps then differ by the clocks' difference (plus the moment between
+    /// answer and connection). This is how a resolver, which shares no tuple with other
+    /// sensors, gets its clock learned; its later lookups then fit.
+    fn measure_lookup(&mut self, lookup: &Lookup) {
+        let Some(resolver) = self.clocks.id_of(&lookup.facts.sensor) else { return };
+        let at = corrected(&self.clocks, lookup);
+        let mut nearest: Option<(u64, SensorId, TimestampMs)> = None;
+        for &answer in &lookup.answers {
+            for key in self.pairs.keys(Pair::new(lookup.client, answer)) {
+                let far = storyline_sdk::clocks::MAX_OFFSET_MS;
+                let Some(s) = self.sessions.find(key, at, far) else { continue };
+                let Some((sensor, raw)) = s.data.anchor().filter(|_| s.data.kind == Kind::Network)
+                else {
+                    continue;
+                };
+                let distance = at.abs_diff(s.first_seen);
+                if nearest.is_none_or(|(d, _, _)| distance < d) {
+                    nearest = Some((distance, sensor, raw));
+                }
+            }
+        }
+        if let Some((_, sensor, raw)) = nearest {
+            self.clocks.observe(resolver, lookup.time, sensor, raw);
         }
     }
 
@@ -299,10 +375,18 @@ impl State {
         lookup: &Lookup,
         watermark: TimestampMs,
     ) {
-        let at = lookup.time.clamp(first, last);
+        let time = corrected(&self.clocks, lookup);
+        let at = time.clamp(first, last);
         let session = self.sessions.add(key, &lookup.event_id, at, 0, watermark);
+        // The connection its answer led to starts a moment after the lookup: a measurement of
+        // the resolver's clock against the connection's first report.
+        if let (Some(resolver), Some((sensor, raw))) =
+            (self.clocks.id_of(&lookup.facts.sensor), session.data.anchor())
+        {
+            self.clocks.observe(resolver, lookup.time, sensor, raw);
+        }
         session.data.merge(&lookup.facts);
-        session.data.add_lookup_time(lookup.time);
+        session.data.add_lookup_time(time);
     }
 
     /// Adds a DNS lookup as (part of) a `dns-lookup` story keyed by its own tuple.
@@ -335,25 +419,42 @@ impl State {
         }
     }
 
-    /// Housekeeping once per bucket.
+    /// Housekeeping once per bucket: the clock offsets are recomputed from what the bucket
+    /// measured, and logged when one is learned or moved by more than a second.
     pub fn sweep(&mut self) {
+        self.clocks.settle();
+        for (sensor, offset) in self.clocks.offsets() {
+            let moved = self.logged.get(sensor).is_none_or(|o| (o - offset).abs() > 1000);
+            if moved {
+                self.logged.insert(sensor.to_owned(), offset);
+                let text = offset.to_string();
+                storyline_sdk::log(
+                    storyline_sdk::Level::Info,
+                    "sensor clock offset learned",
+                    &[("sensor", sensor), ("offset_ms", &text)],
+                );
+            }
+        }
         self.pairs.sweep_if_due(&self.sessions);
         self.communities.sweep_if_due(&self.sessions);
     }
 
     /// Publishes the sessions that closed at `watermark`.
     pub fn advance(&mut self, watermark: TimestampMs) -> Vec<Story> {
-        self.sessions.advance(watermark, story_of)
+        let clocks = &self.clocks;
+        self.sessions.advance(watermark, |s| story_of(s, clocks))
     }
 
     /// Publishes everything, after settling the lookups still waiting.
     pub fn drain(&mut self, cfg: &Config) -> Vec<Story> {
         for lookup in self.lookups.drain() {
-            self.settle_lookup(cfg, &lookup, lookup.time);
+            let at = corrected(&self.clocks, &lookup);
+            self.settle_lookup(cfg, &lookup, at);
         }
         self.pairs.clear();
         self.communities = CommunityIndex::default();
-        self.sessions.drain(story_of)
+        let clocks = &self.clocks;
+        self.sessions.drain(|s| story_of(s, clocks))
     }
 
     /// The state as bytes: a version byte, then postcard.
@@ -415,7 +516,14 @@ impl State {
             for s in sessions.iter() {
                 communities.insert_from(&s.data, &s.key);
             }
-            State { sessions, lookups, pairs, communities }
+            State {
+                sessions,
+                lookups,
+                pairs,
+                communities,
+                clocks: SensorClocks::default(),
+                logged: BTreeMap::new(),
+            }
         };
         state.lookups.reindex();
         state.sessions.set_config(config.sessions());
@@ -438,12 +546,29 @@ struct StateV2 {
     _pairs: PairIndex,
 }
 
+/// A record whose duration is at most this is a point in time, good to measure clocks with.
+const POINT_MS: i64 = 1000;
+
+/// Which clock an event's time was read from.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// The sensor.
+    sensor: SensorId,
+    /// The time as the sensor stamped it (within [`sane_time`]).
+    raw: TimestampMs,
+    /// How far its clock may still be off: the configured skew, or the residual once the
+    /// sensor's clock is learned.
+    skew: i64,
+}
+
 /// An event that reports a connection, with what `add` read from it.
 struct Connection<'a> {
     event: &'a Event,
     ecs: &'a EcsEvent<'a>,
-    /// Its time, within [`sane_time`].
+    /// Its time on the reference clock, within [`sane_time`].
     time: TimestampMs,
+    /// The sensor's clock.
+    clock: Clock,
     flow: Option<Flow>,
     transport: Option<u8>,
     /// Whether the transport was given by the sensor (not defaulted).
@@ -461,12 +586,21 @@ struct Origin<'a> {
     transport: Option<(u8, bool)>,
 }
 
+/// A lookup's time on the reference clock (it keeps its resolver's).
+fn corrected(clocks: &SensorClocks, lookup: &Lookup) -> TimestampMs {
+    match clocks.id_of(&lookup.facts.sensor) {
+        Some(resolver) => sane_time(clocks.correct(resolver, lookup.time).0),
+        None => lookup.time,
+    }
+}
+
 impl<'a> Origin<'a> {
-    fn of(lookup: &'a Lookup) -> Origin<'a> {
+    /// The story of `lookup`, at `time` (its time on the reference clock).
+    fn of(lookup: &'a Lookup, time: TimestampMs) -> Origin<'a> {
         Origin {
             key: &lookup.own_key,
             event_id: &lookup.event_id,
-            time: lookup.time,
+            time,
             flow: lookup.flow.as_ref(),
             transport: lookup.transport,
         }

@@ -7,6 +7,7 @@ use std::cmp::Ordering;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use storyline_sdk::clocks::{SensorClocks, SensorId};
 use storyline_sdk::community_id::proto;
 use storyline_sdk::session::Session;
 use storyline_sdk::{Fields, Story, TimestampMs};
@@ -124,6 +125,9 @@ pub struct SessionData {
     /// The community id of its flow: the sensor's, else computed from the first record that
     /// named the transport (or implied it).
     community_id: Option<String>,
+    /// The first point-in-time report: its sensor and its time by that sensor's clock. Other
+    /// sensors' first reports are measured against it (see `SensorClocks`).
+    anchor: Option<(SensorId, TimestampMs)>,
 }
 
 /// [`SessionData`] as snapshots of format versions 1 and 2 hold it (before alerts, files and
@@ -190,6 +194,7 @@ impl SessionDataV2 {
             alerts: SortedSet::default(),
             files: SortedSet::default(),
             community_id,
+            anchor: None,
         }
     }
 }
@@ -309,6 +314,21 @@ impl SessionData {
         }
     }
 
+    /// Whether `sensor` reported an event of this story already.
+    pub fn has_sensor(&self, sensor: &str) -> bool {
+        self.sensors.0.binary_search_by(|s| s.as_str().cmp(sensor)).is_ok()
+    }
+
+    /// The story's first point-in-time report: sensor and raw time.
+    pub fn anchor(&self) -> Option<(SensorId, TimestampMs)> {
+        self.anchor
+    }
+
+    /// Sets the first point-in-time report.
+    pub fn set_anchor(&mut self, sensor: SensorId, raw: TimestampMs) {
+        self.anchor = Some((sensor, raw));
+    }
+
     /// Whether the community id is still to be found (computing one costs a SHA-1).
     pub fn wants_community_id(&self) -> bool {
         self.community_id.is_none()
@@ -386,7 +406,7 @@ impl SessionData {
     ///
     /// Written straight into JSON text, keys in alphabetical order (objects too), without
     /// building `serde_json::Value`s: this runs for every publication.
-    pub fn fields(&self) -> Fields {
+    pub fn fields(&self, clocks: &SensorClocks) -> Fields {
         let community_id = self.community_id.as_deref();
         let sides = self.sides.as_ref();
         let dns = Seq(|| {
@@ -400,9 +420,17 @@ impl SessionData {
                 url: h.url.as_deref(),
             })
         });
+        // The learned offsets of the story's sensors: what its times were corrected by.
+        let mut offsets = serde_json::Map::new();
+        for (sensor, offset) in clocks.offsets() {
+            if self.has_sensor(sensor) {
+                offsets.insert(sensor.to_owned(), offset.into());
+            }
+        }
         Fields::builder()
             .field("alerts", &self.alerts)
             .field("client", &sides.map(|s| EndpointOut::of(&s.client)))
+            .field("clock_offsets_ms", &offsets)
             .field("community_id", &community_id)
             .field("dns", &dns)
             .field("event_kinds", &self.event_kinds)
@@ -475,14 +503,14 @@ impl Serialize for TransportName {
 }
 
 /// The story of a session, as published.
-pub fn story_of(session: &Session<SessionData>) -> Story {
+pub fn story_of(session: &Session<SessionData>, clocks: &SensorClocks) -> Story {
     let d = &session.data;
     let mut story = session.story(d.kind.name());
     if let Some((first, last)) = d.lookups {
         story.first_seen = story.first_seen.min(first);
         story.last_seen = story.last_seen.max(last);
     }
-    story.fields = d.fields();
+    story.fields = d.fields(clocks);
     story
 }
 

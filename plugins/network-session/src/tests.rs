@@ -204,6 +204,7 @@ fn skewed_clocks_and_reversed_reports_join_one_session_with_its_fields() {
     assert_eq!((s.first_seen, s.last_seen), (T0 - 14_700, T0 + 20_300));
     let want = json!({
         "alerts": [],
+        "clock_offsets_ms": {},
         "files": [],
         "community_id": test_cid(),
         "transport": "tcp",
@@ -427,6 +428,94 @@ fn ntp_exchanges_between_the_same_two_hosts_minutes_apart_are_separate_sessions(
             ("network-session".into(), vec!["ntp-3".into()]),
         ]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sensor clocks
+
+/// `n` connections, one every 5 s from `start`: each a DNS lookup by the resolver `dns-1`
+/// (whose clock runs `resolver_ahead_ms` fast) then, 300 ms later, a firewall record, each of a
+/// client port and server of its own; delivered as they happen, in one-second buckets.
+fn resolver_off_by(resolver_ahead_ms: i64, n: i64) -> Vec<Bucket> {
+    let mut buckets = Vec::new();
+    for i in 0..n {
+        let t = T0 + i * 5 * S;
+        let server = format!("192.0.2.{}", i + 1);
+        let port = 40_000 + i as u16;
+        let lookup = event(
+            &format!("dns-{i:03}"),
+            "dns-1",
+            "dns",
+            t + resolver_ahead_ms,
+            &conn(
+                CLIENT,
+                53_000 + i as u16,
+                RESOLVER,
+                53,
+                json!({"dns": {"question": {"name": format!("h{i}.example")}, "answers": [{"type": "A", "data": server}]}}),
+            ),
+        );
+        let fw = event(
+            &format!("fw-{i:03}"),
+            "fw-1",
+            "flow",
+            t + 300,
+            &conn(CLIENT, port, &server, 443, json!({"network": {"transport": "tcp"}})),
+        );
+        buckets.push(bucket(t + S, vec![lookup, fw]));
+    }
+    buckets
+}
+
+#[test]
+fn a_resolver_50_s_ahead_has_its_clock_learned_and_its_lookups_then_join_their_connections() {
+    let out = run(&mut init(), &resolver_off_by(50 * S, 80));
+    let stories = latest_revisions(out);
+    assert_partition(
+        (0..80)
+            .flat_map(|i| [format!("dns-{i:03}"), format!("fw-{i:03}")])
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str),
+        &stories,
+    );
+    let joined = |i: i64| {
+        stories.iter().any(|s| {
+            s.event_ids.contains(&format!("dns-{i:03}"))
+                && s.event_ids.contains(&format!("fw-{i:03}"))
+        })
+    };
+    // 50 s is beyond the 30 s tolerance: the first lookups cannot join; once enough of them
+    // measured the resolver against the firewall, every later one does.
+    assert!(!joined(0), "the first lookup is 50 s off and joins nothing");
+    let late: Vec<i64> = (40..80).filter(|&i| !joined(i)).collect();
+    assert!(late.is_empty(), "lookups {late:?} did not join their connection");
+    let last = stories.iter().find(|s| s.event_ids.contains(&"fw-079".to_string())).unwrap();
+    let offsets = last.fields.get("clock_offsets_ms");
+    let (Some(dns), Some(fw)) = (offsets["dns-1"].as_i64(), offsets["fw-1"].as_i64()) else {
+        panic!("both sensors' offsets are published: {offsets}");
+    };
+    assert!((dns - fw - 50 * S).abs() < 1000, "learned {dns} - {fw}");
+}
+
+#[test]
+fn with_clocks_in_agreement_every_lookup_joins_from_the_start() {
+    let out = run(&mut init(), &resolver_off_by(0, 20));
+    let stories = latest_revisions(out);
+    assert_eq!(stories.len(), 20, "{stories:#?}");
+    assert!(stories.iter().all(|s| s.event_ids.len() == 2));
+}
+
+#[test]
+fn learned_clocks_survive_a_snapshot() {
+    let buckets = resolver_off_by(50 * S, 80);
+    let whole = run(&mut init(), &buckets);
+    let mut first = init();
+    let mut out = run_without_drain(&mut first, &buckets[..60]);
+    let mut second = init();
+    second.restore(&first.snapshot()).unwrap();
+    out.extend(run(&mut second, &buckets[60..]));
+    assert_eq!(out, whole);
 }
 
 // ---------------------------------------------------------------------------------------------
