@@ -296,6 +296,78 @@ impl<D> Keyed<D> {
         }
     }
 
+    /// Whether more than one session matches an event at `time`.
+    fn bridged(&self, time: TimestampMs, reach: i64, skew: i64, cfg: &SessionConfig) -> bool {
+        let open = self.open.iter().filter(|s| s.times().matches(time, reach, skew, cfg));
+        let frozen = self.frozen.iter().filter(|f| f.times.matches(time, reach, skew, cfg));
+        open.count() + frozen.count() > 1
+    }
+
+    /// Merges every session matching an event at `time` into one, open, and returns its index.
+    /// The survivor is the one published most (its id is the one consumers know best), then
+    /// the earliest, then the smallest id; each other that was published leaves a tombstone in
+    /// `merged`, so that its last revision says where its events went.
+    fn merge_matching(
+        &mut self,
+        time: TimestampMs,
+        reach: i64,
+        skew: i64,
+        cfg: &SessionConfig,
+        merged: &mut Vec<Tombstone>,
+    ) -> Option<usize>
+    where
+        D: DeserializeOwned + Mergeable,
+    {
+        let mut group: Vec<Session<D>> = Vec::new();
+        let mut i = 0;
+        while i < self.open.len() {
+            if self.open[i].times().matches(time, reach, skew, cfg) {
+                group.push(self.open.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        let mut j = 0;
+        while j < self.frozen.len() {
+            if self.frozen[j].times.matches(time, reach, skew, cfg) {
+                // A session that no longer decodes cannot take events: it stays as it is.
+                if let Some(s) = self.frozen[j].thaw::<D>() {
+                    self.frozen.remove(j);
+                    group.push(s);
+                    continue;
+                }
+            }
+            j += 1;
+        }
+        group.sort_by(|a, b| {
+            b.revision
+                .cmp(&a.revision)
+                .then(a.first_seen.cmp(&b.first_seen))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        let mut group = group.into_iter();
+        let mut survivor = group.next()?;
+        for other in group {
+            if other.revision > 0 {
+                merged.push(Tombstone {
+                    id: other.id.clone(),
+                    revision: other.revision,
+                    first_seen: other.first_seen,
+                    last_seen: other.last_seen,
+                    into: survivor.id.clone(),
+                });
+            }
+            survivor.first_seen = survivor.first_seen.min(other.first_seen);
+            survivor.last_seen = survivor.last_seen.max(other.last_seen);
+            survivor.touched = survivor.touched.max(other.touched);
+            survivor.reach_ms = survivor.reach_ms.max(other.reach_ms);
+            survivor.event_ids.extend(other.event_ids);
+            survivor.data.merge_from(other.data);
+        }
+        survivor.dirty = true;
+        Some(self.push_open(survivor))
+    }
+
     /// Adds an open session, in room for exactly one more (a vector's first growth would make
     /// room for four decoded sessions, kilobytes kept for ten minutes); its index.
     fn push_open(&mut self, session: Session<D>) -> usize {
@@ -335,6 +407,8 @@ impl<D> std::ops::Deref for Found<'_, D> {
 pub struct Sessionizer<D> {
     config: SessionConfig,
     sessions: Sessions<D>,
+    /// Published sessions merged into others since the last `advance`: their last revisions.
+    merged: Vec<Tombstone>,
     /// (due time, key), earliest first: when `advance` must look at a key. Rebuilt from the
     /// sessions on restore and on a change of configuration, never serialised.
     schedule: BinaryHeap<Reverse<(TimestampMs, Arc<str>)>>,
@@ -343,6 +417,95 @@ pub struct Sessionizer<D> {
 /// Marks the snapshot layout with published sessions as bytes. It stands where the first layout
 /// has `gap_ms`, which is never negative, so a snapshot of either layout is read.
 const LAYOUT_FROZEN: i64 = -2;
+
+/// [`LAYOUT_FROZEN`] followed by merges not yet told (see [`Tombstone`]).
+const LAYOUT_MERGES: i64 = -3;
+
+/// What session data must do when an event bridges two sessions of a key and they become one:
+/// take in the other's data. `()` for rules that keep nothing per session.
+pub trait Mergeable {
+    /// Adds `other`'s data to this one's. The result must not depend on which of the two was
+    /// `self` (sets, minima and maxima do not), so that stories do not depend on arrival order.
+    fn merge_from(&mut self, other: Self);
+}
+
+impl Mergeable for () {
+    fn merge_from(&mut self, _other: Self) {}
+}
+
+/// The other's values after this one's.
+impl<T> Mergeable for Vec<T> {
+    fn merge_from(&mut self, other: Self) {
+        self.extend(other);
+    }
+}
+
+/// The union.
+impl<T: Ord> Mergeable for std::collections::BTreeSet<T> {
+    fn merge_from(&mut self, other: Self) {
+        self.extend(other);
+    }
+}
+
+/// Every entry; a key both hold merges its values.
+impl<K: Ord, V: Mergeable> Mergeable for std::collections::BTreeMap<K, V> {
+    fn merge_from(&mut self, other: Self) {
+        for (k, v) in other {
+            match self.entry(k) {
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge_from(v),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(v);
+                }
+            }
+        }
+    }
+}
+
+/// What either holds, merged when both do.
+impl<T: Mergeable> Mergeable for Option<T> {
+    fn merge_from(&mut self, other: Self) {
+        match (self.as_mut(), other) {
+            (Some(mine), Some(theirs)) => mine.merge_from(theirs),
+            (None, theirs) => *self = theirs,
+            (Some(_), None) => {}
+        }
+    }
+}
+
+/// A published session that a bridging event merged into another: its last revision lists no
+/// events and names, in `fields.merged_into`, the story that holds them now. A consumer keeping
+/// each story's latest revision thus sees every event once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The merged story's id.
+    pub id: String,
+    /// Its last revision.
+    pub revision: u32,
+    /// Its times when it was merged.
+    pub first_seen: TimestampMs,
+    /// See `first_seen`.
+    pub last_seen: TimestampMs,
+    /// The story its events went to.
+    pub into: String,
+}
+
+/// The kind of a merged story's last revision.
+pub const MERGED_KIND: &str = "merged";
+
+impl Tombstone {
+    /// The last revision of the merged story.
+    pub fn story(&self) -> Story {
+        Story {
+            id: self.id.clone(),
+            revision: self.revision,
+            kind: MERGED_KIND.to_string(),
+            event_ids: Vec::new(),
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            fields: crate::model::Fields::builder().field("merged_into", &self.into).finish(),
+        }
+    }
+}
 
 /// Snapshots hold the sessions as a map in a fixed order (key hash, then key), so that equal
 /// states give equal bytes (the host skips rewriting an unchanged snapshot) whatever order the
@@ -379,11 +542,22 @@ impl<D: Serialize> Serialize for Sessionizer<D> {
             self.sessions.iter().map(|(k, v)| (hasher.hash_one(k), &**k, v)).collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         let sorted: Vec<_> = sorted.into_iter().map(|(_, k, v)| (k, v)).collect();
-        let mut s = serializer.serialize_tuple(3)?;
-        s.serialize_element(&LAYOUT_FROZEN)?;
-        s.serialize_element(&self.config)?;
-        s.serialize_element(&Sorted(sorted))?;
-        s.end()
+        // Merges are told at the next `advance`, which a rule calls before its state is
+        // snapshotted: the layout without them is the usual one, and older readers read it.
+        if self.merged.is_empty() {
+            let mut s = serializer.serialize_tuple(3)?;
+            s.serialize_element(&LAYOUT_FROZEN)?;
+            s.serialize_element(&self.config)?;
+            s.serialize_element(&Sorted(sorted))?;
+            s.end()
+        } else {
+            let mut s = serializer.serialize_tuple(4)?;
+            s.serialize_element(&LAYOUT_MERGES)?;
+            s.serialize_element(&self.config)?;
+            s.serialize_element(&Sorted(sorted))?;
+            s.serialize_element(&self.merged)?;
+            s.end()
+        }
     }
 }
 
@@ -430,7 +604,8 @@ impl<'de, D: Deserialize<'de> + Serialize> Deserialize<'de> for Sessionizer<D> {
                     |what: &str| A::Error::custom(format!("the state ends before {what}"));
                 let first: i64 = seq.next_element()?.ok_or_else(|| missing("its configuration"))?;
                 let mut sessions = Sessions::default();
-                let config = if first == LAYOUT_FROZEN {
+                let mut merged = Vec::new();
+                let config = if first == LAYOUT_FROZEN || first == LAYOUT_MERGES {
                     let config: SessionConfig =
                         seq.next_element()?.ok_or_else(|| missing("its configuration"))?;
                     let stored: HashMap<String, KeyedIn<D>, FxBuildHasher> =
@@ -447,6 +622,9 @@ impl<'de, D: Deserialize<'de> + Serialize> Deserialize<'de> for Sessionizer<D> {
                             })
                             .collect();
                         sessions.insert(key, keyed);
+                    }
+                    if first == LAYOUT_MERGES {
+                        merged = seq.next_element()?.ok_or_else(|| missing("its merges"))?;
                     }
                     config
                 } else {
@@ -469,13 +647,13 @@ impl<'de, D: Deserialize<'de> + Serialize> Deserialize<'de> for Sessionizer<D> {
                     }
                     SessionConfig { gap_ms: first, max_span_ms, skew_ms, reopen_ms }
                 };
-                let mut s = Sessionizer { config, sessions, schedule: BinaryHeap::new() };
+                let mut s = Sessionizer { config, sessions, merged, schedule: BinaryHeap::new() };
                 s.reschedule();
                 Ok(s)
             }
         }
         // Five elements at most: the first layout's four numbers of the configuration and its
-        // sessions; the current one reads three.
+        // sessions; the current ones read three or four.
         deserializer.deserialize_tuple(5, Layouts(std::marker::PhantomData))
     }
 }
@@ -483,7 +661,12 @@ impl<'de, D: Deserialize<'de> + Serialize> Deserialize<'de> for Sessionizer<D> {
 impl<D> Sessionizer<D> {
     /// An empty sessionizer.
     pub fn new(config: SessionConfig) -> Self {
-        Sessionizer { config, sessions: Sessions::default(), schedule: BinaryHeap::new() }
+        Sessionizer {
+            config,
+            sessions: Sessions::default(),
+            merged: Vec::new(),
+            schedule: BinaryHeap::new(),
+        }
     }
 
     /// Schedules every key anew, at the earliest due time of its sessions.
@@ -580,7 +763,7 @@ impl<D> Sessionizer<D> {
         watermark: TimestampMs,
     ) -> &mut Session<D>
     where
-        D: Default + DeserializeOwned,
+        D: Default + DeserializeOwned + Mergeable,
     {
         let skew = self.config.skew_ms;
         self.add_within(key, event_id, time, reach_ms, skew, watermark)
@@ -600,7 +783,7 @@ impl<D> Sessionizer<D> {
         watermark: TimestampMs,
     ) -> &mut Session<D>
     where
-        D: Default + DeserializeOwned,
+        D: Default + DeserializeOwned + Mergeable,
     {
         let cfg = self.config;
         let skew = skew_ms.clamp(0, cfg.skew_ms);
@@ -610,11 +793,18 @@ impl<D> Sessionizer<D> {
             self.sessions.insert(Arc::clone(&key), Keyed::new(key));
         }
         let Some(keyed) = self.sessions.get_mut(key) else { unreachable!("inserted above") };
-        let found = match keyed.pick(time, reach_ms, skew, &cfg) {
-            Some(Pick::Open(i)) => Some(i),
-            // A late event for a published session: it opens again.
-            Some(Pick::Frozen(j)) => keyed.frozen.remove(j).thaw().map(|s| keyed.push_open(s)),
-            None => None,
+        let bridged = keyed.bridged(time, reach_ms, skew, &cfg);
+        let found = if bridged {
+            // The event is within reach of several sessions: as session windows do, they
+            // become one, whatever order their events came in.
+            keyed.merge_matching(time, reach_ms, skew, &cfg, &mut self.merged)
+        } else {
+            match keyed.pick(time, reach_ms, skew, &cfg) {
+                Some(Pick::Open(i)) => Some(i),
+                // A late event for a published session: it opens again.
+                Some(Pick::Frozen(j)) => keyed.frozen.remove(j).thaw().map(|s| keyed.push_open(s)),
+                None => None,
+            }
         };
         let index = found.unwrap_or_else(|| {
             keyed.push_open(Session {
@@ -659,7 +849,7 @@ impl<D> Sessionizer<D> {
         D: Serialize,
     {
         let cfg = self.config;
-        let mut out = Vec::new();
+        let mut out: Vec<Story> = self.merged.drain(..).map(|t| t.story()).collect();
         while let Some(Reverse((due, _))) = self.schedule.peek()
             && *due <= watermark
         {
@@ -711,8 +901,8 @@ impl<D> Sessionizer<D> {
     pub fn drain(&mut self, mut emit: impl FnMut(&Session<D>) -> Story) -> Vec<Story> {
         let sessions = std::mem::take(&mut self.sessions);
         self.schedule.clear();
-        let mut out: Vec<Story> =
-            sessions.values().flat_map(|k| &k.open).filter(|s| s.dirty).map(&mut emit).collect();
+        let mut out: Vec<Story> = self.merged.drain(..).map(|t| t.story()).collect();
+        out.extend(sessions.values().flat_map(|k| &k.open).filter(|s| s.dirty).map(&mut emit));
         out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -789,7 +979,12 @@ impl<D> Sessionizer<D> {
                 }
             }
         }
-        let mut out = Sessionizer { config: self.config, sessions, schedule: BinaryHeap::new() };
+        let mut out = Sessionizer {
+            config: self.config,
+            sessions,
+            merged: self.merged,
+            schedule: BinaryHeap::new(),
+        };
         out.reschedule();
         out
     }
@@ -1049,8 +1244,8 @@ mod tests {
     #[test]
     fn snapshots_are_canonical_and_read_those_of_the_ordered_map_layout() {
         // Same sessions added in two orders: the same bytes.
-        let mut a: Sessionizer<u8> = Sessionizer::new(cfg());
-        let mut b: Sessionizer<u8> = Sessionizer::new(cfg());
+        let mut a: Sessionizer<Vec<u8>> = Sessionizer::new(cfg());
+        let mut b: Sessionizer<Vec<u8>> = Sessionizer::new(cfg());
         let keys: Vec<String> = (0..200).map(|i| format!("1:key{i:03}")).collect();
         for k in &keys {
             a.add(k, k, 100 * S, 0, 100 * S);
@@ -1066,7 +1261,7 @@ mod tests {
         }
         // Snapshots of the first layout: every session decoded, in one list per key, keys in
         // order (a BTreeMap, as up to version 0.2).
-        let lists: HashMap<&str, Vec<Session<u8>>> = a
+        let lists: HashMap<&str, Vec<Session<Vec<u8>>>> = a
             .sessions
             .iter()
             .map(|(k, v)| {
@@ -1077,12 +1272,12 @@ mod tests {
         #[derive(Serialize)]
         struct Ordered<'a> {
             config: SessionConfig,
-            sessions: std::collections::BTreeMap<&'a str, &'a Vec<Session<u8>>>,
+            sessions: std::collections::BTreeMap<&'a str, &'a Vec<Session<Vec<u8>>>>,
         }
         let old =
             Ordered { config: *a.config(), sessions: lists.iter().map(|(k, v)| (*k, v)).collect() };
         let bytes = postcard::to_allocvec(&old).unwrap();
-        let restored: Sessionizer<u8> = Sessionizer::restore(&bytes).unwrap();
+        let restored: Sessionizer<Vec<u8>> = Sessionizer::restore(&bytes).unwrap();
         assert_eq!(restored.len(), 200);
         assert!(keys.iter().all(|k| restored.contains_key(k)));
         assert_eq!(restored.snapshot(), a.snapshot());
@@ -1115,16 +1310,17 @@ mod tests {
     }
 
     #[test]
-    fn an_open_session_wins_over_a_published_one_as_near() {
+    fn a_record_reaching_a_published_and_an_open_session_bridges_them() {
         let mut s: Sessionizer<()> = Sessionizer::new(cfg());
         s.add("k", "a", 100 * S, 0, 100 * S);
         s.advance(190 * S, |x| x.story("t"));
         // Beyond gap and skew of the first: a second session of the key, open.
         s.add("k", "b", 700 * S, 0, 200 * S);
-        // A flow record reaching both matches them at the same distance; the open one takes it.
+        // A flow record reaching both: they are one session now, the published one's.
         s.add("k", "c", 400 * S, 300 * S, 210 * S);
         let out = s.drain(|x| x.story("t"));
-        assert_eq!(ids(&out), vec![vec!["b", "c"]]);
+        assert_eq!(ids(&out), vec![vec!["a", "b", "c"]]);
+        assert_eq!(out[0].revision, 1, "the next revision of the story published");
     }
 
     #[test]
@@ -1162,5 +1358,123 @@ mod tests {
         let k = out.iter().find(|x| x.event_ids.contains(&"a".to_string())).unwrap();
         assert_eq!(k.revision, 1);
         assert!(Sessionizer::<Vec<String>>::restore(b"\xff\xff garbage").is_err());
+    }
+
+    /// The latest revision of each story, tombstones left out: what a consumer holds.
+    fn consumer_view(stories: &[Story]) -> Vec<Vec<String>> {
+        let mut latest: std::collections::BTreeMap<&str, &Story> = Default::default();
+        for s in stories {
+            if latest.get(s.id.as_str()).is_none_or(|l| s.revision >= l.revision) {
+                latest.insert(&s.id, s);
+            }
+        }
+        let mut out: Vec<Vec<String>> = latest
+            .values()
+            .filter(|s| s.kind != MERGED_KIND)
+            .map(|s| {
+                let mut ids = s.event_ids.clone();
+                ids.sort();
+                ids
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn an_event_that_bridges_two_open_sessions_makes_them_one() {
+        let cfg = SessionConfig { skew_ms: 0, ..cfg() };
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg);
+        s.add("k", "a", 0, 0, 0);
+        s.add("k", "c", 100 * S, 0, 0);
+        assert_eq!(s.len(), 2, "100 s apart: two sessions");
+        s.add("k", "b", 50 * S, 0, 0);
+        assert_eq!(s.len(), 1, "b is within the gap of both");
+        let out = s.drain(|x| x.story("t"));
+        assert_eq!(ids(&out), [vec!["a", "c", "b"]]);
+    }
+
+    #[test]
+    fn a_published_session_merged_into_another_says_so_in_its_last_revision() {
+        let cfg = SessionConfig { skew_ms: 0, ..cfg() };
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg);
+        s.add("k", "a", 0, 0, 0);
+        s.add("k", "c", 100 * S, 0, 100 * S);
+        let first = s.advance(170 * S, |x| x.story("t"));
+        assert_eq!(ids(&first).len(), 2, "two stories published");
+        // b is within the gap of both: they become a's story, and c's says where it went.
+        s.add("k", "b", 50 * S, 0, 180 * S);
+        let mut all = first.clone();
+        all.extend(s.advance(180 * S, |x| x.story("t")));
+        all.extend(s.drain(|x| x.story("t")));
+        let tomb = all.iter().find(|x| x.kind == MERGED_KIND).expect("a tombstone");
+        let survivor = all.iter().find(|x| x.kind == "t" && x.event_ids.len() == 3).unwrap();
+        let c = first.iter().find(|x| x.event_ids == ["c"]).unwrap();
+        assert_eq!((&tomb.id, tomb.revision), (&c.id, 1), "c's next revision is its last");
+        assert!(tomb.event_ids.is_empty());
+        assert_eq!(tomb.fields.get("merged_into"), serde_json::json!(survivor.id));
+        let a = first.iter().find(|x| x.event_ids == ["a"]).unwrap();
+        assert_eq!((&survivor.id, survivor.revision), (&a.id, 1));
+        assert_eq!(consumer_view(&all), [vec!["a", "b", "c"]]);
+    }
+
+    #[test]
+    fn any_order_of_arrival_across_buckets_gives_the_same_stories() {
+        let cfg = SessionConfig {
+            gap_ms: 60 * S,
+            max_span_ms: 3600 * S,
+            skew_ms: 5 * S,
+            reopen_ms: 600 * S,
+        };
+        // Key k: 0..150 s is one session only through its middle events; 400..430 s another.
+        // Key m: one session. An event bridges only once the events around it are there.
+        let events: Vec<(&str, &str, i64)> = vec![
+            ("k", "k0", 0),
+            ("k", "k1", 50 * S),
+            ("k", "k2", 110 * S),
+            ("k", "k3", 150 * S),
+            ("k", "k4", 400 * S),
+            ("k", "k5", 430 * S),
+            ("m", "m0", 10 * S),
+            ("m", "m1", 60 * S),
+            ("m", "m2", 115 * S),
+        ];
+        let want = {
+            let mut w =
+                vec![vec!["k0", "k1", "k2", "k3"], vec!["k4", "k5"], vec!["m0", "m1", "m2"]];
+            w.sort();
+            w
+        };
+        let mut rng = 0x5eed_u64;
+        let mut next = || {
+            rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z ^ (z >> 31)
+        };
+        for round in 0..300 {
+            // Each event arrives in one of five buckets, 20 s apart, after every event time:
+            // sessions are published between buckets and reopened or merged by later ones.
+            let mut buckets: Vec<Vec<(&str, &str, i64)>> = vec![Vec::new(); 5];
+            for e in &events {
+                buckets[(next() % 5) as usize].push(*e);
+            }
+            let mut s: Sessionizer<()> = Sessionizer::new(cfg);
+            let mut out = Vec::new();
+            for (b, list) in buckets.iter_mut().enumerate() {
+                list.sort_by_key(|e| e.1);
+                let watermark = 500 * S + b as i64 * 20 * S;
+                for (key, id, time) in list.iter() {
+                    s.add(key, id, *time, 0, watermark);
+                }
+                out.extend(s.advance(watermark, |x| x.story("t")));
+            }
+            out.extend(s.drain(|x| x.story("t")));
+            let got = consumer_view(&out);
+            assert_eq!(got, want, "round {round}: {buckets:?}");
+            // Every event is in exactly one story of the consumer's view.
+            let n: usize = got.iter().map(Vec::len).sum();
+            assert_eq!(n, events.len());
+        }
     }
 }

@@ -401,8 +401,14 @@ impl PluginInstance {
             if s.kind.is_empty() || s.kind.len() > MAX_ID_BYTES {
                 return Err(malformed(format!("story {} has an empty or oversized kind", s.id)));
             }
-            if s.event_ids.is_empty() {
-                return Err(malformed(format!("story {} lists no events", s.id)));
+            // Only the last revision of a story merged into another lists no events (see
+            // `storyline_sdk::session::Tombstone`).
+            if s.event_ids.is_empty() && s.kind != storyline_sdk::session::MERGED_KIND {
+                return Err(malformed(format!(
+                    "story {} lists no events (only a story of kind \"{}\" may)",
+                    s.id,
+                    storyline_sdk::session::MERGED_KIND
+                )));
             }
             if let Some(unknown) = s.event_ids.iter().find(|id| !known_event(id)) {
                 return Err(malformed(format!(

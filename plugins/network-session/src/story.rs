@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use storyline_sdk::clocks::{SensorClocks, SensorId};
 use storyline_sdk::community_id::proto;
-use storyline_sdk::session::Session;
+use storyline_sdk::session::{Mergeable, Session};
 use storyline_sdk::{Fields, Story, TimestampMs};
 
 use crate::observe::{Endpoint, Extra, Facts, Flow};
@@ -444,6 +444,92 @@ impl SessionData {
             .field("transport", &self.transport.map(|(t, _)| TransportName(t)))
             .field("users", &self.users)
             .finish()
+    }
+}
+
+impl SortedSet<String> {
+    /// Adds every value of `other`.
+    fn union(&mut self, other: SortedSet<String>) {
+        for v in other.0 {
+            insert_text(self, &v);
+        }
+    }
+}
+
+/// Two sessions of one tuple that an event bridged become one: everything either told.
+/// Symmetric, so the story does not depend on which session was kept.
+impl Mergeable for SessionData {
+    fn merge_from(&mut self, other: SessionData) {
+        // A connection outranks a lone lookup, which outranks an event without network fields.
+        let rank = |k: Kind| match k {
+            Kind::Network => 0,
+            Kind::DnsLookup => 1,
+            Kind::Event => 2,
+        };
+        if rank(other.kind) < rank(self.kind) {
+            self.kind = other.kind;
+        }
+        self.indexed |= other.indexed;
+        match (self.transport, other.transport) {
+            (None, t) => self.transport = t,
+            (Some((_, false)), Some((t, true))) => self.transport = Some((t, true)),
+            (Some((a, e)), Some((b, f))) if e == f && b < a => self.transport = Some((b, f)),
+            _ => {}
+        }
+        match (&self.sides, other.sides) {
+            (None, o) => self.sides = o,
+            (Some(mine), Some(theirs)) => {
+                // A decision by the tuple is final; between two by report, the earlier report.
+                let take = match (&mine.decided_by, &theirs.decided_by) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(a), Some(b)) => b < a,
+                };
+                if take {
+                    self.sides = Some(theirs);
+                }
+            }
+            (Some(_), None) => {}
+        }
+        self.start_lo = match (self.start_lo, other.start_lo) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.lookups = match (self.lookups, other.lookups) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (a, b) => a.or(b),
+        };
+        self.sensors.union(other.sensors);
+        self.event_kinds.union(other.event_kinds);
+        for (name, answers) in other.dns.0 {
+            let entry = self.dns.find_or_insert(
+                |(n, _)| n.as_deref().cmp(&name.as_deref()),
+                || (name.clone(), SortedSet::default()),
+            );
+            if let Some((_, mine)) = entry {
+                mine.union(answers);
+            }
+        }
+        for h in other.http.0 {
+            self.http.insert(h);
+        }
+        self.tls_sni.union(other.tls_sni);
+        for p in other.processes.0 {
+            self.processes.insert(p);
+        }
+        self.users.union(other.users);
+        self.hosts.union(other.hosts);
+        self.alerts.union(other.alerts);
+        self.files.union(other.files);
+        self.community_id = match (self.community_id.take(), other.community_id) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // The earlier first report anchors clock measurements.
+        self.anchor = match (self.anchor, other.anchor) {
+            (Some(a), Some(b)) => Some(if (b.1, b.0) < (a.1, a.0) { b } else { a }),
+            (a, b) => a.or(b),
+        };
     }
 }
 
