@@ -644,9 +644,19 @@ impl<S: Store> ShardWorker<S> {
                     if now - c.last_tick >= spaced(self.config.tick_ms, c.snapshot_ms)
                         && holds_something
                         && c.offset.is_none_or(|o| o < latest)
-                        && self.closed_for(c, latest, now)?
                     {
-                        self.process(c, latest, BucketEvents::default())?;
+                        // The latest closable bucket if it may be read now (a store without a
+                        // grace), else the newest whose close completed: with a grace of a
+                        // bucket or more, the latest closable bucket moves on while its close
+                        // takes effect, so waiting for it would never tick.
+                        let ready = if self.closed_for(c, latest, now)? {
+                            Some(latest)
+                        } else {
+                            c.closed.filter(|&x| c.offset.is_none_or(|o| o < x))
+                        };
+                        if let Some(b) = ready {
+                            self.process(c, b, BucketEvents::default())?;
+                        }
                     }
                     if self.config.exit_when_idle {
                         let since = *idle_since.get_or_insert(now);

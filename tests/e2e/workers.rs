@@ -220,3 +220,74 @@ fn a_batch_is_routed_by_explicit_keys_then_by_the_plugin_then_by_id() {
         }
     }
 }
+
+/// A live worker (not `--exit-when-idle`) on a store whose closes take 2 s to reach producers
+/// (ScyllaDB's grace), with 1 s buckets: once the input stops, the plugin's open sessions still
+/// close on idle ticks, every story is published and the offset committed while idle.
+#[test]
+fn a_live_worker_publishes_every_story_with_a_close_grace_longer_than_a_bucket() {
+    let scratch = Scratch::new("grace");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store = EmbeddedStore::new(scratch.path("data")).with_close_grace(2000);
+    let t = TenantId::new("acme").unwrap();
+    let layout = Layout { shards: 2, bucket_ms: 1000 };
+    // 30 connections happening now (so that processing time closes them), three records each
+    // from three sensors, without durations.
+    let now = storyline::producer::now_ms();
+    let lines: Vec<String> = (0..30)
+        .flat_map(|i| {
+            ["fw", "tls", "proxy"].into_iter().enumerate().map(move |(k, sensor)| {
+                format!(
+                    r#"{{"id":"{sensor}-{i}","source":"{sensor}","kind":"{sensor}","time":{},"payload":{{"source":{{"ip":"10.0.0.{i}","port":{}}},"destination":{{"ip":"192.0.2.1","port":443}}}}}}"#,
+                    now + i * 10 + k as i64 * 5,
+                    40_000 + i
+                )
+            })
+        })
+        .collect();
+    let plugin = loaded("network-session");
+    let rules = r#"{"gap_ms": 500, "skew_ms": 300, "dns_window_ms": 1000, "reopen_ms": 60000}"#;
+    let router = Router::new(plugin.clone(), rules.into(), t.clone(), Default::default(), "test");
+    let mut producer = Producer::new(&store, t.clone(), layout, Some(router));
+    let mut report = IngestReport::default();
+    for (i, line) in lines.iter().enumerate() {
+        rt.block_on(producer.push_line(line, i + 1, &mut report)).unwrap();
+    }
+    rt.block_on(producer.flush(&mut report)).unwrap();
+    assert_eq!(report.accepted as usize, lines.len());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let config = WorkerConfig {
+            delay_ms: 2000,
+            poll_ms: 50,
+            tick_ms: 500,
+            checkpoint_ms: 500,
+            ..WorkerConfig::default()
+        };
+        let shared = Shared { shutdown: stop.clone(), ..Shared::default() };
+        let (handle, store, t) = (rt.handle().clone(), store.clone(), t.clone());
+        let slot = Slot::fixed(t.clone(), plugin, rules);
+        std::thread::spawn(move || run_tenant(&handle, &store, &t, &slot, &config, &shared))
+    };
+    // Every session's story is published, by idle ticks alone (nothing more arrives).
+    wait_for("every session to be published", || {
+        let stories = rt.block_on(store.stories(&t, false)).unwrap();
+        stories.len() == 30
+    });
+    // ... and every shard's offset is committed past its last events while idle.
+    wait_for("the offsets to be committed while idle", || {
+        (0..2).all(|s| {
+            let committed = rt.block_on(store.committed_offset(&t, ShardId(s))).unwrap();
+            rt.block_on(store.next_bucket(&t, ShardId(s), committed)).unwrap().is_none()
+                && committed.is_some()
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap().unwrap();
+    let stories = rt.block_on(store.stories(&t, false)).unwrap();
+    let events: usize = stories.iter().map(|s| s.story.event_ids.len()).sum();
+    assert_eq!(events, lines.len(), "every event in exactly one story");
+    assert!(stories.iter().all(|s| s.story.event_ids.len() == 3));
+}

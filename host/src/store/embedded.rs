@@ -70,6 +70,8 @@ pub struct EmbeddedStore {
     /// Events are dropped this long after they were written (whole log segments at a time).
     /// `None`: as the tenant's directory remembers it (else [`DEFAULT_RETENTION_MS`]).
     retention_ms: Option<i64>,
+    /// How long after a close its buckets may be read (see [`EmbeddedStore::with_close_grace`]).
+    close_grace_ms: i64,
     /// Open tenants. A std mutex: held only to look up or insert, never across an await.
     tenants: Arc<Mutex<HashMap<TenantId, Arc<TenantDb>>>>,
 }
@@ -116,8 +118,18 @@ impl EmbeddedStore {
         EmbeddedStore {
             root: root.into(),
             retention_ms: None,
+            close_grace_ms: 0,
             tenants: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Makes workers wait `ms` after closing buckets before reading them, as they must on a
+    /// store whose producers learn of a close late (ScyllaDB: 2 s). Default 0: the embedded
+    /// store closes and writes under one lock, so a close is exact at once. A grace here
+    /// exercises the workers' handling of such stores on one machine (tests).
+    pub fn with_close_grace(mut self, ms: i64) -> Self {
+        self.close_grace_ms = ms.max(0);
+        self
     }
 
     /// Keeps events `ms` after they were written. A tenant's directory remembers the retention
@@ -686,7 +698,7 @@ impl Store for EmbeddedStore {
     }
 
     fn close_grace_ms(&self) -> i64 {
-        0
+        self.close_grace_ms
     }
 
     fn retention_ms(&self) -> Option<i64> {
