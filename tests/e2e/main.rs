@@ -6,6 +6,7 @@ mod support;
 mod cli_plugin;
 mod crash;
 mod hot_reload;
+mod input_formats;
 mod intake;
 mod late_writes;
 mod network_session;

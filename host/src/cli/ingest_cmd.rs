@@ -10,7 +10,7 @@ use super::{Dirs, ensure_dir, tenant_arg};
 use crate::catalog::{Catalog, Found, KnownGood, Remembered, find_plugin};
 use crate::model::TenantId;
 use crate::plugin::{Limits, Plugin, Runtime};
-use crate::producer::{IngestReport, Producer, Router};
+use crate::producer::{Adapter, Format, IngestReport, Producer, Router};
 use crate::store::{Layout, Store};
 
 /// What an ingest run did, and with which layout.
@@ -21,14 +21,42 @@ pub struct Ingested {
     pub layout: Layout,
 }
 
-/// Validates and stores a JSONL stream for `tenant`: the part shared by `storyline ingest` and
-/// the ingest socket of a running `storyline run` (`serving`: its catalog).
+/// How to read an input: what `storyline ingest` is told about it. It travels in the ingest
+/// socket's header, so that a running host reads the input as `ingest` alone would.
+#[derive(Debug, Clone, Default)]
+pub struct InputOptions {
+    /// `--format`.
+    pub format: Format,
+    /// `--source`: the sensor name of every event.
+    pub source: Option<String>,
+    /// The input file's name, without its directory (`None` for stdin): it names a Zeek log's
+    /// type when its records do not.
+    pub file_name: Option<String>,
+}
+
+impl InputOptions {
+    /// The adapter that reads such an input.
+    pub fn adapter(&self) -> Adapter {
+        let mut adapter = Adapter::new(self.format);
+        if let Some(source) = &self.source {
+            adapter = adapter.source(source.as_str());
+        }
+        if let Some(name) = &self.file_name {
+            adapter = adapter.file_name(name);
+        }
+        adapter
+    }
+}
+
+/// Validates and stores a stream for `tenant`, read with `adapter`: the part shared by
+/// `storyline ingest` and the ingest socket of a running `storyline run` (`serving`: its
+/// catalog).
 pub fn ingest_stream<S: Store>(
     handle: &tokio::runtime::Handle,
     store: &S,
     (dirs, serving): (&Dirs, Option<&Catalog>),
     tenant: &TenantId,
-    reader: impl Read + Send + 'static,
+    (reader, adapter): (impl Read + Send + 'static, Adapter),
     (shards, bucket_ms): (Option<u32>, Option<i64>),
     (batch, on_durable): (usize, Option<crate::producer::OnDurable>),
 ) -> anyhow::Result<Ingested> {
@@ -46,7 +74,8 @@ pub fn ingest_stream<S: Store>(
     };
     // The tenant's plugin computes routing keys, so a story's events share a shard.
     let router = router_for(dirs, tenant, serving);
-    let mut producer = Producer::new(store, tenant.clone(), layout, router).batch_size(batch);
+    let mut producer =
+        Producer::new(store, tenant.clone(), layout, router).batch_size(batch).format(adapter);
     if let Some(f) = on_durable {
         producer = producer.on_durable(f);
     }
@@ -163,19 +192,34 @@ fn recall(
     Some(Router::new(plugin, remembered.config, tenant.clone(), limits, origin))
 }
 
-/// Reads events from `file` (or stdin) into the tenant's store. When a `storyline run` owns
-/// the embedded store, the events go through its ingest socket (`dirs.socket`).
+/// Reads events from `file` (or stdin), written in `format` (`source`: `--source`), into the
+/// tenant's store. When a `storyline run` owns the embedded store, the events go through its
+/// ingest socket (`dirs.socket`).
 pub fn ingest<S: Store + Clone>(
     rt: &tokio::runtime::Runtime,
     store: &S,
     dirs: &Dirs,
     tenant: &str,
-    file: Option<&Path>,
+    (file, format, source): (Option<&Path>, Format, Option<&str>),
     flags: (Option<u32>, Option<i64>),
     (batch, progress): (usize, bool),
 ) -> anyhow::Result<()> {
     let tenant = tenant_arg(tenant)?;
+    if format == Format::Storyline && source.is_some() {
+        bail!(
+            "--source names the sensor of --format zeek, suricata or ecs input; each line of \
+             the storyline format names its own source"
+        );
+    }
     ensure_dir(&dirs.data)?;
+    let input = InputOptions {
+        format,
+        source: source.map(str::to_string),
+        file_name: file
+            .filter(|p| *p != Path::new("-"))
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned()),
+    };
     let reader: Box<dyn Read + Send> = match file {
         None => Box::new(std::io::stdin()),
         Some(p) if p == Path::new("-") => Box::new(std::io::stdin()),
@@ -193,7 +237,7 @@ pub fn ingest<S: Store + Clone>(
                     "note: a running `storyline run` owns the store; --progress is not reported through its socket"
                 );
             }
-            super::ingest_socket::send(socket, &tenant, reader, flags, batch)?
+            super::ingest_socket::send(socket, &tenant, (reader, &input), flags, batch)?
         }
         None => {
             let Ingested { report, layout } = ingest_stream(
@@ -201,7 +245,7 @@ pub fn ingest<S: Store + Clone>(
                 store,
                 (dirs, None),
                 &tenant,
-                reader,
+                (reader, input.adapter()),
                 flags,
                 (batch, {
                     let print: crate::producer::OnDurable = Box::new(|n| {

@@ -6,7 +6,9 @@
 //! `storyline status` and `storyline stories` ask the running process the same way.
 //!
 //! Protocol, one line each: the client sends a JSON header (`command`: `ingest`, `status` or
-//! `stories`; `tenant`; for ingest `shards`, `bucket_ms`, `batch`; for stories `all`). For
+//! `stories`; `tenant`; for ingest `shards`, `bucket_ms`, `batch`, and `format`, `source`,
+//! `file_name`, which say how to read the lines (an older client sends none of these three:
+//! its lines are read as storyline's own format); for stories `all`). For
 //! ingest it then sends the event lines and closes its side; the server answers
 //! `REJECT\t<error>` lines (at most 100) and a final `SUMMARY\t<json>`. For status and stories
 //! the server answers the command's output followed by `END`. Any failure is `ERROR\t<message>`.
@@ -22,9 +24,10 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use super::Dirs;
-use super::ingest_cmd::{Ingested, ingest_stream};
+use super::ingest_cmd::{Ingested, InputOptions, ingest_stream};
 use crate::catalog::Catalog;
 use crate::model::TenantId;
+use crate::producer::Format;
 use crate::store::Store;
 
 /// The socket of a data directory.
@@ -48,6 +51,15 @@ struct Header {
     /// For `stories`: only revisions published at or after this time (epoch ms).
     #[serde(default)]
     since: Option<i64>,
+    /// For ingest: the lines' format (`--format`).
+    #[serde(default)]
+    format: Format,
+    /// For ingest: the sensor name of every event (`--source`).
+    #[serde(default)]
+    source: Option<String>,
+    /// For ingest: the input file's name, which names a Zeek log's type.
+    #[serde(default)]
+    file_name: Option<String>,
 }
 
 fn ingest() -> String {
@@ -94,6 +106,9 @@ fn ask(
         batch: 0,
         all,
         since,
+        format: Format::default(),
+        source: None,
+        file_name: None,
     };
     serde_json::to_writer(&mut socket, &header)?;
     socket.write_all(b"\n")?;
@@ -146,18 +161,18 @@ impl Summary {
             rejected_count: report.rejected_count,
             shards: layout.shards,
             bucket_ms: layout.bucket_ms,
-            rejected: report.rejected.iter().map(|e| e.to_string()).collect(),
+            rejected: report.rejected_messages().collect(),
             routed_by: report.routed_by.clone(),
             route_failures: report.route_failures,
         }
     }
 }
 
-/// Client side: streams `reader` to a running worker.
+/// Client side: streams `reader` to a running worker, which reads it as `input` says.
 pub fn send(
     mut socket: UnixStream,
     tenant: &TenantId,
-    reader: impl Read,
+    (reader, input): (impl Read, &InputOptions),
     (shards, bucket_ms): (Option<u32>, Option<i64>),
     batch: usize,
 ) -> anyhow::Result<Summary> {
@@ -169,6 +184,9 @@ pub fn send(
         batch,
         all: false,
         since: None,
+        format: input.format,
+        source: input.source.clone(),
+        file_name: input.file_name.clone(),
     };
     let answer = BufReader::new(socket.try_clone().context("ingest socket")?);
     let mut out = std::io::BufWriter::new(&mut socket);
@@ -305,18 +323,23 @@ fn answer<S: Store>(
         }
         return Ok(());
     }
+    let input = InputOptions {
+        format: header.format,
+        source: header.source.clone(),
+        file_name: header.file_name.clone(),
+    };
     let result = ingest_stream(
         handle,
         store,
         (dirs, Some(serving)),
         &tenant,
-        reader,
+        (reader, input.adapter()),
         (header.shards, header.bucket_ms),
         (header.batch.max(1), None),
     );
     match result {
         Ok(Ingested { report, layout }) => {
-            for e in &report.rejected {
+            for e in report.rejected_messages() {
                 writeln!(reply, "REJECT\t{e}")?;
             }
             let summary = Summary::of(&report, layout);

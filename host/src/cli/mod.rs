@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::model::TenantId;
+use crate::producer::Format;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::scylla::{ScyllaConfig, ScyllaStore, schema_cql};
 
@@ -87,13 +88,23 @@ pub enum OnFailureArg {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Read event JSONL (a file or stdin), validate it and write it to the store.
+    /// Read events (a file or stdin) in storyline's JSONL or a sensor's own log format,
+    /// validate them and write them to the store.
     Ingest {
         /// The tenant the events belong to.
         #[arg(long)]
         tenant: String,
-        /// Events file; `-` or nothing for stdin.
+        /// Events file; `-` or nothing for stdin. A Zeek log's file name gives its log type
+        /// when its records do not (`conn.log`, `dns.09:00:00-10:00:00.log`).
         file: Option<PathBuf>,
+        /// How the input is written (see README "Input formats").
+        #[arg(long, value_enum, default_value_t = Format::Storyline)]
+        format: Format,
+        /// The sensor name of every event, for `--format zeek`, `suricata` or `ecs`. Default:
+        /// what each record says (Zeek's `_node_name`, Suricata's `host`, ECS's
+        /// `observer.name`...), else the format's name.
+        #[arg(long)]
+        source: Option<String>,
         /// Shards of a new tenant (an existing tenant keeps its own).
         #[arg(long)]
         shards: Option<u32>,
@@ -268,14 +279,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }};
     }
     match cli.command {
-        Command::Ingest { tenant, file, shards, bucket_ms, batch, progress } => {
+        Command::Ingest { tenant, file, format, source, shards, bucket_ms, batch, progress } => {
             with_store!(|rt, store| {
                 ingest_cmd::ingest(
                     &rt,
                     &store,
                     &dirs,
                     &tenant,
-                    file.as_deref(),
+                    (file.as_deref(), format, source.as_deref()),
                     (shards, bucket_ms),
                     (batch, progress),
                 )

@@ -1,6 +1,10 @@
 //! The producer: validates event lines, picks each event's shard and insert-time bucket, and
 //! writes them in durable batches.
 //!
+//! Lines are read in one of the input formats of [`format`] (storyline's own JSONL unless
+//! [`Producer::format`] says otherwise): Zeek and Suricata records become events with an ECS
+//! payload, header lines are skipped.
+//!
 //! Shard choice keeps a story on one shard: the event's explicit `route` key, else the key the
 //! tenant's plugin computes (`route` export, e.g. the client address of a network session), else
 //! the event id. The key is hashed with FNV-1a, which is stable across builds and platforms, so
@@ -11,12 +15,14 @@
 
 use std::io::{BufRead, Read};
 
-use storyline_sdk::format::{self, FormatError, InputEvent};
+use storyline_sdk::format::{FormatError, InputEvent};
 
 use crate::model::{BucketStart, ShardId, TenantId, TimestampMs};
 use crate::store::{Layout, NewEvent, Store, StoreError};
 
+pub mod format;
 mod router;
+pub use format::{Adapter, Format};
 pub use router::{MAX_FAILURES, ROUTE_DEADLINE, Router};
 
 /// Default events per durable batch: one fdatasync (~1 ms) per thousand events.
@@ -58,6 +64,16 @@ pub struct IngestReport {
     pub routed_by: Option<String>,
     /// Batches whose `route` call failed (each was routed by event id instead).
     pub route_failures: u64,
+    /// The format the lines were read in: its hint ends each rejected line's message.
+    pub format: Format,
+}
+
+impl IngestReport {
+    /// The kept rejected lines as the user reads them: `line N: reason (hint)`, with the hint of
+    /// the format the input was read in.
+    pub fn rejected_messages(&self) -> impl Iterator<Item = String> + '_ {
+        self.rejected.iter().map(|e| self.format.describe(e))
+    }
 }
 
 /// Called with the number of events durable so far, after each batch.
@@ -86,6 +102,8 @@ pub struct Producer<'s, S: Store + Clone> {
     clock: fn() -> TimestampMs,
     /// Told after each durable batch.
     on_durable: Option<OnDurable>,
+    /// Turns input lines into events; holds what the format carries between lines.
+    adapter: Adapter,
 }
 
 impl<S: Store + Clone> std::fmt::Debug for Producer<'_, S> {
@@ -125,7 +143,15 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
             pending: Vec::new(),
             clock: now_ms,
             on_durable: None,
+            adapter: Adapter::default(),
         }
+    }
+
+    /// Reads lines with `adapter` (default: storyline's own JSONL, README "Event format"). One
+    /// adapter per input: it remembers headers from line to line.
+    pub fn format(mut self, adapter: Adapter) -> Self {
+        self.adapter = adapter;
+        self
     }
 
     /// Events per durable batch (default 1000).
@@ -192,6 +218,7 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
     }
 
     /// Validates one line; a valid event joins the current batch, which is written when full.
+    /// A line that is not an event (a header, a comment) is skipped.
     pub async fn push_line(
         &mut self,
         line: &str,
@@ -201,8 +228,9 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
         if line.trim().is_empty() {
             return Ok(());
         }
-        match format::parse_line(line, line_no) {
-            Ok(mut e) => {
+        match self.adapter.parse(line, line_no) {
+            Ok(None) => {}
+            Ok(Some(mut e)) => {
                 if e.id.is_none() {
                     self.generated += 1;
                     e.id = Some(format!("{}-{}", self.id_prefix, self.generated));
@@ -270,8 +298,9 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
         Ok(())
     }
 
-    /// Reads a JSONL stream to its end, then flushes. A line that is not UTF-8 is rejected like
-    /// a malformed one; a read error ends the input (what was read is still written).
+    /// Reads a stream to its end, in the adapter's format, then flushes. A line that is not
+    /// UTF-8 is rejected like a malformed one; a read error ends the input (what was read is
+    /// still written).
     ///
     /// A thread reads while this task validates and writes. A stream that goes quiet (a pipe
     /// fed by a live source) does not leave its last events waiting for a full batch: when no
@@ -281,7 +310,7 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
         &mut self,
         reader: impl Read + Send + 'static,
     ) -> Result<IngestReport, StoreError> {
-        let mut report = IngestReport::default();
+        let mut report = IngestReport { format: self.adapter.format(), ..IngestReport::default() };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Line>>(8);
         let reading = std::thread::Builder::new()
             .name("ingest-read".into())
@@ -326,6 +355,8 @@ impl<'s, S: Store + Clone> Producer<'s, S> {
     }
 
     fn reject(&self, report: &mut IngestReport, line: usize, reason: String) {
+        // Reports made by callers of `push_line` start as storyline's.
+        report.format = self.adapter.format();
         report.rejected_count += 1;
         if report.rejected.len() < 100 {
             report.rejected.push(FormatError { line, reason });
