@@ -15,6 +15,8 @@
 //! - [`worker`]: the per-shard loop: lease, offset, wait, read, plugin, publish, commit.
 //! - [`metrics`]: Prometheus text over HTTP (lag, late events, dead letters, reloads).
 //! - [`generate`]: a realistic multi-sensor event stream with ground truth (demo, tests, benches).
+//! - [`quality`]: how right a rule's stories are: real sensor logs with their session keys as
+//!   ground truth, perturbed as fleets are, scored pairwise beside a naive rule.
 //! - [`cli`]: the `storyline` command line; parses arguments and calls the modules above.
 
 /// Every binary linking the host (the CLI, tests, benches) allocates with mimalloc.
@@ -28,5 +30,6 @@ pub mod metrics;
 pub mod model;
 pub mod plugin;
 pub mod producer;
+pub mod quality;
 pub mod store;
 pub mod worker;

@@ -296,76 +296,97 @@ impl<D> Keyed<D> {
         }
     }
 
-    /// Whether more than one session matches an event at `time`.
-    fn bridged(&self, time: TimestampMs, reach: i64, skew: i64, cfg: &SessionConfig) -> bool {
-        let open = self.open.iter().filter(|s| s.times().matches(time, reach, skew, cfg));
-        let frozen = self.frozen.iter().filter(|f| f.times.matches(time, reach, skew, cfg));
-        open.count() + frozen.count() > 1
-    }
-
-    /// Merges every session matching an event at `time` into one, open, and returns its index.
-    /// The survivor is the one published most (its id is the one consumers know best), then
-    /// the earliest, then the smallest id; each other that was published leaves a tombstone in
-    /// `merged`, so that its last revision says where its events went.
-    fn merge_matching(
+    /// The session an event at `time` joins, open, by index; `None` when none takes it.
+    ///
+    /// Candidates are the sessions it matches that `accept` takes (published ones are decoded
+    /// to ask). One candidate takes it. Several are bridged by it: as session windows do, they
+    /// become one, whatever order their events came in. The nearest survives (then the one
+    /// published most, the earliest, the smallest id) and takes in every other that
+    /// [`Mergeable::can_merge`] allows; each merged one that was published leaves a
+    /// [`Tombstone`] in `merged`, so that its last revision says where its events went.
+    fn take(
         &mut self,
-        time: TimestampMs,
-        reach: i64,
-        skew: i64,
+        at: (TimestampMs, i64, i64),
         cfg: &SessionConfig,
+        accept: &dyn Fn(&D) -> bool,
         merged: &mut Vec<Tombstone>,
     ) -> Option<usize>
     where
-        D: DeserializeOwned + Mergeable,
+        D: Default + DeserializeOwned + Mergeable,
     {
-        let mut group: Vec<Session<D>> = Vec::new();
-        let mut i = 0;
-        while i < self.open.len() {
-            if self.open[i].times().matches(time, reach, skew, cfg) {
-                group.push(self.open.remove(i));
-            } else {
-                i += 1;
-            }
-        }
+        let (time, reach, skew) = at;
+        // Published sessions it matches are decoded and held open (until they are next due,
+        // as `find_mut` does), so that every candidate is an open one.
         let mut j = 0;
         while j < self.frozen.len() {
-            if self.frozen[j].times.matches(time, reach, skew, cfg) {
-                // A session that no longer decodes cannot take events: it stays as it is.
-                if let Some(s) = self.frozen[j].thaw::<D>() {
-                    self.frozen.remove(j);
-                    group.push(s);
-                    continue;
-                }
+            if self.frozen[j].times.matches(time, reach, skew, cfg)
+                && let Some(s) = self.frozen[j].thaw::<D>()
+            {
+                self.frozen.remove(j);
+                self.push_open(s);
+                continue;
             }
             j += 1;
         }
-        group.sort_by(|a, b| {
-            b.revision
-                .cmp(&a.revision)
-                .then(a.first_seen.cmp(&b.first_seen))
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        let mut group = group.into_iter();
-        let mut survivor = group.next()?;
-        for other in group {
-            if other.revision > 0 {
-                merged.push(Tombstone {
-                    id: other.id.clone(),
-                    revision: other.revision,
-                    first_seen: other.first_seen,
-                    last_seen: other.last_seen,
-                    into: survivor.id.clone(),
-                });
-            }
-            survivor.first_seen = survivor.first_seen.min(other.first_seen);
-            survivor.last_seen = survivor.last_seen.max(other.last_seen);
-            survivor.touched = survivor.touched.max(other.touched);
-            survivor.reach_ms = survivor.reach_ms.max(other.reach_ms);
-            survivor.event_ids.extend(other.event_ids);
-            survivor.data.merge_from(other.data);
+        let mut candidates: Vec<usize> = (0..self.open.len())
+            .filter(|&i| {
+                let s = &self.open[i];
+                s.times().matches(time, reach, skew, cfg) && accept(&s.data)
+            })
+            .collect();
+        match candidates.len() {
+            0 => return None,
+            1 => return Some(candidates[0]),
+            _ => {}
         }
-        survivor.dirty = true;
-        Some(self.push_open(survivor))
+        let rank = |s: &Session<D>| {
+            (s.times().distance(time), Reverse(s.revision), s.first_seen, s.id.clone())
+        };
+        candidates.sort_by_key(|&i| rank(&self.open[i]));
+        let survivor = candidates[0];
+        let mut absorbed: Vec<usize> = Vec::new();
+        for &i in &candidates[1..] {
+            if self.open[survivor].data.can_merge(&self.open[i].data) {
+                absorbed.push(i);
+                // Merged now, so that the next candidate is checked against the whole.
+                // The absorbed session is removed below.
+                let other = std::mem::take(&mut self.open[i].data);
+                let (first, last, touched, reach_ms) = {
+                    let o = &self.open[i];
+                    (o.first_seen, o.last_seen, o.touched, o.reach_ms)
+                };
+                let ids = std::mem::take(&mut self.open[i].event_ids);
+                let (sid, srev) = (self.open[i].id.clone(), self.open[i].revision);
+                let s = &mut self.open[survivor];
+                if srev > 0 {
+                    merged.push(Tombstone {
+                        id: sid,
+                        revision: srev,
+                        first_seen: first,
+                        last_seen: last,
+                        into: s.id.clone(),
+                    });
+                }
+                s.first_seen = s.first_seen.min(first);
+                s.last_seen = s.last_seen.max(last);
+                s.touched = s.touched.max(touched);
+                s.reach_ms = s.reach_ms.max(reach_ms);
+                s.event_ids.extend(ids);
+                s.data.merge_from(other);
+                s.dirty = true;
+            }
+        }
+        // Remove the absorbed sessions, highest index first; the survivor's index moves down
+        // by those before it.
+        absorbed.sort_unstable();
+        let mut index = survivor;
+        for &i in absorbed.iter().rev() {
+            self.open.remove(i);
+            if i < survivor {
+                index -= 1;
+            }
+        }
+        Some(index)
     }
 
     /// Adds an open session, in room for exactly one more (a vector's first growth would make
@@ -427,6 +448,13 @@ pub trait Mergeable {
     /// Adds `other`'s data to this one's. The result must not depend on which of the two was
     /// `self` (sets, minima and maxima do not), so that stories do not depend on arrival order.
     fn merge_from(&mut self, other: Self);
+
+    /// Whether the two sessions may be one at all: a rule that knows they are not (two flow
+    /// records of one sensor are two connections) says no, and an event between them joins
+    /// the nearer. Default: yes.
+    fn can_merge(&self, _other: &Self) -> bool {
+        true
+    }
 }
 
 impl Mergeable for () {
@@ -785,6 +813,24 @@ impl<D> Sessionizer<D> {
     where
         D: Default + DeserializeOwned + Mergeable,
     {
+        self.add_where(key, event_id, (time, reach_ms, skew_ms), watermark, |_| true)
+    }
+
+    /// [`Sessionizer::add_within`] into a session that `accept` takes: a rule that knows an
+    /// event cannot belong to a session (a sensor's second flow record for a tuple is another
+    /// connection) keeps it out, and the event joins another session or opens one.
+    /// `at` is the event's time, reach and skew.
+    pub fn add_where(
+        &mut self,
+        key: &str,
+        event_id: &str,
+        (time, reach_ms, skew_ms): (TimestampMs, i64, i64),
+        watermark: TimestampMs,
+        accept: impl Fn(&D) -> bool,
+    ) -> &mut Session<D>
+    where
+        D: Default + DeserializeOwned + Mergeable,
+    {
         let cfg = self.config;
         let skew = skew_ms.clamp(0, cfg.skew_ms);
         // Look the key up before allocating it: most events join a key that exists.
@@ -793,19 +839,8 @@ impl<D> Sessionizer<D> {
             self.sessions.insert(Arc::clone(&key), Keyed::new(key));
         }
         let Some(keyed) = self.sessions.get_mut(key) else { unreachable!("inserted above") };
-        let bridged = keyed.bridged(time, reach_ms, skew, &cfg);
-        let found = if bridged {
-            // The event is within reach of several sessions: as session windows do, they
-            // become one, whatever order their events came in.
-            keyed.merge_matching(time, reach_ms, skew, &cfg, &mut self.merged)
-        } else {
-            match keyed.pick(time, reach_ms, skew, &cfg) {
-                Some(Pick::Open(i)) => Some(i),
-                // A late event for a published session: it opens again.
-                Some(Pick::Frozen(j)) => keyed.frozen.remove(j).thaw().map(|s| keyed.push_open(s)),
-                None => None,
-            }
-        };
+        // A late event for a published session opens it again.
+        let found = keyed.take((time, reach_ms, skew), &cfg, &accept, &mut self.merged);
         let index = found.unwrap_or_else(|| {
             keyed.push_open(Session {
                 id: story_id(key, event_id),

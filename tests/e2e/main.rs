@@ -12,6 +12,7 @@ mod late_writes;
 mod network_session;
 mod plugin_faults;
 mod plugin_loading;
+mod quality;
 mod run_loop;
 mod sandbox;
 mod store_contract;

@@ -1,6 +1,7 @@
 //! The `storyline` command line. Each subcommand lives in its own module; this one holds the
 //! argument definitions and the dispatch.
 
+mod bench_cmd;
 mod generate_cmd;
 mod ingest_cmd;
 mod ingest_socket;
@@ -212,6 +213,50 @@ pub enum Command {
     /// Check or try out a plugin component.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Measure: how right a rule's stories are on real sensor logs.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `storyline bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Score a rule's stories on sensor logs against the sensors' own session keys
+    /// (pairwise precision, recall, F1 at connection level), beside a naive rule; each data
+    /// set plain and with every sensor's clock off by up to --skew-ms and --reversed of the
+    /// records reported the other way round. See README "Correlation quality".
+    Quality {
+        /// The rule's component (.wasm).
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Its configuration for the sensor logs: JSON text, or @FILE. Sensors' own session
+        /// keys count a DNS lookup in its own exchange, not in the connection it led to:
+        /// `{"dns_joins_connection": false}` scores network-session as they count.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Its configuration for the generated sessions (whose truth puts a DNS lookup in the
+        /// connection it led to).
+        #[arg(long, default_value = "{}")]
+        generated_config: String,
+        /// Directories of Zeek logs (JSON or TSV) and Suricata EVE files, one data set each.
+        data: Vec<PathBuf>,
+        /// Also `storyline generate` output of this many sessions (0: none).
+        #[arg(long, default_value_t = 2000)]
+        generated: usize,
+        /// Largest clock error of a sensor in the perturbed runs, ms.
+        #[arg(long, default_value_t = 30_000)]
+        skew_ms: i64,
+        /// Share of records reported destination → source in the perturbed runs.
+        #[arg(long, default_value_t = 0.3)]
+        reversed: f64,
+        /// Seed of the perturbations.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write every event with its truth and both rules' stories here, one TSV file per
+        /// run (`<data set>-0.tsv` plain, `-1` perturbed): where a rule and the truth differ.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
 }
 
 /// `storyline plugin ...`
@@ -344,6 +389,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCommand::Check { file }) => plugin_cmd::check(&dirs.data, &file),
+        Command::Bench(BenchCommand::Quality {
+            plugin,
+            config,
+            generated_config,
+            data,
+            generated,
+            skew_ms,
+            reversed,
+            seed,
+            dump,
+        }) => bench_cmd::quality(
+            &dirs.data,
+            (&plugin, &config, &generated_config),
+            &data,
+            generated,
+            (skew_ms, reversed, seed),
+            dump.as_deref(),
+        ),
         Command::Plugin(PluginCommand::Test {
             file,
             events,

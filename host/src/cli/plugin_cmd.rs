@@ -15,6 +15,15 @@ fn runtime(data_dir: &Path) -> anyhow::Result<Runtime> {
     Runtime::new(Some(data_dir.join("cache").join("components")))
 }
 
+/// A `--config` argument: JSON text, or `@FILE` for the text of a file.
+pub(super) fn config_arg(config: &str) -> anyhow::Result<String> {
+    match config.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read plugin configuration {path}")),
+        None => Ok(config.to_string()),
+    }
+}
+
 /// Prints what a component is and whether this host can run it.
 pub fn check(data_dir: &Path, file: &Path) -> anyhow::Result<()> {
     let plugin = runtime(data_dir)?.load(file)?;
@@ -50,11 +59,7 @@ pub fn test(
         bail!("--bucket-ms must be a positive number of milliseconds, got {bucket_ms}");
     }
     let tenant = TenantId::new(tenant)?;
-    let config = match config.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read plugin configuration {path}"))?,
-        None => config.to_string(),
-    };
+    let config = config_arg(config)?;
     let text = if events == Path::new("-") {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).context("cannot read events from stdin")?;

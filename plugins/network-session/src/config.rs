@@ -35,6 +35,18 @@ pub struct Config {
     /// the connections it shares with other sensors (it then replaces `skew_ms` when an event
     /// is matched to a session). Default 2 000.
     pub residual_skew_ms: i64,
+    /// Whether a DNS lookup joins the connection its answer led to (default `true`: the story
+    /// of a session starts with the lookup that found its server). With `false` a lookup is a
+    /// record of its own exchange with the resolver, like any other: it joins that exchange's
+    /// flow records and nothing else, as a sensor that keys sessions by connection (Zeek's
+    /// `uid`) counts it.
+    pub dns_joins_connection: bool,
+    /// Whether each sensor reports a connection in one flow record per direction (Zeek's
+    /// `conn`, Suricata's `flow`, firewalls' session-end logs). Default `true`: a sensor's
+    /// second flow record of a tuple in the same direction is then another connection, even
+    /// seconds after the first ended. Set `false` for exporters that split long connections
+    /// into several records (NetFlow's active timeout).
+    pub one_flow_record_per_connection: bool,
 }
 
 impl Default for Config {
@@ -47,12 +59,14 @@ impl Default for Config {
             reopen_ms: s.reopen_ms,
             dns_window_ms: 30_000,
             residual_skew_ms: 2_000,
+            dns_joins_connection: true,
+            one_flow_record_per_connection: true,
         }
     }
 }
 
 /// An example of a full configuration, quoted in error messages.
-const EXAMPLE: &str = r#"{"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 2000}"#;
+const EXAMPLE: &str = r#"{"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 2000, "dns_joins_connection": true}"#;
 
 impl Config {
     /// Parses and checks the text given to `init`; an empty text means `{}`.
@@ -61,12 +75,12 @@ impl Config {
         // serde would also read a struct from a JSON array, by position: refuse that form.
         if !text.trim_start().starts_with('{') {
             return Err(Error::InvalidConfig(format!(
-                "the configuration must be a JSON object (values in ms), e.g. {EXAMPLE}"
+                "the configuration must be a JSON object (times in ms), e.g. {EXAMPLE}"
             )));
         }
         let config: Config = serde_json::from_str(text).map_err(|e| {
             Error::InvalidConfig(format!(
-                "{e}; expected a JSON object with any of these fields (values in ms): {EXAMPLE}"
+                "{e}; expected a JSON object with any of these fields (times in ms): {EXAMPLE}"
             ))
         })?;
         config.validate()?;

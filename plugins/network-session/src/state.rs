@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::lookups::{Lookup, Lookups};
 use crate::observe::{self, Class, Extra, Facts, Flow};
 use crate::pairs::{CommunityIndex, PairIndex};
-use crate::story::{Kind, Pair, SessionData, SessionDataV2, story_of};
+use crate::story::{FlowSeen, Kind, Pair, SessionData, SessionDataV2, story_of};
 
 /// Version of the snapshot format, its first byte. Bump it when [`State`] changes shape, and
 /// keep reading the older versions the host may still hold. 2: the sessionizer keeps published
@@ -113,7 +113,7 @@ impl State {
             let client = flow.map(|f| f.client.ip).or_else(|| ecs.source_addr().map(|(ip, _)| ip));
             let answers = ecs.dns_answer_ips();
             match client {
-                Some(client) if !answers.is_empty() => {
+                Some(client) if !answers.is_empty() && cfg.dns_joins_connection => {
                     let lookup = Lookup {
                         event_id: event.id.clone(),
                         // By the resolver's clock: corrected when used, so that a clock learned
@@ -136,10 +136,11 @@ impl State {
                         key: &own_key,
                         event_id: &event.id,
                         time,
+                        skew,
                         flow: flow.as_ref(),
                         transport,
                     };
-                    self.add_lookup_story(&origin, &facts, watermark);
+                    self.add_lookup_story(cfg, &origin, &facts, watermark);
                 }
             }
             return;
@@ -169,6 +170,31 @@ impl State {
             }
         };
         self.add_connection(cfg, &key, &connection, (&facts, &extra), watermark);
+    }
+
+    /// How far the clock of an event at `time` from `sensor` may be off against the session of
+    /// `key` it would join: `skew` (the configured skew, or the residual once the sensor's clock
+    /// is learned), but only the residual when that session holds only this sensor's records:
+    /// one clock compared with itself. A sensor whose records never meet another's (Zeek's
+    /// `ntp` or `syslog` without `conn`) then splits a reused tuple on the gap alone, as the
+    /// sensor itself does.
+    fn skew_for(
+        &self,
+        cfg: &Config,
+        key: &str,
+        t: TimestampMs,
+        reach: i64,
+        sensor: &str,
+        skew: i64,
+    ) -> i64 {
+        let residual = cfg.residual_skew_ms.min(cfg.skew_ms);
+        if skew <= residual || !self.sessions.contains_key(key) {
+            return skew;
+        }
+        match self.sessions.find(key, t, reach) {
+            Some(s) if s.data.only_sensor(sensor) => residual,
+            _ => skew,
+        }
     }
 
     /// Whether a connection of `key` is seen around `time`.
@@ -207,9 +233,36 @@ impl State {
         watermark: TimestampMs,
     ) {
         let time = c.time;
-        let session =
-            self.sessions.add_within(key, &c.event.id, time, c.reach, c.clock.skew, watermark);
+        let skew = self.skew_for(cfg, key, time, c.reach, &c.event.source, c.clock.skew);
+        // A sensor reports a connection in one flow record (or one per direction): its second
+        // flow record of a tuple in the same direction is another connection (a port reused
+        // seconds after the first closed), never the same.
+        // And what a sensor reported after the end of a connection it logged (or before its
+        // start) is not of that connection either: one clock, no skew to allow for.
+        let once = cfg.one_flow_record_per_connection;
+        let flow = (once && is_flow_record(&c.event.kind)).then(|| FlowSeen {
+            sensor: c.clock.sensor,
+            upward: reported_upward(c.ecs),
+            // Stamped at its start or its end: it spans at most this.
+            lo: time.saturating_sub(c.reach),
+            hi: time.saturating_add(c.reach),
+        });
+        let (sensor, slack) = (c.clock.sensor, cfg.residual_skew_ms);
+        let session = self.sessions.add_where(
+            key,
+            &c.event.id,
+            (time, c.reach, skew),
+            watermark,
+            |d: &SessionData| {
+                !once
+                    || (flow.is_none_or(|f| !d.has_flow_record(&f))
+                        && d.within_flows_of(sensor, time, slack))
+            },
+        );
         let d = &mut session.data;
+        if let Some(f) = flow {
+            d.add_flow_record(f);
+        }
         // Two sensors' reports of one connection measure their clocks' difference: the first
         // report of each sensor against the session's first point-in-time report (records that
         // cover a duration may be stamped at either end, so they measure nothing).
@@ -234,8 +287,8 @@ impl State {
             }
         }
         for lookup in self.lookups.take_own(key) {
-            let at = corrected(&self.clocks, &lookup);
-            let session = self.sessions.add(key, &lookup.event_id, at, 0, watermark);
+            let (at, skew) = corrected_within(cfg, &self.clocks, &lookup);
+            let session = self.sessions.add_within(key, &lookup.event_id, at, 0, skew, watermark);
             session.data.merge(&lookup.facts);
         }
         let Some(session) = self.sessions.find_mut(key, time, c.reach) else { return };
@@ -326,8 +379,8 @@ impl State {
             Some(c) => self.attach(&c.key, c.first, c.last, lookup, watermark),
             None => {
                 self.measure_lookup(lookup);
-                let at = corrected(&self.clocks, lookup);
-                self.add_lookup_story(&Origin::of(lookup, at), &lookup.facts, watermark);
+                let (at, skew) = corrected_within(cfg, &self.clocks, lookup);
+                self.add_lookup_story(cfg, &Origin::of(lookup, at, skew), &lookup.facts, watermark);
             }
         }
     }
@@ -390,8 +443,16 @@ impl State {
     }
 
     /// Adds a DNS lookup as (part of) a `dns-lookup` story keyed by its own tuple.
-    fn add_lookup_story(&mut self, o: &Origin<'_>, facts: &Facts<'_>, watermark: TimestampMs) {
-        let session = self.sessions.add(o.key, o.event_id, o.time, 0, watermark);
+    fn add_lookup_story(
+        &mut self,
+        cfg: &Config,
+        o: &Origin<'_>,
+        facts: &Facts<'_>,
+        watermark: TimestampMs,
+    ) {
+        let sensor: &str = &facts.sensor;
+        let skew = self.skew_for(cfg, o.key, o.time, 0, sensor, o.skew);
+        let session = self.sessions.add_within(o.key, o.event_id, o.time, 0, skew, watermark);
         let new = session.event_ids.len() == 1;
         let d = &mut session.data;
         // The flow of the lookup's exchange may have opened the session: it stays a connection.
@@ -546,6 +607,22 @@ struct StateV2 {
     _pairs: PairIndex,
 }
 
+/// Whether an event is a flow record (a whole connection as one sensor saw it), by its kind:
+/// Zeek's `conn`, Suricata's `flow`, NetFlow/IPFIX `netflow`, firewall `traffic` logs. A
+/// duration alone does not make one (Zeek's `files` records have one, several per connection).
+fn is_flow_record(kind: &str) -> bool {
+    ["conn", "flow", "netflow", "traffic"].iter().any(|k| kind.eq_ignore_ascii_case(k))
+}
+
+/// The direction a record reports its connection in: whether its source is the lower of the
+/// two endpoints (in the order of the session key).
+fn reported_upward(ecs: &EcsEvent<'_>) -> bool {
+    match (ecs.source_addr(), ecs.destination_addr()) {
+        (Some(s), Some(d)) => s <= d,
+        _ => true,
+    }
+}
+
 /// A record whose duration is at most this is a point in time, good to measure clocks with.
 const POINT_MS: i64 = 1000;
 
@@ -582,6 +659,8 @@ struct Origin<'a> {
     key: &'a str,
     event_id: &'a str,
     time: TimestampMs,
+    /// How far its resolver's clock may be off.
+    skew: i64,
     flow: Option<&'a Flow>,
     transport: Option<(u8, bool)>,
 }
@@ -594,13 +673,23 @@ fn corrected(clocks: &SensorClocks, lookup: &Lookup) -> TimestampMs {
     }
 }
 
+/// A lookup's time on the reference clock and how far its resolver's clock may still be off.
+fn corrected_within(cfg: &Config, clocks: &SensorClocks, lookup: &Lookup) -> (TimestampMs, i64) {
+    match clocks.id_of(&lookup.facts.sensor).map(|r| clocks.correct(r, lookup.time)) {
+        Some((at, true)) => (sane_time(at), cfg.residual_skew_ms.min(cfg.skew_ms)),
+        _ => (lookup.time, cfg.skew_ms),
+    }
+}
+
 impl<'a> Origin<'a> {
-    /// The story of `lookup`, at `time` (its time on the reference clock).
-    fn of(lookup: &'a Lookup, time: TimestampMs) -> Origin<'a> {
+    /// The story of `lookup`, at `time` (its time on the reference clock), its clock off by
+    /// up to `skew`.
+    fn of(lookup: &'a Lookup, time: TimestampMs, skew: i64) -> Origin<'a> {
         Origin {
             key: &lookup.own_key,
             event_id: &lookup.event_id,
             time,
+            skew,
             flow: lookup.flow.as_ref(),
             transport: lookup.transport,
         }

@@ -128,6 +128,22 @@ pub struct SessionData {
     /// The first point-in-time report: its sensor and its time by that sensor's clock. Other
     /// sensors' first reports are measured against it (see `SensorClocks`).
     anchor: Option<(SensorId, TimestampMs)>,
+    /// The flow records of it. A sensor reports a connection once per direction at most.
+    flows: SortedSet<FlowSeen>,
+}
+
+/// A flow record as a story keeps it: who sent it, in which direction, and the span of time it
+/// may cover (stamped at the connection's start or its end: either side of its time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FlowSeen {
+    /// The sensor.
+    pub sensor: SensorId,
+    /// Its source is the lower endpoint.
+    pub upward: bool,
+    /// Earliest time the connection may have started.
+    pub lo: TimestampMs,
+    /// Latest time it may have ended.
+    pub hi: TimestampMs,
 }
 
 /// [`SessionData`] as snapshots of format versions 1 and 2 hold it (before alerts, files and
@@ -195,6 +211,7 @@ impl SessionDataV2 {
             files: SortedSet::default(),
             community_id,
             anchor: None,
+            flows: SortedSet::default(),
         }
     }
 }
@@ -312,6 +329,30 @@ impl SessionData {
         if let Some(f) = &extra.file {
             insert_text(&mut self.files, f);
         }
+    }
+
+    /// Whether the sensor of `record` sent a flow record of this story in its direction.
+    pub fn has_flow_record(&self, record: &FlowSeen) -> bool {
+        self.flows.iter().any(|f| f.sensor == record.sensor && f.upward == record.upward)
+    }
+
+    /// Records a flow record of this story.
+    pub fn add_flow_record(&mut self, record: FlowSeen) {
+        self.flows.insert(record);
+    }
+
+    /// Whether an event of `sensor` at `time` can be of this story's connection: within
+    /// `slack` of the span of every flow record that sensor sent of it.
+    pub fn within_flows_of(&self, sensor: SensorId, time: TimestampMs, slack: i64) -> bool {
+        self.flows
+            .iter()
+            .filter(|f| f.sensor == sensor)
+            .all(|f| time >= f.lo.saturating_sub(slack) && time <= f.hi.saturating_add(slack))
+    }
+
+    /// Whether every event of this story so far came from `sensor`.
+    pub fn only_sensor(&self, sensor: &str) -> bool {
+        matches!(self.sensors.0.as_slice(), [only] if only == sensor)
     }
 
     /// Whether `sensor` reported an event of this story already.
@@ -530,6 +571,15 @@ impl Mergeable for SessionData {
             (Some(a), Some(b)) => Some(if (b.1, b.0) < (a.1, a.0) { b } else { a }),
             (a, b) => a.or(b),
         };
+        for f in other.flows.0 {
+            self.flows.insert(f);
+        }
+    }
+
+    /// Two sessions that each hold a flow record of one sensor in one direction are two
+    /// connections.
+    fn can_merge(&self, other: &SessionData) -> bool {
+        !other.flows.iter().any(|f| self.has_flow_record(f))
     }
 }
 

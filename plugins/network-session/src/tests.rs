@@ -403,6 +403,39 @@ fn a_dns_lookup_whose_exchange_has_a_flow_record_stays_with_that_flow() {
 }
 
 #[test]
+fn a_tuple_reused_seconds_after_its_connection_ended_is_another_connection() {
+    // Zeek logs a TLS connection of 132 s, then a second connection on the same ports 7 s
+    // after the first ended: two conn records of one sensor in one direction are two
+    // connections, whatever the gap; each TLS record joins its own.
+    let zeek = |id: &str, kind: &str, t, duration_s: i64| {
+        let mut extra = json!({"network": {"transport": "tcp"}});
+        if duration_s > 0 {
+            extra["event"] = json!({"duration": duration_s * 1_000_000_000});
+        }
+        event(id, "zeek-1", kind, t, &conn(CLIENT, 51514, SERVER, 443, extra))
+    };
+    let first = [zeek("ssl-1", "ssl", T0 + 100, 0), zeek("conn-1", "conn", T0, 132)];
+    let second =
+        [zeek("conn-2", "conn", T0 + 139 * S, 1), zeek("ssl-2", "ssl", T0 + 139 * S + 50, 0)];
+    let want = [
+        ("network-session".to_string(), vec!["conn-1".to_string(), "ssl-1".to_string()]),
+        ("network-session".to_string(), vec!["conn-2".to_string(), "ssl-2".to_string()]),
+    ];
+    // The conn records arrive when their connections end, after the TLS records.
+    let buckets = [
+        bucket(T0 + S, vec![first[0].clone()]),
+        bucket(T0 + 133 * S, vec![first[1].clone()]),
+        bucket(T0 + 140 * S, vec![second[1].clone()]),
+        bucket(T0 + 141 * S, vec![second[0].clone()]),
+    ];
+    assert_eq!(groups(&run(&mut init(), &buckets)), want);
+    // Exporters that split a connection into several records can say so.
+    let split = NetworkSession::init(r#"{"one_flow_record_per_connection": false}"#).unwrap();
+    let mut split = split;
+    assert_eq!(groups(&run(&mut split, &buckets)).len(), 1, "one session by the gap alone");
+}
+
+#[test]
 fn ntp_exchanges_between_the_same_two_hosts_minutes_apart_are_separate_sessions() {
     let ntp = |id: &str, t, reversed: bool| {
         let (a, b) = if reversed { (SERVER, CLIENT) } else { (CLIENT, SERVER) };
