@@ -872,6 +872,91 @@ impl<D> Sessionizer<D> {
         session
     }
 
+    /// Moves the session of key `from` that an event at `time` would join into the session of
+    /// key `into` that an event at `into_time` would join, when both exist: a rule that filed
+    /// records under a provisional key (records naming only the two addresses, before a
+    /// connection of those addresses was seen) gathers them once it knows where they belong,
+    /// so that the outcome does not depend on which came first. A published session moved
+    /// this way leaves a [`Tombstone`]. Returns whether a session moved.
+    pub fn absorb(
+        &mut self,
+        from: &str,
+        time: TimestampMs,
+        into: &str,
+        into_time: TimestampMs,
+    ) -> bool
+    where
+        D: Default + DeserializeOwned + Mergeable,
+    {
+        let cfg = self.config;
+        if from == into || !self.sessions.contains_key(into) {
+            return false;
+        }
+        let Some(keyed) = self.sessions.get_mut(from) else { return false };
+        let moved = match keyed.pick(time, 0, cfg.skew_ms, &cfg) {
+            Some(Pick::Open(i)) => keyed.open.remove(i),
+            Some(Pick::Frozen(j)) => match keyed.frozen[j].thaw::<D>() {
+                Some(s) => {
+                    keyed.frozen.remove(j);
+                    s
+                }
+                None => return false,
+            },
+            None => return false,
+        };
+        if keyed.open.is_empty() && keyed.frozen.is_empty() {
+            self.sessions.remove(from);
+        }
+        let Some(target) = self.sessions.get_mut(into) else { return false };
+        let index = match target.pick(into_time, 0, cfg.skew_ms, &cfg) {
+            Some(Pick::Open(i)) => Some(i),
+            Some(Pick::Frozen(j)) => {
+                target.frozen.remove(j).thaw::<D>().map(|s| target.push_open(s))
+            }
+            None => None,
+        };
+        let Some(index) = index.filter(|&i| target.open[i].data.can_merge(&moved.data)) else {
+            // Nowhere to go after all: it stays where it was.
+            let key: Arc<str> = Arc::from(from);
+            let keyed = self.sessions.entry(Arc::clone(&key)).or_insert_with(|| Keyed::new(key));
+            keyed.push_open(moved);
+            self.reschedule_key(from);
+            return false;
+        };
+        let s = &mut target.open[index];
+        if moved.revision > 0 {
+            self.merged.push(Tombstone {
+                id: moved.id.clone(),
+                revision: moved.revision,
+                first_seen: moved.first_seen,
+                last_seen: moved.last_seen,
+                into: s.id.clone(),
+            });
+        }
+        s.first_seen = s.first_seen.min(moved.first_seen);
+        s.last_seen = s.last_seen.max(moved.last_seen);
+        s.touched = s.touched.max(moved.touched);
+        s.reach_ms = s.reach_ms.max(moved.reach_ms);
+        s.event_ids.extend(moved.event_ids);
+        s.data.merge_from(moved.data);
+        s.dirty = true;
+        self.reschedule_key(into);
+        true
+    }
+
+    /// Schedules `key` at the earliest due time of its sessions, if that is earlier than its
+    /// entry.
+    fn reschedule_key(&mut self, key: &str) {
+        let cfg = self.config;
+        if let Some(keyed) = self.sessions.get_mut(key)
+            && let Some(due) = keyed.due(&cfg)
+            && due < keyed.scheduled
+        {
+            keyed.scheduled = due;
+            self.schedule.push(Reverse((due, Arc::clone(&keyed.key))));
+        }
+    }
+
     /// Closes the sessions whose deadline the watermark has passed and returns their stories,
     /// built by `emit`, in story-id order. A published session is kept encoded for `reopen_ms`
     /// more, then forgotten.
@@ -1511,5 +1596,22 @@ mod tests {
             let n: usize = got.iter().map(Vec::len).sum();
             assert_eq!(n, events.len());
         }
+    }
+
+    #[test]
+    fn a_session_filed_under_a_provisional_key_moves_into_the_one_it_belongs_to() {
+        let mut s: Sessionizer<Vec<String>> = Sessionizer::new(cfg());
+        s.add("pair", "file", 100 * S, 0, 100 * S).data.push("from pair".into());
+        s.add("tuple", "conn", 101 * S, 0, 101 * S).data.push("from tuple".into());
+        assert!(s.absorb("pair", 100 * S, "tuple", 101 * S));
+        assert!(!s.contains_key("pair"));
+        assert!(!s.absorb("pair", 100 * S, "tuple", 101 * S), "nothing left to move");
+        let out = s.drain(|x| {
+            let mut st = x.story("t");
+            st.fields.insert("data", x.data.join(","));
+            st
+        });
+        assert_eq!(ids(&out), [vec!["conn", "file"]]);
+        assert_eq!(out[0].fields.get("data"), serde_json::json!("from tuple,from pair"));
     }
 }

@@ -60,9 +60,7 @@ fn files(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Format)>> {
 
 /// Reads a directory of Zeek logs (JSON or TSV, any log types) and Suricata EVE files.
 ///
-/// Each event's sensor becomes `<sensor>/<kind>` (Zeek's `conn`, `dns`, `ssl`... are written by
-/// different parts of the sensor at different times: the benchmark treats them as sensors whose
-/// clocks may disagree). The sensor's session key (`zeek.uid`, a file's first connection uid,
+/// The sensor's session key (`zeek.uid`, a file's first connection uid,
 /// `suricata.flow_id`) is removed from the payload, with `network.community_id`, and becomes
 /// the truth. Arrival order is the order sensors write in: a flow record when its connection
 /// ends (its time plus `event.duration`), anything else at its time; one second later each.
@@ -117,7 +115,6 @@ fn label(mut event: InputEvent) -> Labeled {
             .map_or(0, |ns| (ns / 1_000_000).max(0));
         event.payload = Value::Object(payload).to_string().into_bytes();
     }
-    event.source = format!("{}/{}", event.source, event.kind);
     let arrival_ms = event.time.saturating_add(duration_ms).saturating_add(1000);
     Labeled { event, truth, arrival_ms }
 }
@@ -143,13 +140,18 @@ fn take_truth(payload: &mut Map<String, Value>) -> Option<String> {
     None
 }
 
-/// The data set with each sensor's clock off by a fixed amount within ±`skew_ms` and a share
-/// `reversed` of the events reported destination → source, both drawn from `seed`. Arrival
+/// The data set as a fleet would deliver it: each kind of record of a sensor written by a
+/// sensor of its own (`<sensor>/<kind>`: Zeek's `conn`, `dns`, `ssl`... as if each came from
+/// another box), each such sensor's clock off by a fixed amount within ±`skew_ms`, and a share
+/// `reversed` of the events reported destination → source, all drawn from `seed`. Arrival
 /// times stay: sensors deliver on time, their clocks are what is wrong.
 pub fn perturb(data: &Dataset, skew_ms: i64, reversed: f64, seed: u64) -> Dataset {
     let mut rng = Rng(seed);
     let mut skews: BTreeMap<String, i64> = BTreeMap::new();
     let mut events = data.events.clone();
+    for e in &mut events {
+        e.event.source = format!("{}/{}", e.event.source, e.event.kind);
+    }
     for e in &events {
         skews.entry(e.event.source.clone()).or_insert(0);
     }
@@ -262,7 +264,6 @@ mod tests {
         assert_eq!(e.truth.as_deref(), Some("CAbc"));
         let text = String::from_utf8(e.event.payload).unwrap();
         assert!(!text.contains("CAbc") && !text.contains("1:x"), "{text}");
-        assert_eq!(e.event.source, "zeek/ssl");
         assert_eq!(e.arrival_ms, 2_000);
         let files = label(input(r#"{"zeek":{"conn_uids":["C1","C2"],"fuid":"F1"}}"#));
         assert_eq!(files.truth.as_deref(), Some("C1"));
@@ -298,6 +299,7 @@ mod tests {
         for (before, after) in data.events.iter().zip(&p.events) {
             let shift = after.event.time - before.event.time;
             assert!(shift.abs() <= 30_000);
+            assert_eq!(after.event.source, format!("{}/ssl", before.event.source));
             assert_eq!(*shifts.entry(&before.event.source).or_insert(shift), shift);
             reversed += usize::from(after.event.payload != before.event.payload);
         }

@@ -13,7 +13,7 @@ pub const MAX_MS: i64 = 30 * 24 * 3_600_000;
 ///
 /// ```json
 /// {"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000,
-///  "dns_window_ms": 30000, "residual_skew_ms": 2000}
+///  "dns_window_ms": 30000, "residual_skew_ms": 1000}
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,7 +33,7 @@ pub struct Config {
     pub dns_window_ms: i64,
     /// How far a sensor's clock may still be off once the rule has learned its offset from
     /// the connections it shares with other sensors (it then replaces `skew_ms` when an event
-    /// is matched to a session). Default 2 000.
+    /// is matched to a session). Default 1 000.
     pub residual_skew_ms: i64,
     /// Whether a DNS lookup joins the connection its answer led to (default `true`: the story
     /// of a session starts with the lookup that found its server). With `false` a lookup is a
@@ -58,7 +58,7 @@ impl Default for Config {
             skew_ms: s.skew_ms,
             reopen_ms: s.reopen_ms,
             dns_window_ms: 30_000,
-            residual_skew_ms: 2_000,
+            residual_skew_ms: 1_000,
             dns_joins_connection: true,
             one_flow_record_per_connection: true,
         }
@@ -66,7 +66,7 @@ impl Default for Config {
 }
 
 /// An example of a full configuration, quoted in error messages.
-const EXAMPLE: &str = r#"{"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 2000, "dns_joins_connection": true}"#;
+const EXAMPLE: &str = r#"{"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 1000, "dns_joins_connection": true}"#;
 
 impl Config {
     /// Parses and checks the text given to `init`; an empty text means `{}`.

@@ -171,9 +171,7 @@ pub fn tuple_key(flow: &Flow, transport: Option<u8>) -> Option<String> {
 
 /// The key of a session of an address pair whose records carry no ports.
 pub fn pair_key(flow: &Flow) -> String {
-    let (a, b) = (flow.client.ip, flow.server.ip);
-    let (low, high) = if a <= b { (a, b) } else { (b, a) };
-    format!("{low} {high}")
+    crate::story::Pair::new(flow.client.ip, flow.server.ip).key()
 }
 
 /// What an event adds beyond [`Facts`]: the alert it raised and the file it saw. Kept apart

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::lookups::{Lookup, Lookups};
 use crate::observe::{self, Class, Extra, Facts, Flow};
 use crate::pairs::{CommunityIndex, PairIndex};
-use crate::story::{FlowSeen, Kind, Pair, SessionData, SessionDataV2, story_of};
+use crate::story::{Kind, Pair, SessionData, SessionDataV2, story_of};
 
 /// Version of the snapshot format, its first byte. Bump it when [`State`] changes shape, and
 /// keep reading the older versions the host may still hold. 2: the sessionizer keeps published
@@ -140,7 +140,7 @@ impl State {
                         flow: flow.as_ref(),
                         transport,
                     };
-                    self.add_lookup_story(cfg, &origin, &facts, watermark);
+                    self.add_lookup_story(&origin, &facts, watermark);
                 }
             }
             return;
@@ -174,25 +174,17 @@ impl State {
 
     /// How far the clock of an event at `time` from `sensor` may be off against the session of
     /// `key` it would join: `skew` (the configured skew, or the residual once the sensor's clock
-    /// is learned), but only the residual when that session holds only this sensor's records:
-    /// one clock compared with itself. A sensor whose records never meet another's (Zeek's
+    /// is learned), but none when that session holds only this sensor's records: one clock
+    /// compared with itself. A sensor whose records never meet another's (Zeek's
     /// `ntp` or `syslog` without `conn`) then splits a reused tuple on the gap alone, as the
     /// sensor itself does.
-    fn skew_for(
-        &self,
-        cfg: &Config,
-        key: &str,
-        t: TimestampMs,
-        reach: i64,
-        sensor: &str,
-        skew: i64,
-    ) -> i64 {
-        let residual = cfg.residual_skew_ms.min(cfg.skew_ms);
-        if skew <= residual || !self.sessions.contains_key(key) {
+    fn skew_for(&self, key: &str, t: TimestampMs, reach: i64, sensor: &str, skew: i64) -> i64 {
+        if skew == 0 || !self.sessions.contains_key(key) {
             return skew;
         }
         match self.sessions.find(key, t, reach) {
-            Some(s) if s.data.only_sensor(sensor) => residual,
+            // One clock compared with itself.
+            Some(s) if s.data.only_sensor(sensor) => 0,
             _ => skew,
         }
     }
@@ -233,31 +225,18 @@ impl State {
         watermark: TimestampMs,
     ) {
         let time = c.time;
-        let skew = self.skew_for(cfg, key, time, c.reach, &c.event.source, c.clock.skew);
+        let skew = self.skew_for(key, time, c.reach, &c.event.source, c.clock.skew);
         // A sensor reports a connection in one flow record (or one per direction): its second
         // flow record of a tuple in the same direction is another connection (a port reused
         // seconds after the first closed), never the same.
-        // And what a sensor reported after the end of a connection it logged (or before its
-        // start) is not of that connection either: one clock, no skew to allow for.
-        let once = cfg.one_flow_record_per_connection;
-        let flow = (once && is_flow_record(&c.event.kind)).then(|| FlowSeen {
-            sensor: c.clock.sensor,
-            upward: reported_upward(c.ecs),
-            // Stamped at its start or its end: it spans at most this.
-            lo: time.saturating_sub(c.reach),
-            hi: time.saturating_add(c.reach),
-        });
-        let (sensor, slack) = (c.clock.sensor, cfg.residual_skew_ms);
+        let flow = (cfg.one_flow_record_per_connection && is_flow_record(&c.event.kind))
+            .then(|| (c.clock.sensor, reported_upward(c.ecs)));
         let session = self.sessions.add_where(
             key,
             &c.event.id,
             (time, c.reach, skew),
             watermark,
-            |d: &SessionData| {
-                !once
-                    || (flow.is_none_or(|f| !d.has_flow_record(&f))
-                        && d.within_flows_of(sensor, time, slack))
-            },
+            |d: &SessionData| flow.is_none_or(|f| !d.has_flow_record(f)),
         );
         let d = &mut session.data;
         if let Some(f) = flow {
@@ -296,10 +275,17 @@ impl State {
         let Some(pair) = d.pair() else { return };
         let newly_indexed = !std::mem::replace(&mut d.indexed, true);
         let has_lookup = d.has_lookup();
-        let (first, last) = (session.first_seen, session.last_seen);
-        let start_lo = session.data.start_lo(first);
+        let (mut first, mut last) = (session.first_seen, session.last_seen);
+        let mut start_lo = session.data.start_lo(first);
         if newly_indexed {
             self.pairs.insert(pair, key);
+            // Records of these addresses without ports that came first wait under the pair's
+            // key: they belong to this connection.
+            if self.sessions.absorb(&pair.key(), time, key, time) {
+                let Some(session) = self.sessions.find_mut(key, time, c.reach) else { return };
+                (first, last) = (session.first_seen, session.last_seen);
+                start_lo = session.data.start_lo(first);
+            }
         }
         // A connection follows one lookup: take the waiting one closest in time, and leave any
         // other to a connection of its own that may still come (it falls back to this one when
@@ -380,7 +366,7 @@ impl State {
             None => {
                 self.measure_lookup(lookup);
                 let (at, skew) = corrected_within(cfg, &self.clocks, lookup);
-                self.add_lookup_story(cfg, &Origin::of(lookup, at, skew), &lookup.facts, watermark);
+                self.add_lookup_story(&Origin::of(lookup, at, skew), &lookup.facts, watermark);
             }
         }
     }
@@ -443,15 +429,9 @@ impl State {
     }
 
     /// Adds a DNS lookup as (part of) a `dns-lookup` story keyed by its own tuple.
-    fn add_lookup_story(
-        &mut self,
-        cfg: &Config,
-        o: &Origin<'_>,
-        facts: &Facts<'_>,
-        watermark: TimestampMs,
-    ) {
+    fn add_lookup_story(&mut self, o: &Origin<'_>, facts: &Facts<'_>, watermark: TimestampMs) {
         let sensor: &str = &facts.sensor;
-        let skew = self.skew_for(cfg, o.key, o.time, 0, sensor, o.skew);
+        let skew = self.skew_for(o.key, o.time, 0, sensor, o.skew);
         let session = self.sessions.add_within(o.key, o.event_id, o.time, 0, skew, watermark);
         let new = session.event_ids.len() == 1;
         let d = &mut session.data;

@@ -55,6 +55,12 @@ impl Pair {
     pub fn new(a: IpAddr, b: IpAddr) -> Pair {
         if a <= b { Pair { low: a, high: b } } else { Pair { low: b, high: a } }
     }
+
+    /// The session key of records that name these two addresses and no ports, until a
+    /// connection between them is seen.
+    pub fn key(&self) -> String {
+        format!("{} {}", self.low, self.high)
+    }
 }
 
 /// Client and server of a story, and what decided them.
@@ -128,22 +134,9 @@ pub struct SessionData {
     /// The first point-in-time report: its sensor and its time by that sensor's clock. Other
     /// sensors' first reports are measured against it (see `SensorClocks`).
     anchor: Option<(SensorId, TimestampMs)>,
-    /// The flow records of it. A sensor reports a connection once per direction at most.
-    flows: SortedSet<FlowSeen>,
-}
-
-/// A flow record as a story keeps it: who sent it, in which direction, and the span of time it
-/// may cover (stamped at the connection's start or its end: either side of its time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct FlowSeen {
-    /// The sensor.
-    pub sensor: SensorId,
-    /// Its source is the lower endpoint.
-    pub upward: bool,
-    /// Earliest time the connection may have started.
-    pub lo: TimestampMs,
-    /// Latest time it may have ended.
-    pub hi: TimestampMs,
+    /// The flow records of it, by sensor and direction (source the lower endpoint): a sensor
+    /// reports a connection once per direction at most.
+    flows: SortedSet<(SensorId, bool)>,
 }
 
 /// [`SessionData`] as snapshots of format versions 1 and 2 hold it (before alerts, files and
@@ -331,23 +324,14 @@ impl SessionData {
         }
     }
 
-    /// Whether the sensor of `record` sent a flow record of this story in its direction.
-    pub fn has_flow_record(&self, record: &FlowSeen) -> bool {
-        self.flows.iter().any(|f| f.sensor == record.sensor && f.upward == record.upward)
+    /// Whether a sensor sent a flow record of this story in a direction.
+    pub fn has_flow_record(&self, record: (SensorId, bool)) -> bool {
+        self.flows.0.binary_search(&record).is_ok()
     }
 
-    /// Records a flow record of this story.
-    pub fn add_flow_record(&mut self, record: FlowSeen) {
+    /// Records that a sensor sent a flow record of this story in a direction.
+    pub fn add_flow_record(&mut self, record: (SensorId, bool)) {
         self.flows.insert(record);
-    }
-
-    /// Whether an event of `sensor` at `time` can be of this story's connection: within
-    /// `slack` of the span of every flow record that sensor sent of it.
-    pub fn within_flows_of(&self, sensor: SensorId, time: TimestampMs, slack: i64) -> bool {
-        self.flows
-            .iter()
-            .filter(|f| f.sensor == sensor)
-            .all(|f| time >= f.lo.saturating_sub(slack) && time <= f.hi.saturating_add(slack))
     }
 
     /// Whether every event of this story so far came from `sensor`.
@@ -579,7 +563,7 @@ impl Mergeable for SessionData {
     /// Two sessions that each hold a flow record of one sensor in one direction are two
     /// connections.
     fn can_merge(&self, other: &SessionData) -> bool {
-        !other.flows.iter().any(|f| self.has_flow_record(f))
+        !other.flows.iter().any(|f| self.has_flow_record(*f))
     }
 }
 

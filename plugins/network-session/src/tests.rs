@@ -338,10 +338,35 @@ fn a_record_with_addresses_but_no_ports_joins_the_connection_of_its_address_pair
     );
     let out = run(
         &mut init(),
-        &[bucket(T0 + S, vec![zeek_conn("conn-1", T0)]), bucket(T0 + 2 * S, vec![file])],
+        &[bucket(T0 + S, vec![zeek_conn("conn-1", T0)]), bucket(T0 + 2 * S, vec![file.clone()])],
     );
     assert_eq!(groups(&out), [("network-session".into(), vec!["conn-1".into(), "file-1".into()])]);
     assert_eq!(out[0].fields.get("files"), json!(["setup.exe"]));
+    // Delivered before any record of its connection (in the same bucket, or an earlier one),
+    // it waits under its address pair and joins the connection once that is seen.
+    for buckets in [
+        vec![bucket(T0 + S, vec![zeek_conn("conn-1", T0), file.clone()])],
+        vec![bucket(T0 + S, vec![file.clone()]), bucket(T0 + 2 * S, vec![zeek_conn("conn-1", T0)])],
+    ] {
+        let mut early = file.clone();
+        early.id = "a-file".into();
+        let buckets: Vec<Bucket> = buckets
+            .into_iter()
+            .map(|b| {
+                let events = b
+                    .events
+                    .into_iter()
+                    .map(|e| if e.id == "file-1" { early.clone() } else { e })
+                    .collect();
+                bucket(b.watermark, events)
+            })
+            .collect();
+        let out = run(&mut init(), &buckets);
+        assert_eq!(
+            groups(&out),
+            [("network-session".into(), vec!["a-file".into(), "conn-1".into()])]
+        );
+    }
     // With no connection of the pair, it is a session of the pair, not a story of its own id.
     let lone = event(
         "file-2",
@@ -421,12 +446,14 @@ fn a_tuple_reused_seconds_after_its_connection_ended_is_another_connection() {
         ("network-session".to_string(), vec!["conn-1".to_string(), "ssl-1".to_string()]),
         ("network-session".to_string(), vec!["conn-2".to_string(), "ssl-2".to_string()]),
     ];
-    // The conn records arrive when their connections end, after the TLS records.
+    // The first conn record arrives when its connection ends, after its TLS record; the
+    // second connection's records arrive together. (A TLS record of the second connection
+    // delivered before any record saying the first had ended would join the first: the gap
+    // alone cannot tell.)
     let buckets = [
         bucket(T0 + S, vec![first[0].clone()]),
         bucket(T0 + 133 * S, vec![first[1].clone()]),
-        bucket(T0 + 140 * S, vec![second[1].clone()]),
-        bucket(T0 + 141 * S, vec![second[0].clone()]),
+        bucket(T0 + 141 * S, vec![second[0].clone(), second[1].clone()]),
     ];
     assert_eq!(groups(&run(&mut init(), &buckets)), want);
     // Exporters that split a connection into several records can say so.
