@@ -1,29 +1,39 @@
 //! network-session: one story per network session, across sensors.
 //!
-//! Firewalls, endpoint agents, DNS resolvers, HTTP proxies and TLS inspectors each report a piece
-//! of the same connection. This rule joins those pieces into one `network-session` story per
-//! connection, despite
+//! Firewalls, endpoint agents, DNS resolvers, HTTP proxies, TLS inspectors and IDSs each report a
+//! piece of the same connection. This rule joins those pieces into one `network-session` story
+//! per connection:
 //!
-//! - **clock skew**: sensors' clocks may disagree by `skew_ms` (30 s);
-//! - **direction**: sessions are keyed by the Community ID (seed 0) of the 5-tuple, the
-//!   sensor's `network.community_id` when it gives one, so A→B and B→A are one key; client and
-//!   server are decided from the tuple (the higher, ephemeral port is the client) or, when the
-//!   tuple cannot tell, by the earliest report, never by arrival order;
-//! - **late records**: a flow record written when the connection ended reaches back over its
-//!   `event.duration`; a record arriving after publication reopens the story and publishes the
-//!   next revision of the same id (for `reopen_ms`, ten minutes);
-//! - **DNS**: a lookup has its own tuple (client → resolver:53) but joins the connection its
-//!   answer led to (same client, answered address, starting within `dns_window_ms` after it,
-//!   give or take `skew_ms`), whether it arrives before or after that connection. A connection
-//!   takes one lookup; a lookup prefers a connection without one (a second lookup of the same
-//!   name usually precedes a second connection), then the first to start. A lookup that finds
-//!   no free connection waits (`dns_window_ms + gap_ms + skew_ms` of watermark), then joins the
-//!   best connection it fits even if taken, or becomes a `dns-lookup` story.
-//!
-//! An event without usable network fields (or whose payload is not ECS JSON) becomes an
-//! `event` story of its own: every event lands in exactly one story. Stories carry `fields`
-//! with the community id, transport, client, server, sensors, event kinds, DNS names and
-//! answers, HTTP requests, TLS server names, processes, users and hosts.
+//! - **any kind of record**: every event that names both addresses and ports joins the session
+//!   of its two endpoints, whatever its kind and whether or not it names the transport (Zeek's
+//!   `ldap`, `kerberos`, `smb_files`; Suricata's `alert`, `anomaly`...); the kind and the ECS
+//!   fields only decide what it adds to the story (DNS names, HTTP, TLS, users, processes,
+//!   alerts' signatures, file names). A record with both addresses and no ports joins the
+//!   connection of its address pair nearest in time (a file seen between two hosts), even one
+//!   seen after it. Only an event without usable addresses is a story of its own;
+//! - **clock skew**: each sensor's clock offset is learned from the records sensors share (the
+//!   SDK's `SensorClocks`: the median per pair of sensors), every time is corrected before it is
+//!   compared, and a sensor whose clock is known needs only `residual_skew_ms` (1 s) of
+//!   tolerance instead of `skew_ms` (30 s); one sensor's records compared with each other need
+//!   none. The offsets are published in each story (`clock_offsets_ms`) and logged;
+//! - **direction**: sessions are keyed by their endpoints in a fixed order, so A→B and B→A are
+//!   one key; client and server are decided from the tuple (the higher, ephemeral port is the
+//!   client) or, when the tuple cannot tell, by the earliest report, never by arrival order;
+//! - **reused tuples**: a sensor reports a connection in one flow record (per direction), so its
+//!   second flow record of the same ports is another connection even seconds after the first
+//!   ended; otherwise a gap of `gap_ms` ends a session;
+//! - **late records and arrival order**: a flow record written when the connection ended
+//!   reaches back over its `event.duration`; a record arriving after publication reopens the
+//!   story and publishes the next revision of the same id (for `reopen_ms`, ten minutes); a
+//!   record that bridges two sessions merges them (the sessionizer's session windows);
+//! - **DNS**: a lookup has its own tuple (client → resolver:53). When a sensor reports that
+//!   exchange as a flow, the lookup stays with it; otherwise (by default) it joins the
+//!   connection its answer led to (same client, answered address, starting within
+//!   `dns_window_ms` after it), whether it arrives before or after that connection. A
+//!   connection takes one lookup; a lookup prefers a connection without one, then the first to
+//!   start. A lookup that finds no free connection waits (`dns_window_ms + gap_ms + skew_ms` of
+//!   watermark), then joins the best connection it fits even if taken, or becomes a
+//!   `dns-lookup` story. `dns_joins_connection: false` keeps every lookup with its exchange.
 //!
 //! Routing sends every event to the shard of the connection's client address, so the DNS
 //! lookup the client made and every report of the connection meet in one instance.
