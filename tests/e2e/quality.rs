@@ -28,7 +28,8 @@ fn the_benchmark_runs_on_the_sample_and_prints_its_table() {
     // Every data set plain and perturbed, the generated one once; two rules each.
     let rows = &lines[1..];
     assert_eq!(rows.len(), 2 * (2 + 2 + 1), "{stdout}");
-    for set in ["zeek  ", "zeek (clocks ±30 s, 30% reversed)", "suricata  ", "storyline generate"] {
+    for set in ["zeek  ", "zeek (clocks ±30 s, 30% reversed)", "suricata  ", "storyline generate"]
+    {
         let of_set: Vec<&&str> = rows.iter().filter(|r| r.starts_with(set)).collect();
         assert_eq!(of_set.len(), 2, "{set}: {stdout}");
         assert!(of_set[0].contains("network-session") && of_set[1].contains("naive"), "{stdout}");
