@@ -49,20 +49,21 @@ pub const MAX_OFFSET_MS: i64 = 15 * 60_000;
 /// A sensor, by number (see [`SensorClocks::sensor`]).
 pub type SensorId = u16;
 
-/// The latest measurements of one pair's difference, oldest first.
+/// The latest measurements of one pair's difference: a ring of at most [`WINDOW`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Window {
     samples: Vec<i64>,
-    /// Measurements seen in all (the window keeps the last [`WINDOW`]).
+    /// Measurements seen in all; the next one replaces `samples[seen % WINDOW]` once full.
     seen: u64,
 }
 
 impl Window {
     fn push(&mut self, d: i64) {
-        if self.samples.len() == WINDOW {
-            self.samples.remove(0);
+        if self.samples.len() < WINDOW {
+            self.samples.push(d);
+        } else {
+            self.samples[(self.seen % WINDOW as u64) as usize] = d;
         }
-        self.samples.push(d);
         self.seen += 1;
     }
 

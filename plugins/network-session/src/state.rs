@@ -48,6 +48,9 @@ pub struct State {
     communities: CommunityIndex,
     /// Every sensor's clock against the others', learned from the connections they share.
     clocks: SensorClocks,
+    /// `residual_skew_ms` of the configuration (set by `new` and `decode`).
+    #[serde(skip)]
+    residual_ms: i64,
     /// The offsets last logged, to log a sensor's offset when it is learned or moves (not kept
     /// in snapshots: a restored instance logs them once more).
     #[serde(skip)]
@@ -63,6 +66,7 @@ impl State {
             pairs: PairIndex::default(),
             communities: CommunityIndex::default(),
             clocks: SensorClocks::default(),
+            residual_ms: config.residual_skew_ms.min(config.skew_ms),
             logged: BTreeMap::new(),
         }
     }
@@ -80,7 +84,14 @@ impl State {
         // taken out, and a sensor whose clock is known needs only the residual tolerance.
         let (time, calibrated) = self.clocks.correct(sensor, raw);
         let time = sane_time(time);
-        let skew = if calibrated { cfg.residual_skew_ms.min(cfg.skew_ms) } else { cfg.skew_ms };
+        let skew = if self.clocks.len() == 1 {
+            // One sensor so far: one clock, compared with itself.
+            0
+        } else if calibrated {
+            cfg.residual_skew_ms.min(cfg.skew_ms)
+        } else {
+            cfg.skew_ms
+        };
         let class = observe::class(&event.kind, ecs);
         let transport = observe::transport(ecs, class);
         let explicit = ecs.transport().is_some();
@@ -179,7 +190,9 @@ impl State {
     /// `ntp` or `syslog` without `conn`) then splits a reused tuple on the gap alone, as the
     /// sensor itself does.
     fn skew_for(&self, key: &str, t: TimestampMs, reach: i64, sensor: &str, skew: i64) -> i64 {
-        if skew == 0 || !self.sessions.contains_key(key) {
+        // Only a sensor whose clock is not known yet is worth the look-up: a known one needs
+        // the residual only, which is small enough.
+        if skew <= self.residual_ms || !self.sessions.contains_key(key) {
             return skew;
         }
         match self.sessions.find(key, t, reach) {
@@ -265,27 +278,29 @@ impl State {
                 self.communities.insert(&id, key);
             }
         }
+        let pair = d.pair();
+        let newly_indexed = pair.is_some() && !std::mem::replace(&mut d.indexed, true);
+        let has_lookup = d.has_lookup();
+        let (mut first, mut last) = (session.first_seen, session.last_seen);
+        let mut start_lo = session.data.start_lo(first);
+        let mut grew = false;
         for lookup in self.lookups.take_own(key) {
             let (at, skew) = corrected_within(cfg, &self.clocks, &lookup);
             let session = self.sessions.add_within(key, &lookup.event_id, at, 0, skew, watermark);
             session.data.merge(&lookup.facts);
+            grew = true;
         }
-        let Some(session) = self.sessions.find_mut(key, time, c.reach) else { return };
-        let d = &mut session.data;
-        let Some(pair) = d.pair() else { return };
-        let newly_indexed = !std::mem::replace(&mut d.indexed, true);
-        let has_lookup = d.has_lookup();
-        let (mut first, mut last) = (session.first_seen, session.last_seen);
-        let mut start_lo = session.data.start_lo(first);
+        let Some(pair) = pair else { return };
         if newly_indexed {
             self.pairs.insert(pair, key);
             // Records of these addresses without ports that came first wait under the pair's
             // key: they belong to this connection.
-            if self.sessions.absorb(&pair.key(), time, key, time) {
-                let Some(session) = self.sessions.find_mut(key, time, c.reach) else { return };
-                (first, last) = (session.first_seen, session.last_seen);
-                start_lo = session.data.start_lo(first);
-            }
+            grew |= self.sessions.absorb(&pair.key(), time, key, time);
+        }
+        if grew {
+            let Some(session) = self.sessions.find_mut(key, time, c.reach) else { return };
+            (first, last) = (session.first_seen, session.last_seen);
+            start_lo = session.data.start_lo(first);
         }
         // A connection follows one lookup: take the waiting one closest in time, and leave any
         // other to a connection of its own that may still come (it falls back to this one when
@@ -563,10 +578,12 @@ impl State {
                 pairs,
                 communities,
                 clocks: SensorClocks::default(),
+                residual_ms: 0,
                 logged: BTreeMap::new(),
             }
         };
         state.lookups.reindex();
+        state.residual_ms = config.residual_skew_ms.min(config.skew_ms);
         state.sessions.set_config(config.sessions());
         Ok(state)
     }

@@ -446,12 +446,7 @@ impl SessionData {
             })
         });
         // The learned offsets of the story's sensors: what its times were corrected by.
-        let mut offsets = serde_json::Map::new();
-        for (sensor, offset) in clocks.offsets() {
-            if self.has_sensor(sensor) {
-                offsets.insert(sensor.to_owned(), offset.into());
-            }
-        }
+        let offsets = Offsets(|| clocks.offsets().filter(|(sensor, _)| self.has_sensor(sensor)));
         Fields::builder()
             .field("alerts", &self.alerts)
             .field("client", &sides.map(|s| EndpointOut::of(&s.client)))
@@ -595,6 +590,15 @@ struct HttpOut<'a> {
     method: Option<&'a str>,
     status: Option<u16>,
     url: Option<&'a str>,
+}
+
+/// A map of sensor → offset serialised from an iterator, without collecting it.
+struct Offsets<F>(F);
+
+impl<'a, F: Fn() -> I, I: Iterator<Item = (&'a str, i64)>> Serialize for Offsets<F> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map((self.0)())
+    }
 }
 
 /// A sequence serialised from an iterator, without collecting it.
