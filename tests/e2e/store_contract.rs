@@ -250,6 +250,31 @@ pub async fn stories_since_a_time_come_in_publication_order(s: &impl Store, t: &
     assert_eq!(ids(s.stories_since(t, base + 35).await.unwrap()), [("s1".to_string(), 0, 40)]);
 }
 
+/// Stories one drain of four busy shards publishes at once: more than a connection has stream
+/// ids (32,768), so a store that sends them all at once loses some.
+const MANY_STORIES: usize = 50_000;
+
+pub async fn a_publish_of_fifty_thousand_stories_is_stored_and_followed_whole(
+    s: &impl Store,
+    t: &TenantId,
+) {
+    let base = storyline::producer::now_ms();
+    let stories: Vec<Story> =
+        (0..MANY_STORIES).map(|i| story(&format!("s{i:05}"), 0, &["a"])).collect();
+    s.publish(t, &stories, base).await.unwrap();
+    let ids = |v: Vec<storyline::store::StoredStory>| {
+        let mut ids: Vec<String> = v.into_iter().map(|s| s.story.id).collect();
+        ids.sort();
+        ids
+    };
+    let want: Vec<String> = stories.into_iter().map(|s| s.id).collect();
+    let stored = ids(s.stories(t, true).await.unwrap());
+    assert!(stored == want, "{} of {MANY_STORIES} stories stored", stored.len());
+    // What `stories --follow` reads: every story, through its feed entry.
+    let followed = ids(s.stories_since(t, base).await.unwrap());
+    assert!(followed == want, "{} of {MANY_STORIES} stories followed", followed.len());
+}
+
 pub async fn dead_letters_are_kept_per_bucket(s: &impl Store, t: &TenantId) {
     let mut letter = DeadLetter {
         shard: ShardId(3),
@@ -426,6 +451,17 @@ mod scylla {
     }
 
     all_contract_tests!();
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_of_fifty_thousand_stories_is_stored_and_followed_whole() {
+        let Some((store, ())) = fresh_store("many-stories").await else { return };
+        let t = crate::store_contract::unique_tenant("many-stories");
+        crate::store_contract::a_publish_of_fifty_thousand_stories_is_stored_and_followed_whole(
+            &store, &t,
+        )
+        .await;
+        cleanup(&store, &[&t]).await;
+    }
 
     /// A session of its own, to look at the tables as they are.
     async fn raw_session() -> scylla::client::session::Session {

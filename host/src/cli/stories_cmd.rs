@@ -177,6 +177,13 @@ pub fn write_status<S: Store>(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let Some(layout) = handle.block_on(store.layout(tenant))? else {
+        // A shared store is the ScyllaDB one: the data directory holds none of its data.
+        if store.shared() {
+            anyhow::bail!(
+                "tenant {tenant} has no events in the ScyllaDB store (keyspace {})",
+                crate::store::scylla::keyspace(tenant)
+            );
+        }
         anyhow::bail!("tenant {tenant} has no events in {}", data_dir.display());
     };
     let dead = handle.block_on(store.dead_letters(tenant))?;

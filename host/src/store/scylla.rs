@@ -28,17 +28,47 @@
 //! - `story_feed`, `PRIMARY KEY ((minute), published_ms, story_id, revision)`: which revisions
 //!   were published when, a partition per minute (with the events' TTL), so that `stories
 //!   --follow` reads only what is new.
+//!
+//! # Requests
+//!
+//! Every request goes through one gate per store ([`ScyllaConfig::max_in_flight`] permits,
+//! shared by every caller and clone): a connection has 32,768 stream ids, and the driver opens
+//! one connection per node (per shard on ScyllaDB), so a publish of 50,000 stories sent at once
+//! ran out of them and lost writes. A request that fails transiently (a timeout, an overloaded
+//! or unavailable node, a broken connection, no free stream id) is sent again after a growing
+//! wait, up to [`ScyllaConfig::retries`] times; one that may have been applied is sent again
+//! only if applying it twice changes nothing, which holds for every statement here but the
+//! `late` counters.
+//!
+//! # Tablets
+//!
+//! ScyllaDB 6.0 replaced vnodes with tablets for new keyspaces, but refuses counters (`late`)
+//! on tablets before 2026.1 and lightweight transactions (`shards`, `meta`) before 2025.4. The
+//! keyspace is created with `tablets = {'enabled': false}` where that is needed, decided from
+//! the server's version ([`Tablets::for_scylla_version`]); Cassandra never gets the option.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::errors::{
+    ConnectionPoolError, DbError, ExecutionError, NextPageError, NextRowError, PagerExecutionError,
+    PrepareError, RequestAttemptError, RequestError,
+};
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::batch::BatchValues;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use serde_json::value::RawValue;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 
 use scylla::value::Counter;
 
@@ -71,6 +101,16 @@ fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { backend: BACKEND, what, message: e.to_string() }
 }
 
+/// `e` with the message of a backend error rewritten by `context`; other errors as they are.
+fn in_context(e: StoreError, context: impl FnOnce(&str) -> String) -> StoreError {
+    match e {
+        StoreError::Backend { backend, message } => {
+            StoreError::Backend { backend, message: context(&message) }
+        }
+        other => other,
+    }
+}
+
 /// How to reach and use the cluster.
 #[derive(Debug, Clone)]
 pub struct ScyllaConfig {
@@ -86,6 +126,18 @@ pub struct ScyllaConfig {
     pub retention_secs: Option<i64>,
     /// Rows per page when reading a partition. Default 5 000.
     pub page_size: i32,
+    /// Requests this store has in flight at most, all its callers and clones together (a
+    /// publish, a follow, every shard's reads and commits). Far below the 32,768 stream ids of
+    /// a connection, and enough to keep a node busy. Default 256.
+    pub max_in_flight: usize,
+    /// Times a request that failed transiently (a timeout, an overloaded or unavailable node, a
+    /// broken connection, no free stream id) is sent again before its error is returned.
+    /// Default 6: with the default backoff, about 6 s of waiting in all.
+    pub retries: u32,
+    /// Wait before the first retry; it doubles at each retry up to 5 s, shortened by up to half
+    /// at random so that requests that failed together are not sent again together. Default
+    /// 100 ms.
+    pub retry_backoff: Duration,
 }
 
 impl Default for ScyllaConfig {
@@ -96,6 +148,9 @@ impl Default for ScyllaConfig {
             consistency: Consistency::LocalQuorum,
             retention_secs: None,
             page_size: 5000,
+            max_in_flight: 256,
+            retries: 6,
+            retry_backoff: Duration::from_millis(100),
         }
     }
 }
@@ -115,11 +170,157 @@ pub fn keyspace(tenant: &TenantId) -> String {
     format!("storyline_{}", tenant.as_str().replace('-', "_"))
 }
 
-/// The CQL that creates a tenant's keyspace and tables. `scylla` adds the options only
-/// ScyllaDB understands.
+/// The CQL database the store is connected to, as far as the schema depends on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Server {
+    /// ScyllaDB, with its version as `system.versions` gives it (`6.0.1-0.20240612.bf0f4a6`).
+    Scylla {
+        /// The version; empty when the node did not say.
+        version: String,
+    },
+    /// Apache Cassandra, or another CQL database that is not ScyllaDB: standard CQL only.
+    Cassandra {
+        /// `release_version` of `system.local`; empty when the node did not say.
+        release_version: String,
+    },
+}
+
+impl Server {
+    /// The CQL the schema is written in for this server.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Server::Scylla { version } => Dialect::Scylla(Tablets::for_scylla_version(version)),
+            Server::Cassandra { .. } => Dialect::Cassandra,
+        }
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Server::Scylla { version } => write!(f, "ScyllaDB {version}"),
+            Server::Cassandra { release_version } => write!(f, "Cassandra {release_version}"),
+        }
+    }
+}
+
+/// Which options the schema's CQL uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Standard CQL (Apache Cassandra 4+): none of ScyllaDB's options, which it rejects.
+    Cassandra,
+    /// ScyllaDB's table options, and the keyspace's choice of tablets.
+    Scylla(Tablets),
+}
+
+impl Dialect {
+    /// The keyspace's choice of tablets.
+    pub fn tablets(self) -> Tablets {
+        match self {
+            Dialect::Scylla(tablets) => tablets,
+            Dialect::Cassandra => Tablets::NotOffered,
+        }
+    }
+}
+
+/// How a tenant's keyspace is created with respect to tablets, ScyllaDB's replacement for
+/// vnodes (6.0 on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tablets {
+    /// No `tablets` option: the server has no tablets, and its CQL does not know the option
+    /// (Apache Cassandra; ScyllaDB before 6.0, Enterprise before 2024.2).
+    NotOffered,
+    /// `AND tablets = {'enabled': false}`: ScyllaDB 6.0 – 2025.4 (Enterprise 2024.2 on), which
+    /// refuses counters on tablets before 2026.1 and lightweight transactions before 2025.4.
+    Disabled,
+    /// No option, so the cluster's default (`tablets_mode_for_new_keyspaces`; tablets on new
+    /// clusters): ScyllaDB 2026.1 on runs counters and lightweight transactions on tablets.
+    ClusterDefault,
+}
+
+impl Tablets {
+    /// The choice for a ScyllaDB version as `system.versions` gives it (`5.4.9-0.2024…`,
+    /// `2025.4.0-0.20251217.…`, `6.3.0~dev-…`). Open-source releases are numbered 1.x – 6.x,
+    /// Enterprise and later releases by year (2024.1 is based on 5.4, 2024.2 on 6.0). A version
+    /// it cannot read is taken as one that needs tablets disabled, the case of every release
+    /// from mid-2024 to 2025.
+    ///
+    /// From ScyllaDB's source: 6.0 refuses LWT on tablets (`storage_proxy::cas`) and lets
+    /// counters break on them, 6.1 – 2025.4 refuse counter tables there
+    /// (`create_table_statement.cc`), 2025.4 allows LWT and 2026.1 counters, each once every
+    /// node has the feature (`lwt_with_tablets`, `counters_with_tablets`); the `tablets`
+    /// keyspace option exists since 6.0.
+    pub fn for_scylla_version(version: &str) -> Tablets {
+        let Some(release) = release(version) else { return Tablets::Disabled };
+        match release {
+            (0..6, _) => Tablets::NotOffered,
+            (6..2000, _) => Tablets::Disabled,
+            v if v < (2024, 2) => Tablets::NotOffered,
+            v if v < (2026, 1) => Tablets::Disabled,
+            _ => Tablets::ClusterDefault,
+        }
+    }
+
+    /// What `CREATE KEYSPACE` ends with: the option with its ` AND `, or nothing.
+    pub fn keyspace_option(self) -> &'static str {
+        match self {
+            Tablets::Disabled => " AND tablets = {'enabled': false}",
+            Tablets::NotOffered | Tablets::ClusterDefault => "",
+        }
+    }
+}
+
+/// The major and minor numbers of a ScyllaDB version (`2025.4.0-0.2025…` is 2025.4).
+fn release(version: &str) -> Option<(u32, u32)> {
+    let numbers = version.split(|c: char| !c.is_ascii_digit() && c != '.').next()?;
+    let mut parts = numbers.split('.').map(str::parse::<u32>);
+    Some((parts.next()?.ok()?, parts.next()?.ok()?))
+}
+
+impl std::fmt::Display for Tablets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tablets::NotOffered => "no tablets option (the server has no tablets)",
+            Tablets::Disabled => {
+                "new keyspaces are created with tablets = {'enabled': false}: this ScyllaDB \
+                 refuses counters on tablets (before 2026.1) and lightweight transactions \
+                 (before 2025.4)"
+            }
+            Tablets::ClusterDefault => {
+                "new keyspaces take the cluster's default for tablets: counters and lightweight \
+                 transactions work on tablets since ScyllaDB 2026.1"
+            }
+        })
+    }
+}
+
+/// The CQL `storyline schema` prints, which does not connect: for ScyllaDB (`scylla`) of a
+/// version it does not know, tablets disabled as 6.0 – 2025.4 need, under a comment saying when
+/// to leave the option out; else for Apache Cassandra. The store creates the schema with
+/// [`schema_cql_for`] and the version of the server it is connected to.
 pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec<String> {
+    if !scylla {
+        return schema_cql_for(tenant, config, Dialect::Cassandra);
+    }
+    let mut cql = schema_cql_for(tenant, config, Dialect::Scylla(Tablets::Disabled));
+    cql[0] = format!(
+        "-- Tablets disabled: ScyllaDB 6.0 - 2025.4 refuses counters (table late) on tablets, and\n\
+         -- before 2025.4 lightweight transactions (tables shards, meta) too. Leave the option out\n\
+         -- on ScyllaDB before 6.0 (Enterprise before 2024.2), which does not know it; it may be\n\
+         -- left out on 2026.1 and later, where both work on tablets.\n{}",
+        cql[0]
+    );
+    cql
+}
+
+/// The CQL that creates a tenant's keyspace and tables in `dialect`.
+pub fn schema_cql_for(tenant: &TenantId, config: &ScyllaConfig, dialect: Dialect) -> Vec<String> {
     let ks = keyspace(tenant);
     let ttl = config.retention_secs();
+    let (scylla, tablets) = match dialect {
+        Dialect::Scylla(tablets) => (true, tablets.keyspace_option()),
+        Dialect::Cassandra => (false, ""),
+    };
     // Insert-only tables with a TTL: expired cells are the only tombstones (see module docs).
     let queue_options = format!(
         "compaction = {{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'HOURS', 'compaction_window_size': 6}} \
@@ -127,7 +328,10 @@ pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec
         if scylla { " AND tombstone_gc = {'mode': 'immediate'}" } else { "" }
     );
     vec![
-        format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}", config.replication),
+        format!(
+            "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}{tablets}",
+            config.replication
+        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.events (shard int, bucket bigint, event_id text, source text, kind text, \
              event_time bigint, insert_time bigint, attributes frozen<list<tuple<text, text>>>, payload blob, \
@@ -222,8 +426,10 @@ struct Tenant {
 pub struct ScyllaStore {
     session: Arc<Session>,
     config: ScyllaConfig,
-    /// Whether the cluster is ScyllaDB (enables ScyllaDB-only table options).
-    is_scylla: bool,
+    /// What the cluster is: the schema's dialect and tablets depend on it.
+    server: Server,
+    /// The gate of every request: bound and retries.
+    requests: Requests,
     /// Prepared statements by tenant. A std mutex: held only to look up or insert.
     tenants: Arc<std::sync::Mutex<std::collections::HashMap<TenantId, PreparedOnce>>>,
     /// Closed buckets of each tenant's shards as last read by this producer, and when.
@@ -243,17 +449,296 @@ const CLOSED_REFRESH: std::time::Duration = std::time::Duration::from_millis(250
 /// [`CLOSED_REFRESH`] old, and a write that takes longer than the rest is re-sent (below).
 const CLOSE_GRACE_MS: i64 = 2000;
 
+/// Longest wait between two attempts of a request.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// Retries are logged at most this often (each with how many there were since).
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a failed request may succeed if sent again, and whether it may have been applied.
+///
+/// From the driver's errors (scylla 1.9, `src/errors.rs`, and `DbError` in scylla-cql-core
+/// `src/frame/response/error.rs`) and its `DefaultRetryPolicy`
+/// (`src/policies/retry/default.rs`), which retries most of these at once, at most once and
+/// usually on another node (no help from a single overloaded node), and those that may have
+/// been applied only for statements marked idempotent. Everything else (syntax, invalid
+/// request, unauthorized, a read or write *failure* on a replica, a server bug) fails the same
+/// way again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transient {
+    /// Refused before any replica saw it: no free stream id on the connection
+    /// (`UnableToAllocStreamId`), no usable connection (`ConnectionPoolError`), too few live
+    /// replicas (`Unavailable`), a node still joining (`IsBootstrapping`), a rate limit that
+    /// the coordinator applied. Safe to send again whatever the statement does.
+    NotApplied,
+    /// May have been applied: a replica or client timeout (`ReadTimeout`, `WriteTimeout`,
+    /// `RequestTimeout`), a connection broken mid-request, an overloaded coordinator
+    /// (`Overloaded`). Safe to send again only when applying it twice is applying it once.
+    MaybeApplied,
+}
+
+fn attempt_transient(e: &RequestAttemptError) -> Option<Transient> {
+    match e {
+        RequestAttemptError::UnableToAllocStreamId => Some(Transient::NotApplied),
+        RequestAttemptError::BrokenConnectionError(_) => Some(Transient::MaybeApplied),
+        RequestAttemptError::DbError(e, _) => match e {
+            DbError::Unavailable { .. } | DbError::IsBootstrapping => Some(Transient::NotApplied),
+            DbError::RateLimitReached { rejected_by_coordinator: true, .. } => {
+                Some(Transient::NotApplied)
+            }
+            DbError::RateLimitReached { .. }
+            | DbError::Overloaded
+            | DbError::ReadTimeout { .. }
+            | DbError::WriteTimeout { .. } => Some(Transient::MaybeApplied),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn pool_transient(e: &ConnectionPoolError) -> Option<Transient> {
+    match e {
+        // The node's connections are down or still opening: nothing was sent.
+        ConnectionPoolError::Broken { .. } | ConnectionPoolError::Initializing => {
+            Some(Transient::NotApplied)
+        }
+        _ => None,
+    }
+}
+
+fn prepare_transient(e: &PrepareError) -> Option<Transient> {
+    match e {
+        PrepareError::ConnectionPoolError(e) => pool_transient(e),
+        // Preparing applies nothing.
+        PrepareError::AllAttemptsFailed { first_attempt } => {
+            attempt_transient(first_attempt).map(|_| Transient::NotApplied)
+        }
+        _ => None,
+    }
+}
+
+fn request_transient(e: &RequestError) -> Option<Transient> {
+    match e {
+        RequestError::ConnectionPoolError(e) => pool_transient(e),
+        RequestError::RequestTimeout(_) => Some(Transient::MaybeApplied),
+        RequestError::LastAttemptError(e) => attempt_transient(e),
+        _ => None,
+    }
+}
+
+fn execution_transient(e: &ExecutionError) -> Option<Transient> {
+    match e {
+        ExecutionError::ConnectionPoolError(e) => pool_transient(e),
+        ExecutionError::RequestTimeout(_) => Some(Transient::MaybeApplied),
+        ExecutionError::LastAttemptError(e) => attempt_transient(e),
+        ExecutionError::PrepareError(e) => prepare_transient(e),
+        _ => None,
+    }
+}
+
+fn next_page_transient(e: &NextPageError) -> Option<Transient> {
+    match e {
+        NextPageError::RequestFailure(e) => request_transient(e),
+        _ => None,
+    }
+}
+
+/// A failed attempt of a request: the error to return, and whether another attempt may do.
+#[derive(Debug)]
+struct Failed {
+    /// What the caller gets if it is not retried.
+    error: StoreError,
+    /// `None`: sending it again would fail the same way.
+    transient: Option<Transient>,
+}
+
+impl From<StoreError> for Failed {
+    fn from(error: StoreError) -> Self {
+        Failed { error, transient: None }
+    }
+}
+
+impl From<ExecutionError> for Failed {
+    fn from(e: ExecutionError) -> Self {
+        Failed { transient: execution_transient(&e), error: backend(e) }
+    }
+}
+
+impl From<PagerExecutionError> for Failed {
+    fn from(e: PagerExecutionError) -> Self {
+        let transient = match &e {
+            PagerExecutionError::PrepareError(e) => prepare_transient(e),
+            PagerExecutionError::NextPageError(e) => next_page_transient(e),
+            _ => None,
+        };
+        Failed { transient, error: backend(e) }
+    }
+}
+
+impl From<NextRowError> for Failed {
+    fn from(e: NextRowError) -> Self {
+        let transient = match &e {
+            NextRowError::NextPageError(e) => next_page_transient(e),
+            _ => None,
+        };
+        Failed { transient, error: backend(e) }
+    }
+}
+
+/// The gate every request of a store goes through: a bound on requests in flight, and
+/// retries with backoff. Clones share the bound.
+#[derive(Debug, Clone)]
+struct Requests {
+    /// One permit per request in flight; never closed.
+    in_flight: Arc<Semaphore>,
+    /// Attempts after the first for a transient failure.
+    retries: u32,
+    /// Wait before the first retry.
+    backoff: Duration,
+    /// Retries since the last log line, and when that was logged (ms since `started`, from 1;
+    /// 0: never).
+    retried: Arc<(AtomicU64, AtomicU64)>,
+    /// The origin of the log clock.
+    started: Instant,
+}
+
+impl Requests {
+    fn new(config: &ScyllaConfig) -> Self {
+        Requests {
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            retries: config.retries,
+            backoff: config.retry_backoff,
+            retried: Default::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs `attempt` under a permit until it succeeds, fails for good, or has failed
+    /// transiently `1 + retries` times. A [`Transient::MaybeApplied`] failure is retried only
+    /// when `idempotent`. No permit is held while waiting to retry.
+    async fn run<T, Fut>(
+        &self,
+        idempotent: bool,
+        attempt: impl Fn() -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = Result<T, Failed>>,
+    {
+        let first = Instant::now();
+        let mut backoff = self.backoff;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let result = {
+                // `acquire` fails only on a closed semaphore, and this one is never closed.
+                let _permit = self.in_flight.acquire().await.expect("never closed");
+                attempt().await
+            };
+            let failed = match result {
+                Ok(value) => return Ok(value),
+                Err(failed) => failed,
+            };
+            let retry = match failed.transient {
+                Some(Transient::NotApplied) => true,
+                Some(Transient::MaybeApplied) => idempotent,
+                None => false,
+            };
+            if !retry {
+                return Err(failed.error);
+            }
+            if attempts > self.retries {
+                return Err(match failed.error {
+                    StoreError::Backend { backend, message } => StoreError::Backend {
+                        backend,
+                        message: format!(
+                            "{message} (still failing after {attempts} attempt{} in {:.1} s: \
+                             check that the nodes are up and not overloaded, and that the \
+                             keyspace's replication fits the nodes there are)",
+                            if attempts == 1 { "" } else { "s" },
+                            first.elapsed().as_secs_f64()
+                        ),
+                    },
+                    other => other,
+                });
+            }
+            self.note_retry(&failed.error);
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+        }
+    }
+
+    /// Counts a retry and logs the count now and then: under overload there may be hundreds a
+    /// second, each worth nothing on its own.
+    fn note_retry(&self, error: &StoreError) {
+        let (retries, logged_at) = &*self.retried;
+        retries.fetch_add(1, Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = logged_at.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= RETRY_LOG_EVERY.as_millis() as u64;
+        // Of the callers that find it due, the one that moves the clock logs.
+        if due
+            && logged_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                retries = retries.swap(0, Ordering::Relaxed),
+                error = %error,
+                "requests to the cluster failed transiently and are being sent again (the \
+                 cluster is slow or overloaded)"
+            );
+        }
+    }
+}
+
+/// `d` shortened by up to half, at random.
+fn jittered(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // Each `RandomState` is seeded differently: a random number without a dependency.
+    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    d.mul_f64(0.5 + (r % 1024) as f64 / 2048.0)
+}
+
+/// Runs `op` on every item, at most `width` at a time, and returns the outputs in the order
+/// they completed. After a failure no other item is started; those running finish, then the
+/// first failure is returned. (The store's [`Requests`] bound all callers together; this bounds
+/// the futures one call keeps.)
+async fn bounded<T, U, Fut>(
+    width: usize,
+    items: impl IntoIterator<Item = T>,
+    mut op: impl FnMut(T) -> Fut,
+) -> Result<Vec<U>, StoreError>
+where
+    Fut: Future<Output = Result<U, StoreError>>,
+{
+    let mut items = items.into_iter();
+    let mut running = FuturesUnordered::new();
+    let mut out = Vec::new();
+    let mut failure = None;
+    loop {
+        while failure.is_none() && running.len() < width.max(1) {
+            let Some(item) = items.next() else { break };
+            running.push(op(item));
+        }
+        match running.next().await {
+            Some(Ok(value)) => out.push(value),
+            Some(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            None => break,
+        }
+    }
+    failure.map_or(Ok(out), Err)
+}
+
 impl std::fmt::Debug for ScyllaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ScyllaStore")
             .field("nodes", &self.config.nodes)
-            .field("is_scylla", &self.is_scylla)
+            .field("server", &self.server)
             .finish_non_exhaustive()
     }
 }
 
 impl ScyllaStore {
-    /// Connects to the cluster.
+    /// Connects to the cluster, and finds out what it is.
     pub async fn connect(config: ScyllaConfig) -> Result<Self, StoreError> {
         let session =
             SessionBuilder::new().known_nodes(&config.nodes).build().await.map_err(|e| {
@@ -262,16 +747,49 @@ impl ScyllaStore {
                     config.nodes.join(", ")
                 ))
             })?;
-        // system.versions exists only on ScyllaDB.
-        let is_scylla =
-            session.query_unpaged("SELECT version FROM system.versions", &[]).await.is_ok();
+        let server = Self::server_of(&session).await?;
+        if let Server::Scylla { version } = &server
+            && release(version).is_none()
+        {
+            tracing::warn!(
+                version,
+                "cannot read ScyllaDB's version; taking it for one that needs tablets disabled"
+            );
+        }
+        tracing::info!(%server, tablets = %server.dialect().tablets(), "connected to the cluster");
         Ok(ScyllaStore {
             session: Arc::new(session),
+            requests: Requests::new(&config),
             config,
-            is_scylla,
+            server,
             tenants: Default::default(),
             closed: Default::default(),
         })
+    }
+
+    /// What the cluster says it is: `system.versions` exists only on ScyllaDB, and Cassandra
+    /// refuses to read it as an invalid query. Any other failure is an error rather than a
+    /// guess: taking a ScyllaDB for Cassandra would create its keyspaces on tablets.
+    async fn server_of(session: &Session) -> Result<Server, StoreError> {
+        let first = |result: QueryResult| {
+            let rows = result.into_rows_result().ok()?;
+            rows.maybe_first_row::<(Option<String>,)>().ok().flatten()?.0
+        };
+        match session.query_unpaged("SELECT version FROM system.versions", &[]).await {
+            Ok(result) => Ok(Server::Scylla { version: first(result).unwrap_or_default() }),
+            Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                DbError::Invalid,
+                _,
+            ))) => {
+                let local = session.query_unpaged("SELECT release_version FROM system.local", &[]);
+                let release_version = local.await.ok().and_then(first).unwrap_or_default();
+                Ok(Server::Cassandra { release_version })
+            }
+            Err(e) => Err(backend(format!(
+                "cannot tell whether the cluster is ScyllaDB or Cassandra (reading \
+                 system.versions): {e}"
+            ))),
+        }
     }
 
     /// The configuration it connected with.
@@ -279,19 +797,81 @@ impl ScyllaStore {
         &self.config
     }
 
+    /// What the cluster is.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
     /// Whether the cluster is ScyllaDB rather than another CQL database.
     pub fn is_scylla(&self) -> bool {
-        self.is_scylla
+        matches!(self.server, Server::Scylla { .. })
     }
 
     /// Drops a tenant's keyspace (tests).
     pub async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
         let ks = keyspace(tenant);
-        self.session
-            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
-            .await
-            .map_err(backend)?;
+        self.query(&format!("DROP KEYSPACE IF EXISTS {ks}"), (), true).await?;
         Ok(())
+    }
+
+    /// Executes a prepared statement, through the gate; retried after a failure that may have
+    /// been applied only if the statement is marked idempotent.
+    async fn execute<V: SerializeRow + Sync>(
+        &self,
+        stmt: &PreparedStatement,
+        values: V,
+    ) -> Result<QueryResult, StoreError> {
+        let (session, values) = (&self.session, &values);
+        let attempt = || async move { Ok(session.execute_unpaged(stmt, values).await?) };
+        self.requests.run(stmt.get_is_idempotent(), attempt).await
+    }
+
+    /// Runs a CQL text statement (schema reads and changes), through the gate.
+    async fn query<V: SerializeRow + Sync>(
+        &self,
+        cql: &str,
+        values: V,
+        idempotent: bool,
+    ) -> Result<QueryResult, StoreError> {
+        let (session, values) = (&self.session, &values);
+        let attempt = || async move { Ok(session.query_unpaged(cql, values).await?) };
+        self.requests.run(idempotent, attempt).await
+    }
+
+    /// Runs a batch, through the gate.
+    async fn batch<V: BatchValues + Sync>(
+        &self,
+        batch: &Batch,
+        values: V,
+    ) -> Result<(), StoreError> {
+        let (session, values) = (&self.session, &values);
+        let attempt = || async move { Ok(session.batch(batch, values).await.map(drop)?) };
+        self.requests.run(batch.get_is_idempotent(), attempt).await
+    }
+
+    /// Every row of a paged read, through the gate: one permit for the whole read (its pages
+    /// are fetched one after the other), and the whole read again after a transient failure.
+    async fn read_all<R, V>(
+        &self,
+        what: &'static str,
+        stmt: &PreparedStatement,
+        values: V,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata> + Send,
+        V: SerializeRow + Sync,
+    {
+        let (session, values) = (&self.session, &values);
+        let attempt = || async move {
+            let pager = session.execute_iter(stmt.clone(), values).await?;
+            let mut rows = pager.rows_stream::<R>().map_err(|e| corrupt(what, e))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().await {
+                out.push(row?);
+            }
+            Ok(out)
+        };
+        self.requests.run(true, attempt).await
     }
 
     async fn tenant(&self, tenant: &TenantId) -> Result<Arc<Tenant>, StoreError> {
@@ -308,14 +888,13 @@ impl ScyllaStore {
         let mut out = Vec::new();
         for table in RETAINED_TABLES {
             let rows = self
-                .session
-                .query_unpaged(
+                .query(
                     "SELECT default_time_to_live FROM system_schema.tables \
                      WHERE keyspace_name = ? AND table_name = ?",
                     (&ks, *table),
+                    true,
                 )
-                .await
-                .map_err(backend)?
+                .await?
                 .into_rows_result()
                 .map_err(|e| corrupt("system_schema.tables", e))?;
             let (ttl,) = rows
@@ -339,18 +918,15 @@ impl ScyllaStore {
             if ttl == want {
                 continue;
             }
-            self.session
-                .query_unpaged(
-                    format!("ALTER TABLE {ks}.{table} WITH default_time_to_live = {want}"),
-                    &[],
-                )
-                .await
-                .map_err(|e| {
-                    backend(format!(
+            let cql = format!("ALTER TABLE {ks}.{table} WITH default_time_to_live = {want}");
+            self.query(&cql, (), true).await.map_err(|e| {
+                in_context(e, |e| {
+                    format!(
                         "cannot change the TTL of {ks}.{table} from {ttl} s to the retention of \
                          {want} s: {e} (the role needs ALTER permission on the keyspace)"
-                    ))
-                })?;
+                    )
+                })
+            })?;
             tracing::info!(
                 %tenant,
                 table = %format!("{ks}.{table}"),
@@ -367,14 +943,13 @@ impl ScyllaStore {
     async fn upgrade_shards_table(&self, tenant: &TenantId) -> Result<(), StoreError> {
         let ks = keyspace(tenant);
         let rows = self
-            .session
-            .query_unpaged(
+            .query(
                 "SELECT column_name FROM system_schema.columns \
                  WHERE keyspace_name = ? AND table_name = 'shards'",
                 (&ks,),
+                true,
             )
-            .await
-            .map_err(backend)?
+            .await?
             .into_rows_result()
             .map_err(|e| corrupt("system_schema.columns", e))?;
         let mut columns =
@@ -382,39 +957,67 @@ impl ScyllaStore {
         if columns.any(|c| c.is_ok_and(|(name,)| name == "state_chunks")) {
             return Ok(());
         }
-        self.session
-            .query_unpaged(format!("ALTER TABLE {ks}.shards ADD ({SHARD_STATE_COLUMNS})"), &[])
-            .await
-            .map_err(|e| {
-                backend(format!(
+        // Not idempotent: adding columns that exist fails.
+        let cql = format!("ALTER TABLE {ks}.shards ADD ({SHARD_STATE_COLUMNS})");
+        self.query(&cql, (), false).await.map_err(|e| {
+            in_context(e, |e| {
+                format!(
                     "cannot add the state columns to {ks}.shards: {e} (the role needs ALTER \
                      permission on the keyspace)"
-                ))
-            })?;
+                )
+            })
+        })?;
         self.session.await_schema_agreement().await.map_err(backend)?;
         Ok(())
     }
 
+    /// The error of a schema statement, with what to do when tablets are the cause.
+    fn schema_failed(&self, tenant: &TenantId, e: StoreError) -> StoreError {
+        let ks = keyspace(tenant);
+        let server = &self.server;
+        in_context(e, |message| {
+            if !message.contains("tablets") {
+                return format!("creating the tables of {ks} on {server}: {message}");
+            }
+            format!(
+                "creating the tables of {ks} on {server}: {message} (the keyspace uses tablets, \
+                 on which this ScyllaDB refuses counters or lightweight transactions, and a \
+                 keyspace cannot move off tablets: if it holds nothing to keep, drop it \
+                 (`DROP KEYSPACE {ks}`) and storyline creates it again with tablets disabled; \
+                 with tablets_mode_for_new_keyspaces: enforced, use ScyllaDB 2026.1 or later)"
+            )
+        })
+    }
+
     async fn prepare_tenant(&self, tenant: &TenantId) -> Result<Arc<Tenant>, StoreError> {
-        for cql in schema_cql(tenant, &self.config, self.is_scylla) {
-            self.session.query_unpaged(cql, &[]).await.map_err(backend)?;
+        let dialect = self.server.dialect();
+        for cql in schema_cql_for(tenant, &self.config, dialect) {
+            self.query(&cql, (), true).await.map_err(|e| self.schema_failed(tenant, e))?;
         }
         self.session.await_schema_agreement().await.map_err(backend)?;
         self.upgrade_shards_table(tenant).await?;
         self.apply_retention(tenant).await?;
         let ks = keyspace(tenant);
         let c = self.config.consistency;
+        // Every statement here may be applied twice with the effect of once, so a request that
+        // timed out is sent again (by the driver on another node, and by `Requests`): inserts
+        // and deletes of fixed values, reads, and LWTs whose condition either still holds after
+        // they applied (renew, commit, close) or fails harmlessly (a take or create that did
+        // apply reads as refused; the owner's next attempt finds the lease its own). The
+        // counters of `late` are the exception, marked below.
         let prepare = |cql: String| async move {
             let mut p = self.session.prepare(cql).await.map_err(backend)?;
             p.set_consistency(c);
             p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
             p.set_page_size(self.config.page_size);
+            p.set_is_idempotent(true);
             Ok::<_, StoreError>(p)
         };
         // Reads of the LWT-written `shards` table go through Paxos too (SERIAL).
         let serial = |cql: String| async move {
             let mut p = self.session.prepare(cql).await.map_err(backend)?;
             p.set_consistency(Consistency::LocalSerial);
+            p.set_is_idempotent(true);
             Ok::<_, StoreError>(p)
         };
         Ok(Arc::new(Tenant {
@@ -517,10 +1120,15 @@ impl ScyllaStore {
             // The closed mark lives in the LWT-only shard row, fenced by the epoch like commits.
             close: prepare(format!("UPDATE {ks}.shards SET closed = ? WHERE shard = ? IF epoch = ?")).await?,
             closed_all: prepare(format!("SELECT shard, closed FROM {ks}.shards")).await?,
-            add_late: prepare(format!(
-                "UPDATE {ks}.late SET events = events + ?, lateness_ms = lateness_ms + ? WHERE shard = ?"
-            ))
-            .await?,
+            add_late: {
+                let mut p = prepare(format!(
+                    "UPDATE {ks}.late SET events = events + ?, lateness_ms = lateness_ms + ? WHERE shard = ?"
+                ))
+                .await?;
+                // An increment applied twice counts twice: sent again only when refused.
+                p.set_is_idempotent(false);
+                p
+            },
             read_late: prepare(format!("SELECT events, lateness_ms FROM {ks}.late WHERE shard = ?")).await?,
         }))
     }
@@ -530,9 +1138,9 @@ impl ScyllaStore {
     async fn lwt(
         &self,
         stmt: &PreparedStatement,
-        values: impl scylla::serialize::row::SerializeRow,
+        values: impl SerializeRow + Sync,
     ) -> Result<bool, StoreError> {
-        let result = self.session.execute_unpaged(stmt, values).await.map_err(backend)?;
+        let result = self.execute(stmt, values).await?;
         let rows = result.into_rows_result().map_err(backend)?;
         let row = rows.first_row::<scylla::value::Row>().map_err(backend)?;
         match row.columns.first() {
@@ -542,11 +1150,7 @@ impl ScyllaStore {
     }
 
     async fn shard_row(&self, t: &Tenant, shard: ShardId) -> Result<Option<ShardRow>, StoreError> {
-        let result = self
-            .session
-            .execute_unpaged(&t.read_shard, (shard.0 as i32,))
-            .await
-            .map_err(backend)?;
+        let result = self.execute(&t.read_shard, (shard.0 as i32,)).await?;
         let rows = result.into_rows_result().map_err(backend)?;
         let row = rows.maybe_first_row::<ShardColumns>().map_err(|e| corrupt("shards", e))?;
         Ok(row.map(
@@ -590,27 +1194,30 @@ impl ScyllaStore {
                 ),
             )
         };
-        let mut out = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
-        let pager = self
-            .session
-            .execute_iter(t.read_state.clone(), (shard.0 as i32, epoch, slot, chunks))
-            .await
-            .map_err(backend)?;
-        let mut rows =
-            pager.rows_stream::<(i32, Vec<u8>)>().map_err(|e| corrupt("shard_state", e))?;
-        let mut next = 0;
-        while let Some(row) = rows.next().await {
-            let (chunk, data) = row.map_err(backend)?;
-            if chunk != next {
-                return Err(incomplete(format!("chunk {next} is missing")));
+        // Read here rather than with `read_all`: the chunks go straight into one buffer.
+        let (session, incomplete) = (&self.session, &incomplete);
+        let attempt = || async move {
+            let values = (shard.0 as i32, epoch, slot, chunks);
+            let pager = session.execute_iter(t.read_state.clone(), values).await?;
+            let mut rows =
+                pager.rows_stream::<(i32, Vec<u8>)>().map_err(|e| corrupt("shard_state", e))?;
+            let mut out = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
+            let mut next = 0;
+            while let Some(row) = rows.next().await {
+                let (chunk, data) = row?;
+                if chunk != next {
+                    return Err(incomplete(format!("chunk {next} is missing")).into());
+                }
+                out.extend_from_slice(&data);
+                next += 1;
             }
-            out.extend_from_slice(&data);
-            next += 1;
-        }
-        if next != chunks || out.len() as i64 != bytes {
-            return Err(incomplete(format!("found {next} chunks and {} bytes", out.len())));
-        }
-        Ok(out)
+            if next != chunks || out.len() as i64 != bytes {
+                let got = format!("found {next} chunks and {} bytes", out.len());
+                return Err(incomplete(got).into());
+            }
+            Ok(out)
+        };
+        self.requests.run(true, attempt).await
     }
 
     /// Writes `state` into slot `slot` of `epoch`, chunk by chunk, a few at a time.
@@ -622,26 +1229,15 @@ impl ScyllaStore {
         slot: i32,
         state: &[u8],
     ) -> Result<i32, StoreError> {
-        let failed = |e: scylla::errors::ExecutionError| {
-            backend(format!("writing the plugin state of shard {shard} failed: {e}"))
-        };
-        let mut in_flight = futures_util::stream::FuturesUnordered::new();
-        // Typed here: the first use of the results comes before the first push.
-        let settle = |result: Result<scylla::response::query_result::QueryResult, _>| {
-            result.map(drop).map_err(failed)
-        };
-        for (i, data) in state.chunks(STATE_CHUNK).enumerate() {
-            if in_flight.len() >= STATE_WRITES_IN_FLIGHT
-                && let Some(result) = in_flight.next().await
-            {
-                settle(result)?;
-            }
+        let width = STATE_WRITES_IN_FLIGHT.min(self.config.max_in_flight);
+        bounded(width, state.chunks(STATE_CHUNK).enumerate(), |(i, data)| async move {
             let values = (shard.0 as i32, epoch, slot, i as i32, data);
-            in_flight.push(self.session.execute_unpaged(&t.write_state_chunk, values));
-        }
-        while let Some(result) = in_flight.next().await {
-            settle(result)?;
-        }
+            self.execute(&t.write_state_chunk, values).await.map(drop)
+        })
+        .await
+        .map_err(|e| {
+            in_context(e, |e| format!("writing the plugin state of shard {shard} failed: {e}"))
+        })?;
         Ok(state.len().div_ceil(STATE_CHUNK) as i32)
     }
 
@@ -654,8 +1250,7 @@ impl ScyllaStore {
         epoch: i64,
         slot: i32,
     ) {
-        let result =
-            self.session.execute_unpaged(&t.delete_state, (shard.0 as i32, epoch, slot)).await;
+        let result = self.execute(&t.delete_state, (shard.0 as i32, epoch, slot)).await;
         if let Err(e) = result {
             tracing::warn!(
                 %tenant,
@@ -696,7 +1291,7 @@ impl ScyllaStore {
             }
         }
         let read_at = std::time::Instant::now();
-        let result = self.session.execute_unpaged(&t.closed_all, &[]).await.map_err(backend)?;
+        let result = self.execute(&t.closed_all, ()).await?;
         let rows = result.into_rows_result().map_err(backend)?;
         let mut by_shard = std::collections::HashMap::new();
         for row in rows.rows::<(i32, Option<i64>)>().map_err(|e| corrupt("shards", e))? {
@@ -723,18 +1318,15 @@ impl ScyllaStore {
             events.iter().enumerate().map(|(i, e)| (e.shard, bucket_of(i))).collect();
         partitions.sort();
         partitions.dedup();
-        let index = partitions.iter().map(|(shard, bucket)| {
-            self.session.execute_unpaged(
-                &t.insert_bucket,
-                (shard.0 as i32, bucket.0.div_euclid(DAY_MS), bucket.0),
-            )
-        });
-        for r in futures_util::future::join_all(index).await {
-            r.map_err(backend)?;
-        }
+        let width = self.config.max_in_flight;
+        bounded(width, &partitions, |(shard, bucket)| async move {
+            let values = (shard.0 as i32, bucket.0.div_euclid(DAY_MS), bucket.0);
+            self.execute(&t.insert_bucket, values).await.map(drop)
+        })
+        .await?;
         // 2. One unlogged batch per partition (a single-partition batch is applied atomically
-        //    by the replica that owns it), all partitions concurrently. A retry of the same
-        //    events rewrites the same rows: appends are idempotent.
+        //    by the replica that owns it), partitions concurrently. A retry of the same events
+        //    rewrites the same rows: appends are idempotent.
         let mut writes = Vec::new();
         for (shard, bucket) in &partitions {
             let rows: Vec<_> = events
@@ -761,14 +1353,12 @@ impl ScyllaStore {
                     batch.append_statement(t.insert_event.clone());
                 }
                 batch.set_consistency(self.config.consistency);
-                let values = chunk.to_vec();
-                let session = self.session.clone();
-                writes.push(async move { session.batch(&batch, values).await });
+                batch.set_is_idempotent(true);
+                writes.push((batch, chunk.to_vec()));
             }
         }
-        for r in futures_util::future::join_all(writes).await {
-            r.map_err(backend)?;
-        }
+        bounded(width, writes, |(batch, values)| async move { self.batch(&batch, values).await })
+            .await?;
         Ok(())
     }
 
@@ -802,10 +1392,7 @@ impl ScyllaStore {
                 events = n,
                 "late write: events for buckets this shard already closed were moved to its first open bucket"
             );
-            self.session
-                .execute_unpaged(&t.add_late, (Counter(n), Counter(lateness), shard))
-                .await
-                .map_err(backend)?;
+            self.execute(&t.add_late, (Counter(n), Counter(lateness), shard)).await?;
         }
         Ok(())
     }
@@ -817,11 +1404,7 @@ impl ScyllaStore {
         day: i64,
         after: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let result = self
-            .session
-            .execute_unpaged(&t.next_bucket, (shard.0 as i32, day, after))
-            .await
-            .map_err(backend)?;
+        let result = self.execute(&t.next_bucket, (shard.0 as i32, day, after)).await?;
         let rows = result.into_rows_result().map_err(backend)?;
         Ok(rows.maybe_first_row::<(i64,)>().map_err(|e| corrupt("buckets", e))?.map(|(b,)| b))
     }
@@ -887,7 +1470,7 @@ fn story_from_row(row: StoryRow) -> Result<StoredStory, StoreError> {
 impl Store for ScyllaStore {
     async fn layout(&self, tenant: &TenantId) -> Result<Option<Layout>, StoreError> {
         let t = self.tenant(tenant).await?;
-        let rows = self.session.execute_unpaged(&t.read_layout, ()).await.map_err(backend)?;
+        let rows = self.execute(&t.read_layout, ()).await?;
         let rows = rows.into_rows_result().map_err(backend)?;
         Ok(rows
             .maybe_first_row::<(i32, i64)>()
@@ -1018,8 +1601,7 @@ impl Store for ScyllaStore {
 
     async fn late_stats(&self, tenant: &TenantId, shard: ShardId) -> Result<LateStats, StoreError> {
         let t = self.tenant(tenant).await?;
-        let result =
-            self.session.execute_unpaged(&t.read_late, (shard.0 as i32,)).await.map_err(backend)?;
+        let result = self.execute(&t.read_late, (shard.0 as i32,)).await?;
         let row = result
             .into_rows_result()
             .map_err(backend)?
@@ -1038,19 +1620,12 @@ impl Store for ScyllaStore {
         bucket: BucketStart,
     ) -> Result<BucketEvents, StoreError> {
         let t = self.tenant(tenant).await?;
-        let pager = self
-            .session
-            .execute_iter(t.read_bucket.clone(), (shard.0 as i32, bucket.0))
-            .await
-            .map_err(backend)?;
-        let mut rows = pager
-            .rows_stream::<(String, String, String, i64, i64, Option<Vec<(String, String)>>, Option<Vec<u8>>)>()
-            .map_err(|e| corrupt("events", e))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().await {
-            let (id, source, kind, event_time, insert_time, attributes, payload) =
-                row.map_err(backend)?;
-            out.push(Event {
+        type Row =
+            (String, String, String, i64, i64, Option<Vec<(String, String)>>, Option<Vec<u8>>);
+        let rows: Vec<Row> =
+            self.read_all("events", &t.read_bucket, (shard.0 as i32, bucket.0)).await?;
+        let events = rows.into_iter().map(
+            |(id, source, kind, event_time, insert_time, attributes, payload)| Event {
                 id,
                 source,
                 kind,
@@ -1058,9 +1633,9 @@ impl Store for ScyllaStore {
                 insert_time,
                 attributes: attributes.unwrap_or_default(),
                 payload: payload.unwrap_or_default(),
-            });
-        }
-        Ok(out.into())
+            },
+        );
+        Ok(events.collect::<Vec<_>>().into())
     }
 
     async fn pending_events(
@@ -1074,11 +1649,7 @@ impl Store for ScyllaStore {
         let mut total = 0u64;
         let mut cursor = after;
         while let Some(b) = self.next_bucket(tenant, shard, cursor).await? {
-            let r = self
-                .session
-                .execute_unpaged(&t.count_bucket, (shard.0 as i32, b.0))
-                .await
-                .map_err(backend)?;
+            let r = self.execute(&t.count_bucket, (shard.0 as i32, b.0)).await?;
             let (n,): (i64,) = r
                 .into_rows_result()
                 .map_err(backend)?
@@ -1231,7 +1802,7 @@ impl Store for ScyllaStore {
         now: TimestampMs,
     ) -> Result<(), StoreError> {
         let t = self.tenant(tenant).await?;
-        self.session.execute_unpaged(&t.heartbeat, (owner, now + ttl_ms)).await.map_err(backend)?;
+        self.execute(&t.heartbeat, (owner, now + ttl_ms)).await?;
         Ok(())
     }
 
@@ -1241,15 +1812,9 @@ impl Store for ScyllaStore {
         now: TimestampMs,
     ) -> Result<Vec<String>, StoreError> {
         let t = self.tenant(tenant).await?;
-        let pager = self.session.execute_iter(t.workers.clone(), ()).await.map_err(backend)?;
-        let mut rows = pager.rows_stream::<(String, i64)>().map_err(|e| corrupt("workers", e))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().await {
-            let (owner, expires_ms) = row.map_err(backend)?;
-            if expires_ms > now {
-                out.push(owner);
-            }
-        }
+        let rows: Vec<(String, i64)> = self.read_all("workers", &t.workers, ()).await?;
+        let mut out: Vec<String> =
+            rows.into_iter().filter(|(_, expires_ms)| *expires_ms > now).map(|(o, _)| o).collect();
         out.sort();
         Ok(out)
     }
@@ -1270,34 +1835,28 @@ impl Store for ScyllaStore {
         stories: &[Story],
         now: TimestampMs,
     ) -> Result<(), StoreError> {
-        let t = self.tenant(tenant).await?;
-        let writes = stories.iter().map(|s| {
-            self.session.execute_unpaged(
-                &t.insert_story,
-                (
-                    s.id.as_str(),
-                    s.revision as i32,
-                    s.kind.as_str(),
-                    &s.event_ids,
-                    s.first_seen,
-                    s.last_seen,
-                    s.fields.get(),
-                    now,
-                ),
-            )
-        });
-        for r in futures_util::future::join_all(writes).await {
-            r.map_err(backend)?;
-        }
-        // The feed entry after the story: a follower that sees it can read the story.
+        let t = &*self.tenant(tenant).await?;
         let minute = now.div_euclid(MINUTE_MS);
-        let feed = stories.iter().map(|s| {
-            self.session
-                .execute_unpaged(&t.insert_feed, (minute, now, s.id.as_str(), s.revision as i32))
-        });
-        for r in futures_util::future::join_all(feed).await {
-            r.map_err(backend)?;
-        }
+        // Each story, then its feed entry: a follower that sees the entry can read the story.
+        // A failure (after retries) stops the publish and is returned with some stories
+        // written, perhaps without their feed entries; the bucket stays uncommitted, so it is
+        // published again, and both inserts write the same rows again.
+        bounded(self.config.max_in_flight, stories, |s| async move {
+            let story = (
+                s.id.as_str(),
+                s.revision as i32,
+                s.kind.as_str(),
+                &s.event_ids,
+                s.first_seen,
+                s.last_seen,
+                s.fields.get(),
+                now,
+            );
+            self.execute(&t.insert_story, story).await?;
+            let entry = (minute, now, s.id.as_str(), s.revision as i32);
+            self.execute(&t.insert_feed, entry).await.map(drop)
+        })
+        .await?;
         Ok(())
     }
 
@@ -1306,33 +1865,25 @@ impl Store for ScyllaStore {
         tenant: &TenantId,
         since_ms: TimestampMs,
     ) -> Result<Vec<StoredStory>, StoreError> {
-        let t = self.tenant(tenant).await?;
+        let t = &*self.tenant(tenant).await?;
+        let width = self.config.max_in_flight;
         // Nothing older than the retention is left; a worker's clock may run a little ahead.
         let now = crate::producer::now_ms();
         let from = since_ms.max(now - self.config.retention_secs() * 1000).div_euclid(MINUTE_MS);
-        let mut keys: Vec<(String, i32)> = Vec::new();
-        for minute in from..=(now + MINUTE_MS).div_euclid(MINUTE_MS) {
-            let pager = self
-                .session
-                .execute_iter(t.feed_since.clone(), (minute, since_ms))
-                .await
-                .map_err(backend)?;
-            let mut rows =
-                pager.rows_stream::<(String, i32)>().map_err(|e| corrupt("story_feed", e))?;
-            while let Some(row) = rows.next().await {
-                keys.push(row.map_err(backend)?);
-            }
-        }
-        let reads = keys.iter().map(|(id, revision)| {
-            self.session.execute_unpaged(&t.story_at, (id.as_str(), *revision))
-        });
-        let mut out = Vec::with_capacity(keys.len());
-        for r in futures_util::future::join_all(reads).await {
-            let rows = r.map_err(backend)?.into_rows_result().map_err(|e| corrupt("stories", e))?;
-            for row in rows.rows::<StoryRow>().map_err(|e| corrupt("stories", e))? {
-                out.push(story_from_row(row.map_err(|e| corrupt("stories", e))?)?);
-            }
-        }
+        let minutes = from..=(now + MINUTE_MS).div_euclid(MINUTE_MS);
+        let keys = bounded(width, minutes, |minute| {
+            self.read_all::<(String, i32), _>("story_feed", &t.feed_since, (minute, since_ms))
+        })
+        .await?;
+        let found = bounded(width, keys.iter().flatten(), |(id, revision)| async move {
+            let result = self.execute(&t.story_at, (id.as_str(), *revision)).await?;
+            let rows = result.into_rows_result().map_err(|e| corrupt("stories", e))?;
+            let rows = rows.rows::<StoryRow>().map_err(|e| corrupt("stories", e))?;
+            rows.map(|row| story_from_row(row.map_err(|e| corrupt("stories", e))?))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        let mut out: Vec<StoredStory> = found.into_iter().flatten().collect();
         // A revision published again has its latest time in `stories`.
         out.sort_by_key(|s| s.published_ms);
         Ok(out)
@@ -1345,12 +1896,8 @@ impl Store for ScyllaStore {
     ) -> Result<Vec<StoredStory>, StoreError> {
         let t = self.tenant(tenant).await?;
         let stmt = if all_revisions { &t.all_stories } else { &t.latest_stories };
-        let pager = self.session.execute_iter(stmt.clone(), ()).await.map_err(backend)?;
-        let mut rows = pager.rows_stream::<StoryRow>().map_err(|e| corrupt("stories", e))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().await {
-            out.push(story_from_row(row.map_err(backend)?)?);
-        }
+        let rows: Vec<StoryRow> = self.read_all("stories", stmt, ()).await?;
+        let mut out = rows.into_iter().map(story_from_row).collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| {
             a.story.id.cmp(&b.story.id).then(a.story.revision.cmp(&b.story.revision))
         });
@@ -1359,21 +1906,16 @@ impl Store for ScyllaStore {
 
     async fn put_dead_letter(&self, tenant: &TenantId, l: &DeadLetter) -> Result<(), StoreError> {
         let t = self.tenant(tenant).await?;
-        self.session
-            .execute_unpaged(
-                &t.insert_dead,
-                (
-                    l.shard.0 as i32,
-                    l.bucket.0,
-                    l.plugin.as_str(),
-                    l.reason.as_str(),
-                    l.attempts as i32,
-                    l.at_ms,
-                    l.replay,
-                ),
-            )
-            .await
-            .map_err(backend)?;
+        let letter = (
+            l.shard.0 as i32,
+            l.bucket.0,
+            l.plugin.as_str(),
+            l.reason.as_str(),
+            l.attempts as i32,
+            l.at_ms,
+            l.replay,
+        );
+        self.execute(&t.insert_dead, letter).await?;
         Ok(())
     }
 
@@ -1384,23 +1926,17 @@ impl Store for ScyllaStore {
         bucket: BucketStart,
     ) -> Result<(), StoreError> {
         let t = self.tenant(tenant).await?;
-        self.session
-            .execute_unpaged(&t.delete_dead, (shard.0 as i32, bucket.0))
-            .await
-            .map_err(backend)?;
+        self.execute(&t.delete_dead, (shard.0 as i32, bucket.0)).await?;
         Ok(())
     }
 
     async fn dead_letters(&self, tenant: &TenantId) -> Result<Vec<DeadLetter>, StoreError> {
         let t = self.tenant(tenant).await?;
-        let pager = self.session.execute_iter(t.all_dead.clone(), ()).await.map_err(backend)?;
-        let mut rows = pager
-            .rows_stream::<(i32, i64, String, String, i32, i64, Option<bool>)>()
-            .map_err(|e| corrupt("dead_letters", e))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().await {
-            let (shard, bucket, plugin, reason, attempts, at_ms, replay) = row.map_err(backend)?;
-            out.push(DeadLetter {
+        type Row = (i32, i64, String, String, i32, i64, Option<bool>);
+        let rows: Vec<Row> = self.read_all("dead_letters", &t.all_dead, ()).await?;
+        let mut out: Vec<DeadLetter> = rows
+            .into_iter()
+            .map(|(shard, bucket, plugin, reason, attempts, at_ms, replay)| DeadLetter {
                 shard: ShardId(shard as u32),
                 bucket: BucketStart(bucket),
                 plugin,
@@ -1408,9 +1944,279 @@ impl Store for ScyllaStore {
                 attempts: attempts as u32,
                 at_ms,
                 replay: replay.unwrap_or(false),
-            });
-        }
+            })
+            .collect();
         out.sort_by_key(|d| (d.shard, d.bucket));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, AtomicUsize};
+
+    use scylla::errors::WriteType;
+
+    use super::*;
+
+    fn acme() -> TenantId {
+        TenantId::new("acme").unwrap()
+    }
+
+    #[test]
+    fn tablets_are_disabled_where_scylla_refuses_counters_or_lwt_on_them() {
+        for (version, want) in [
+            ("5.4.9-0.20240703.2cd3b6d3a9b1", Tablets::NotOffered),
+            ("6.0.1-0.20240612.bf0f4a6e8b6d", Tablets::Disabled),
+            ("6.3.0~dev-0.20241022.cdd81cab3425", Tablets::Disabled),
+            ("2024.1.3-0.20240401.64115ae91a55", Tablets::NotOffered),
+            ("2024.2.0", Tablets::Disabled),
+            ("2025.3.1-0.20250904.ee9b1f4d9c4f", Tablets::Disabled),
+            // LWT work on tablets from 2025.4, counters only from 2026.1.
+            ("2025.4.0-0.20251217.c6e1e1a9b2f3", Tablets::Disabled),
+            ("2026.1.0", Tablets::ClusterDefault),
+            ("2026.4.0~dev", Tablets::ClusterDefault),
+            // Unreadable: taken for a version that needs them disabled.
+            ("", Tablets::Disabled),
+            ("unknown", Tablets::Disabled),
+        ] {
+            assert_eq!(Tablets::for_scylla_version(version), want, "ScyllaDB {version:?}");
+        }
+    }
+
+    #[test]
+    fn cassandra_is_sent_neither_a_tablets_option_nor_scylla_table_options() {
+        let server = Server::Cassandra { release_version: "4.0.13".into() };
+        assert_eq!(server.dialect(), Dialect::Cassandra);
+        let cql = schema_cql_for(&acme(), &ScyllaConfig::default(), server.dialect()).join(";\n");
+        assert!(!cql.contains("tablets") && !cql.contains("tombstone_gc"), "{cql}");
+    }
+
+    #[test]
+    fn the_keyspace_opts_out_of_tablets_on_scylla_6_and_keeps_the_default_on_2026_1() {
+        let config = ScyllaConfig::default();
+        let keyspace = |version: &str| {
+            let server = Server::Scylla { version: version.into() };
+            schema_cql_for(&acme(), &config, server.dialect()).remove(0)
+        };
+        let replication = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}";
+        assert_eq!(
+            keyspace("6.0.1"),
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS storyline_acme WITH replication = {replication} \
+                 AND tablets = {{'enabled': false}}"
+            )
+        );
+        assert_eq!(
+            keyspace("2026.1.0"),
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS storyline_acme WITH replication = {replication}"
+            )
+        );
+        assert_eq!(keyspace("5.4.9"), keyspace("2026.1.0"));
+    }
+
+    #[test]
+    fn storyline_schema_disables_tablets_and_says_when_to_leave_the_option_out() {
+        let config = ScyllaConfig::default();
+        let scylla = schema_cql(&acme(), &config, true);
+        let (comments, statement): (Vec<&str>, Vec<&str>) =
+            scylla[0].lines().partition(|l| l.starts_with("-- "));
+        assert!(comments.join(" ").contains("2026.1"), "{comments:?}");
+        assert!(statement.len() == 1 && statement[0].ends_with("AND tablets = {'enabled': false}"));
+        assert!(scylla[1..].iter().all(|cql| !cql.contains("tablets")));
+        assert!(!schema_cql(&acme(), &config, false).join("\n").contains("tablets"));
+    }
+
+    fn attempt(e: RequestAttemptError) -> ExecutionError {
+        ExecutionError::LastAttemptError(e)
+    }
+
+    fn db(e: DbError) -> ExecutionError {
+        attempt(RequestAttemptError::DbError(e, "from the node".into()))
+    }
+
+    fn transient(e: ExecutionError) -> Option<Transient> {
+        Failed::from(e).transient
+    }
+
+    #[test]
+    fn a_full_connection_or_a_refused_request_is_sent_again_whatever_it_does() {
+        let unavailable =
+            DbError::Unavailable { consistency: Consistency::LocalQuorum, required: 2, alive: 1 };
+        for e in [
+            attempt(RequestAttemptError::UnableToAllocStreamId),
+            db(unavailable),
+            db(DbError::IsBootstrapping),
+            ExecutionError::ConnectionPoolError(ConnectionPoolError::Initializing),
+        ] {
+            assert_eq!(transient(e.clone()), Some(Transient::NotApplied), "{e}");
+        }
+        // The same errors seen by a paged read, while fetching a page.
+        let page = NextRowError::NextPageError(NextPageError::RequestFailure(
+            RequestError::LastAttemptError(RequestAttemptError::UnableToAllocStreamId),
+        ));
+        assert_eq!(Failed::from(page).transient, Some(Transient::NotApplied));
+    }
+
+    #[test]
+    fn timeouts_and_an_overloaded_node_may_have_applied_the_request() {
+        let write_timeout = DbError::WriteTimeout {
+            consistency: Consistency::LocalQuorum,
+            received: 1,
+            required: 2,
+            write_type: WriteType::Simple,
+        };
+        let read_timeout = DbError::ReadTimeout {
+            consistency: Consistency::LocalQuorum,
+            received: 1,
+            required: 2,
+            data_present: false,
+        };
+        for e in [
+            db(DbError::Overloaded),
+            db(write_timeout),
+            db(read_timeout),
+            ExecutionError::RequestTimeout(Duration::from_secs(30)),
+        ] {
+            assert_eq!(transient(e.clone()), Some(Transient::MaybeApplied), "{e}");
+        }
+    }
+
+    #[test]
+    fn errors_that_would_come_again_are_not_retried() {
+        let write_failure = DbError::WriteFailure {
+            consistency: Consistency::LocalQuorum,
+            received: 1,
+            required: 2,
+            numfailures: 1,
+            write_type: WriteType::Simple,
+        };
+        for e in [
+            db(DbError::SyntaxError),
+            db(DbError::Invalid),
+            db(DbError::Unauthorized),
+            db(DbError::ServerError),
+            db(write_failure),
+        ] {
+            assert_eq!(transient(e.clone()), None, "{e}");
+        }
+    }
+
+    fn requests(max_in_flight: usize, retries: u32) -> Requests {
+        Requests::new(&ScyllaConfig {
+            max_in_flight,
+            retries,
+            retry_backoff: Duration::from_millis(1),
+            ..ScyllaConfig::default()
+        })
+    }
+
+    fn no_stream_id() -> Failed {
+        attempt(RequestAttemptError::UnableToAllocStreamId).into()
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_sent_again_until_it_succeeds() {
+        let attempts = AtomicU32::new(0);
+        let got = requests(4, 6)
+            .run(true, || async {
+                if attempts.fetch_add(1, Ordering::Relaxed) < 3 {
+                    Err(no_stream_id())
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
+        assert_eq!((got.unwrap(), attempts.into_inner()), (7, 4));
+    }
+
+    #[tokio::test]
+    async fn retries_end_with_the_error_and_how_long_it_was_tried() {
+        let attempts = AtomicU32::new(0);
+        let err = requests(4, 2)
+            .run(true, || async {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                Err::<(), _>(no_stream_id())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(attempts.into_inner(), 3);
+        let message = err.to_string();
+        assert!(
+            message.contains("Unable to allocate stream id")
+                && message.contains("still failing after 3 attempts"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_may_have_been_applied_is_sent_again_only_if_idempotent() {
+        for (idempotent, want) in [(true, 2), (false, 1)] {
+            let attempts = AtomicU32::new(0);
+            let _ = requests(4, 6)
+                .run(idempotent, || async {
+                    if attempts.fetch_add(1, Ordering::Relaxed) == 0 {
+                        Err(Failed::from(ExecutionError::RequestTimeout(Duration::from_secs(30))))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await;
+            assert_eq!(attempts.into_inner(), want, "idempotent: {idempotent}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_that_would_come_again_is_returned_at_once() {
+        let attempts = AtomicU32::new(0);
+        let err = requests(4, 6)
+            .run(true, || async {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                Err::<(), _>(Failed::from(db(DbError::SyntaxError)))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(attempts.into_inner(), 1);
+        assert!(!err.to_string().contains("still failing"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_together_stay_within_the_cap() {
+        let gate = requests(3, 0);
+        let (running, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let caller = || {
+            bounded(16, 0..40, |_| {
+                gate.run(true, || async {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                })
+            })
+        };
+        let (a, b) = tokio::join!(caller(), caller());
+        assert_eq!((a.unwrap().len(), b.unwrap().len()), (40, 40));
+        assert_eq!(peak.into_inner(), 3, "requests in flight at most, both callers together");
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_no_item_starts_and_those_running_finish() {
+        let (started, finished) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let (started_ref, finished_ref) = (&started, &finished);
+        let result = bounded(2, 0..10, |i| async move {
+            started_ref.fetch_add(1, Ordering::Relaxed);
+            if i == 1 {
+                return Err(backend("item 1 failed"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            finished_ref.fetch_add(1, Ordering::Relaxed);
+            Ok(i)
+        })
+        .await;
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("item 1 failed"), "{err}");
+        assert_eq!((started.into_inner(), finished.into_inner()), (2, 1));
     }
 }
