@@ -15,5 +15,6 @@ mod plugin_loading;
 mod quality;
 mod run_loop;
 mod sandbox;
+mod scaffold;
 mod store_contract;
 mod workers;

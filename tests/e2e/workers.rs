@@ -291,3 +291,104 @@ fn a_live_worker_publishes_every_story_with_a_close_grace_longer_than_a_bucket()
     assert_eq!(events, lines.len(), "every event in exactly one story");
     assert!(stories.iter().all(|s| s.story.event_ids.len() == 3));
 }
+
+/// On a real CQL node (when `STORYLINE_SCYLLA_NODES` is set; otherwise it returns at once):
+/// two live `run` processes (no `--exit-when-idle`) with `network-session`, 1 s buckets and the
+/// store's 2 s close grace; one is killed with SIGKILL while sessions are open; once the input
+/// stops, every story is published with each event in exactly one story, and every shard's
+/// offset is committed while idle.
+#[test]
+fn live_workers_on_a_cql_cluster_publish_every_story_once_after_a_kill_9() {
+    let Ok(nodes) = std::env::var("STORYLINE_SCYLLA_NODES") else { return };
+    let scratch = Scratch::new("cql-live");
+    let tenant = crate::store_contract::unique_tenant("cql-live");
+    let folder = scratch.path(&format!("plugins/{tenant}"));
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(crate::support::plugin("network-session"), folder.join("ns.wasm")).unwrap();
+    std::fs::write(
+        folder.join("ns.json"),
+        r#"{"gap_ms": 2000, "skew_ms": 500, "dns_window_ms": 1000, "reopen_ms": 60000}"#,
+    )
+    .unwrap();
+    let base = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_storyline"));
+        c.args(["--store", "scylla", "--scylla-nodes", &nodes])
+            .args(["--scylla-replication", "{'class': 'SimpleStrategy', 'replication_factor': 1}"])
+            .args(["--data-dir", &scratch.str("data"), "--plugin-dir", &scratch.str("plugins")])
+            .args(args);
+        c
+    };
+    let quiet = || std::process::Stdio::null();
+    let spawn = || {
+        KillOnDrop(
+            base(&["run", "--tenant", tenant.as_str(), "--delay-ms", "1000"])
+                .stdout(quiet())
+                .stderr(quiet())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut first = spawn();
+    let mut second = spawn();
+    // 40 connections happening now, three records each from three sensors.
+    let now = storyline::producer::now_ms();
+    let lines: Vec<String> = (0..40)
+        .flat_map(|i| {
+            ["fw", "tls", "proxy"].into_iter().enumerate().map(move |(k, sensor)| {
+                format!(
+                    r#"{{"id":"{sensor}-{i}","source":"{sensor}","kind":"{sensor}","time":{},"payload":{{"source":{{"ip":"10.0.1.{i}","port":{}}},"destination":{{"ip":"192.0.2.1","port":443}}}}}}"#,
+                    now + i * 10 + k as i64 * 5,
+                    40_000 + i
+                )
+            })
+        })
+        .collect();
+    let events = scratch.path("events.jsonl");
+    std::fs::write(&events, lines.join("\n")).unwrap();
+    let out = base(&["ingest", "--tenant", tenant.as_str(), &events.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Kill one while its sessions are open (they close 2.5 s after their last record).
+    std::thread::sleep(Duration::from_millis(1500));
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let latest = || -> Vec<serde_json::Value> {
+        let out = base(&["stories", "--tenant", tenant.as_str()]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_for("every connection's story", || latest().len() == 40);
+    let stories = latest();
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &stories {
+        let ids = s["event_ids"].as_array().unwrap();
+        assert_eq!(ids.len(), 3, "{s}");
+        for id in ids {
+            assert!(seen.insert(id.as_str().unwrap().to_string()), "{id} in two stories");
+        }
+    }
+    assert_eq!(seen.len(), lines.len());
+    // Every shard committed while idle: `status` shows a committed bucket for each.
+    wait_for("every shard's offset committed", || {
+        let out = base(&["status", "--tenant", tenant.as_str()]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(char::is_numeric)).collect();
+        rows.len() == 4 && rows.iter().all(|r| r.split_whitespace().nth(2) != Some("-"))
+    });
+    let pid = second.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(second.0.wait().unwrap().code(), Some(0));
+}
+
+/// A child process killed if the test fails before it is stopped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

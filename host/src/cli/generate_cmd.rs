@@ -1,7 +1,8 @@
 //! `storyline generate`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
+use super::progress::{Measure, Progress};
 use crate::generate::{GenConfig, generate as gen_stream};
 use crate::producer::now_ms;
 
@@ -27,11 +28,28 @@ pub fn generate(
         seed,
         ..GenConfig::default()
     };
+    // A million sessions take tens of seconds: say how far it got (on stderr; quiet when quick),
+    // unless the events themselves go to the terminal, where a bar would be drawn over them.
+    let progress = if std::io::stdout().is_terminal() {
+        Progress::silent("generate")
+    } else {
+        Progress::start("generate")
+    };
+    progress.phase(
+        format!("generating {} sessions", indicatif::HumanCount(sessions as u64)),
+        Measure::Nothing,
+        None,
+    );
+    let events = gen_stream(&config);
+    progress.phase("writing", Measure::Events, Some(events.len() as u64));
+    let written = progress.tracker();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for e in gen_stream(&config) {
+    for e in &events {
         out.write_all(e.line.as_bytes())?;
         out.write_all(b"\n")?;
+        written.add(1);
     }
     out.flush()?;
+    progress.finish();
     Ok(())
 }

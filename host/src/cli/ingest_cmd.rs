@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use super::ingest_socket::Summary;
+use super::progress::{Measure, Progress};
 use super::{Dirs, ensure_dir, tenant_arg};
 use crate::catalog::{Catalog, Found, KnownGood, Remembered, find_plugin};
 use crate::model::TenantId;
@@ -220,15 +221,25 @@ pub fn ingest<S: Store + Clone>(
             .and_then(Path::file_name)
             .map(|n| n.to_string_lossy().into_owned()),
     };
-    let reader: Box<dyn Read + Send> = match file {
-        None => Box::new(std::io::stdin()),
-        Some(p) if p == Path::new("-") => Box::new(std::io::stdin()),
-        Some(p) => Box::new(
-            std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
-        ),
+    let (reader, size): (Box<dyn Read + Send>, Option<u64>) = match file {
+        None => (Box::new(std::io::stdin()), None),
+        Some(p) if p == Path::new("-") => (Box::new(std::io::stdin()), None),
+        Some(p) => {
+            let f =
+                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            // A regular file's size is the bar's length; a FIFO or a device has none.
+            let size = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+            (Box::new(f), size)
+        }
     };
     let name = file.map_or("stdin".to_string(), |p| p.display().to_string());
     let started = std::time::Instant::now();
+    // Progress counts the bytes read: a large file's ingest shows how far it is (stderr; quiet
+    // when quick). `--progress`'s `durable N` lines on stdout stay as they are.
+    let meter = Progress::start(format!("ingest {name}"));
+    meter.phase("", Measure::Bytes, size);
+    let tracker = meter.tracker();
+    let reader: Box<dyn Read + Send> = Box::new(tracker.reader(reader));
     let socket = dirs.socket.as_ref().and_then(|p| std::os::unix::net::UnixStream::connect(p).ok());
     let summary = match socket {
         Some(socket) => {
@@ -248,18 +259,26 @@ pub fn ingest<S: Store + Clone>(
                 (reader, input.adapter()),
                 flags,
                 (batch, {
-                    let print: crate::producer::OnDurable = Box::new(|n| {
-                        use std::io::Write;
-                        let mut out = std::io::stdout().lock();
-                        let _ = writeln!(out, "durable {n}");
-                        let _ = out.flush();
+                    let tracker = tracker.clone();
+                    let on_durable: crate::producer::OnDurable = Box::new(move |n| {
+                        tracker.set_events(n);
+                        if progress {
+                            use std::io::Write;
+                            // Past the bar, if it shows on the same terminal.
+                            tracker.suspend(|| {
+                                let mut out = std::io::stdout().lock();
+                                let _ = writeln!(out, "durable {n}");
+                                let _ = out.flush();
+                            });
+                        }
                     });
-                    progress.then_some(print)
+                    Some(on_durable)
                 }),
             )?;
             Summary::of(&report, layout)
         }
     };
+    meter.finish();
     let Summary { accepted, batches, rejected_count, ref rejected, shards, bucket_ms, .. } =
         summary;
     let secs = started.elapsed().as_secs_f64();

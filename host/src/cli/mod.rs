@@ -6,7 +6,9 @@ mod generate_cmd;
 mod ingest_cmd;
 mod ingest_socket;
 mod plugin_cmd;
+mod progress;
 mod run_cmd;
+mod scaffold;
 mod stories_cmd;
 
 pub use stories_cmd::mark_replay;
@@ -260,8 +262,23 @@ pub enum BenchCommand {
 }
 
 /// `storyline plugin ...`
+///
+/// `check` and `test` keep compiled components in the user's cache directory
+/// (`$XDG_CACHE_HOME/storyline`, else `~/.cache/storyline`) unless `--data-dir` is given.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Write the crate of a new rule, made from the `template` plugin.
+    ///
+    /// Cargo.toml (the SDK of this release), src/lib.rs, a sample events.jsonl and a test of
+    /// it, README.md. It builds with `cargo build --target wasm32-wasip2 --release`.
+    New {
+        /// The rule's crate name: lowercase ASCII letters, digits, `-` and `_`, starting with a
+        /// letter (e.g. `my-rule`).
+        name: String,
+        /// Create the crate in DIR/NAME (which must not exist).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
     /// Validate a component: world version, exports, imports, size, hash, compile time.
     Check {
         /// The component (.wasm).
@@ -287,6 +304,10 @@ pub enum PluginCommand {
         /// Print only the latest revision of each story, after the run.
         #[arg(long)]
         latest: bool,
+        /// Longest one call (init, a bucket's process, drain) may run, ms: a rule that loops
+        /// fails after this long. The default is the host's.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+        deadline_ms: u64,
     },
 }
 
@@ -388,7 +409,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Plugin(PluginCommand::Check { file }) => plugin_cmd::check(&dirs.data, &file),
+        Command::Plugin(PluginCommand::New { name, dir }) => plugin_cmd::new(&name, &dir),
+        Command::Plugin(PluginCommand::Check { file }) => {
+            plugin_cmd::check(plugin_cmd::compile_cache(&dirs.data).as_deref(), &file)
+        }
         Command::Bench(BenchCommand::Quality {
             plugin,
             config,
@@ -414,7 +438,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             tenant,
             latest,
-        }) => plugin_cmd::test(&dirs.data, &file, &events, bucket_ms, &config, &tenant, latest),
+            deadline_ms,
+        }) => plugin_cmd::test(
+            plugin_cmd::compile_cache(&dirs.data).as_deref(),
+            &file,
+            &plugin_cmd::TestOptions {
+                events: &events,
+                bucket_ms,
+                config: &config,
+                tenant: &tenant,
+                latest,
+                deadline: std::time::Duration::from_millis(deadline_ms),
+            },
+        ),
     }
 }
 

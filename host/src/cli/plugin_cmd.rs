@@ -1,18 +1,69 @@
-//! `storyline plugin check` and `storyline plugin test`.
+//! `storyline plugin new`, `storyline plugin check` and `storyline plugin test`: the plugin
+//! author's commands.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::path::Path;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use storyline_sdk::format;
 
+use super::scaffold::{self, PluginName, SdkCheckout};
 use crate::model::{Story, TenantId, latest_revisions};
-use crate::plugin::{Limits, Origin, Runtime};
+use crate::plugin::{CallError, Failure, Limits, Origin, Runtime};
 
-fn runtime(data_dir: &Path) -> anyhow::Result<Runtime> {
-    Runtime::new(Some(data_dir.join("cache").join("components")))
+/// `Cli::data_dir`'s default (checked against it by a test): `plugin check` and `plugin test`
+/// told nothing else keep their compile cache in the user's cache directory, not in
+/// `./storyline-data` of wherever the author happens to be.
+const DEFAULT_DATA_DIR: &str = "./storyline-data";
+
+/// Where `plugin check` and `plugin test` keep compiled components: under an explicit
+/// `--data-dir` (or `STORYLINE_DATA_DIR`), as the other commands do; else in the user's cache
+/// directory (`$XDG_CACHE_HOME/storyline`, else `~/.cache/storyline`). Without either, nothing
+/// is cached: a directory shared in /tmp would let another local user plant compiled code that
+/// the host loads unchecked (see `plugin::cache`), and compiling again only costs time.
+/// (`--data-dir ./storyline-data` written out cannot be told from the default; it too uses the
+/// user's cache.)
+pub fn compile_cache(data_dir: &Path) -> Option<PathBuf> {
+    let explicit =
+        data_dir != Path::new(DEFAULT_DATA_DIR) || std::env::var_os("STORYLINE_DATA_DIR").is_some();
+    if explicit {
+        return Some(data_dir.join("cache").join("components"));
+    }
+    // The XDG base directory specification: relative values are invalid and ignored.
+    let absolute = |var: &str| std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_absolute());
+    let base = absolute("XDG_CACHE_HOME").or_else(|| absolute("HOME").map(|h| h.join(".cache")))?;
+    Some(base.join("storyline").join("components"))
+}
+
+fn runtime(cache: Option<&Path>) -> anyhow::Result<Runtime> {
+    Runtime::new(cache.map(Path::to_path_buf))
+}
+
+/// Writes the crate of a new rule `name` in `dir/name` and says what to do next.
+pub fn new(name: &str, dir: &Path) -> anyhow::Result<()> {
+    let name = PluginName::new(name)?;
+    let sdk = SdkCheckout::of_this_build();
+    let root = dir.join(name.as_str());
+    scaffold::write(&root, &scaffold::files(&name, &sdk.path)?)?;
+    if !sdk.exists {
+        eprintln!(
+            "warning: the storyline SDK this binary was built from is no longer at {}; point              storyline-sdk in {} at a storyline checkout, or use the git dependency its comment              shows",
+            sdk.path.display(),
+            root.join("Cargo.toml").display()
+        );
+    }
+    let wasm = format!("target/wasm32-wasip2/release/{}.wasm", name.lib());
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "created plugin {name} in {}", root.display())?;
+    writeln!(out, "next:")?;
+    writeln!(out, "  cd {}", root.display())?;
+    writeln!(out, "  rustup target add wasm32-wasip2      # once")?;
+    writeln!(out, "  cargo test                           # the rule natively, with events.jsonl")?;
+    writeln!(out, "  cargo build --target wasm32-wasip2 --release")?;
+    writeln!(out, "  storyline plugin test {wasm} --events events.jsonl")?;
+    Ok(())
 }
 
 /// A `--config` argument: JSON text, or `@FILE` for the text of a file.
@@ -24,9 +75,9 @@ pub(super) fn config_arg(config: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Prints what a component is and whether this host can run it.
-pub fn check(data_dir: &Path, file: &Path) -> anyhow::Result<()> {
-    let plugin = runtime(data_dir)?.load(file)?;
+/// Prints what a component is and whether this host can run it; `cache`: the compile cache.
+pub fn check(cache: Option<&Path>, file: &Path) -> anyhow::Result<()> {
+    let plugin = runtime(cache)?.load(file)?;
     let info = plugin.info();
     let mut out = std::io::stdout().lock();
     writeln!(out, "file:     {}", info.path.display())?;
@@ -45,16 +96,26 @@ pub fn check(data_dir: &Path, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a component over a JSONL file and prints its stories.
-pub fn test(
-    data_dir: &Path,
-    file: &Path,
-    events: &Path,
-    bucket_ms: i64,
-    config: &str,
-    tenant: &str,
-    latest: bool,
-) -> anyhow::Result<()> {
+/// What `plugin test` runs the component over, and how.
+#[derive(Debug, Clone)]
+pub struct TestOptions<'a> {
+    /// `--events`: a JSONL file, `-` for stdin.
+    pub events: &'a Path,
+    /// `--bucket-ms`.
+    pub bucket_ms: i64,
+    /// `--config`: JSON text or `@FILE`.
+    pub config: &'a str,
+    /// `--tenant`.
+    pub tenant: &'a str,
+    /// `--latest`: only the last revision of each story, after the run.
+    pub latest: bool,
+    /// `--deadline-ms`: how long one call may run.
+    pub deadline: Duration,
+}
+
+/// Runs a component over a JSONL file and prints its stories; `cache`: the compile cache.
+pub fn test(cache: Option<&Path>, file: &Path, options: &TestOptions<'_>) -> anyhow::Result<()> {
+    let TestOptions { events, bucket_ms, config, tenant, latest, deadline } = *options;
     if bucket_ms <= 0 {
         bail!("--bucket-ms must be a positive number of milliseconds, got {bucket_ms}");
     }
@@ -95,18 +156,19 @@ pub fn test(
     }
     let is_known = |id: &str| known.contains(id);
 
-    let plugin = runtime(data_dir)?.load(file)?;
+    let plugin = runtime(cache)?.load(file)?;
     let started = Instant::now();
-    let mut instance = plugin.instantiate(&tenant, &config, Limits::default())?;
+    let limits = Limits { call_timeout: deadline, ..Limits::default() };
+    let mut instance = plugin.instantiate(&tenant, &config, limits).map_err(deadline_hint)?;
     let mut published = Vec::new();
     let mut out = std::io::stdout().lock();
     let bucket_count = buckets.len();
     for bucket in &buckets {
-        let stories = instance.process(bucket, &is_known)?;
+        let stories = instance.process(bucket, &is_known).map_err(deadline_hint)?;
         emit(&mut out, &stories, latest)?;
         published.extend(stories);
     }
-    let stories = instance.drain(&is_known)?;
+    let stories = instance.drain(&is_known).map_err(deadline_hint)?;
     emit(&mut out, &stories, latest)?;
     published.extend(stories);
     let elapsed = started.elapsed();
@@ -126,6 +188,16 @@ pub fn test(
     Ok(())
 }
 
+/// A call stopped by its deadline, with what the author can do about it.
+fn deadline_hint(e: CallError) -> anyhow::Error {
+    match e.failure {
+        Failure::Timeout { .. } => anyhow::anyhow!(
+            "{e} (does the rule loop? `--deadline-ms` gives each call more time if it needs it)"
+        ),
+        _ => e.into(),
+    }
+}
+
 fn emit(out: &mut impl Write, stories: &[Story], suppress: bool) -> anyhow::Result<()> {
     if suppress {
         return Ok(());
@@ -135,4 +207,25 @@ fn emit(out: &mut impl Write, stories: &[Story], suppress: bool) -> anyhow::Resu
         out.write_all(b"\n")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_data_dir_is_the_one_the_cli_declares() {
+        use clap::CommandFactory;
+        let cli = super::super::Cli::command();
+        let arg = cli.get_arguments().find(|a| a.get_id() == "data_dir").unwrap();
+        assert_eq!(arg.get_default_values(), [std::ffi::OsStr::new(DEFAULT_DATA_DIR)]);
+    }
+
+    #[test]
+    fn an_explicit_data_dir_holds_the_compile_cache() {
+        assert_eq!(
+            compile_cache(Path::new("/srv/storyline")),
+            Some(PathBuf::from("/srv/storyline/cache/components"))
+        );
+    }
 }
