@@ -182,7 +182,16 @@ fn a_route_that_traps_never_stops_ingest_through_a_running_host() {
     let first = events("a", 1500);
     let stderr = site.ingest(&first);
     assert!(stderr.contains("the version the running host serves"), "{stderr}");
-    assert!(stderr.contains("route failed on 2 batches"), "{stderr}");
+    // Every batch's route traps until the rule is given up (after 3 in a row); how the 1,500
+    // lines are cut into batches depends on how fast they arrive.
+    let number_after = |text: &str, marker: &str| -> u64 {
+        let at = text.find(marker).unwrap_or_else(|| panic!("no {marker:?} in {text}"));
+        let rest = &text[at + marker.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let batches = number_after(&stderr, "events in ");
+    let failed = number_after(&stderr, "route failed on ");
+    assert!(failed >= 1 && failed <= batches.min(3), "{stderr}");
     // The connection and the host survive: a second ingest goes through as well.
     let second = events("b", 10);
     site.ingest(&second);

@@ -212,7 +212,7 @@ pub enum Command {
         #[arg(long)]
         cassandra: bool,
     },
-    /// Check or try out a plugin component.
+    /// Create, check or try out a plugin component.
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Measure: how right a rule's stories are on real sensor logs.
