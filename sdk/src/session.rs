@@ -328,17 +328,15 @@ impl<D> Keyed<D> {
             }
             j += 1;
         }
-        let mut candidates: Vec<usize> = (0..self.open.len())
-            .filter(|&i| {
-                let s = &self.open[i];
-                s.times().matches(time, reach, skew, cfg) && accept(&s.data)
-            })
-            .collect();
-        match candidates.len() {
-            0 => return None,
-            1 => return Some(candidates[0]),
-            _ => {}
+        let takes = |s: &Session<D>| s.times().matches(time, reach, skew, cfg) && accept(&s.data);
+        // Nearly always one candidate or none: find it without collecting.
+        let mut found = (0..self.open.len()).filter(|&i| takes(&self.open[i]));
+        let first = found.next()?;
+        if found.next().is_none() {
+            return Some(first);
         }
+        let mut candidates: Vec<usize> =
+            (first..self.open.len()).filter(|&i| takes(&self.open[i])).collect();
         let rank = |s: &Session<D>| {
             (s.times().distance(time), Reverse(s.revision), s.first_seen, s.id.clone())
         };

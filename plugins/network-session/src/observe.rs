@@ -156,17 +156,43 @@ pub fn route(event: &Event) -> Option<String> {
 /// meets a portless record of another protocol. Returns `None` when a port is missing: such
 /// records look for a connection of their address pair instead (see `State::add`).
 pub fn tuple_key(flow: &Flow, transport: Option<u8>) -> Option<String> {
-    use std::fmt::Write;
     let (a, b) = (flow.client, flow.server);
     let (low, high) = if (a.ip, a.port) <= (b.ip, b.port) { (a, b) } else { (b, a) };
-    let mut key = String::with_capacity(48);
+    // Hex of the addresses' bytes and ports: this runs once per event, and decimal formatting
+    // of addresses cost a quarter of the rule's time per event.
+    let mut key = String::with_capacity(44);
     if matches!(transport, Some(proto::ICMP | proto::ICMPV6)) {
-        let _ = write!(key, "icmp {} {}", low.ip, high.ip);
+        key.push_str("icmp ");
+        push_ip(&mut key, low.ip);
+        key.push(' ');
+        push_ip(&mut key, high.ip);
         return Some(key);
     }
     let (lp, hp) = (low.port?, high.port?);
-    let _ = write!(key, "{} {lp} {} {hp}", low.ip, high.ip);
+    push_ip(&mut key, low.ip);
+    key.push(' ');
+    push_hex(&mut key, &lp.to_be_bytes());
+    key.push(' ');
+    push_ip(&mut key, high.ip);
+    key.push(' ');
+    push_hex(&mut key, &hp.to_be_bytes());
     Some(key)
+}
+
+/// An address as lowercase hex of its bytes (8 digits for IPv4, 32 for IPv6).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => push_hex(out, &v4.octets()),
+        IpAddr::V6(v6) => push_hex(out, &v6.octets()),
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
 }
 
 /// The key of a session of an address pair whose records carry no ports.
@@ -392,7 +418,7 @@ mod tests {
         let fa = flow(&a, Some(proto::TCP)).unwrap();
         let fb = flow(&b, None).unwrap();
         assert_eq!(tuple_key(&fa, Some(proto::TCP)), tuple_key(&fb, None));
-        assert_eq!(tuple_key(&fa, None).unwrap(), "10.0.0.5 51514 93.184.216.34 443");
+        assert_eq!(tuple_key(&fa, None).unwrap(), "0a000005 c93a 5db8d822 01bb");
         // Equal ports: the same key whichever side a sensor calls the source.
         let n1 = ecs(
             r#"{"source":{"ip":"10.0.0.9","port":123},"destination":{"ip":"10.0.0.5","port":123}}"#,
@@ -407,7 +433,7 @@ mod tests {
             r#"{"source":{"ip":"10.0.0.5","port":8},"destination":{"ip":"10.0.0.9","port":0}}"#,
         );
         let fi = flow(&icmp, Some(proto::ICMP)).unwrap();
-        assert_eq!(tuple_key(&fi, Some(proto::ICMP)).unwrap(), "icmp 10.0.0.5 10.0.0.9");
+        assert_eq!(tuple_key(&fi, Some(proto::ICMP)).unwrap(), "icmp 0a000005 0a000009");
         let portless = ecs(r#"{"source":{"ip":"10.0.0.5"},"destination":{"ip":"10.0.0.9"}}"#);
         let fp = flow(&portless, None).unwrap();
         assert_eq!(tuple_key(&fp, None), None);
