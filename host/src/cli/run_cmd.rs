@@ -46,10 +46,9 @@ fn spawn_status_writer(
             let stopping = shutdown.load(Ordering::Relaxed);
             for slot in catalog.slots() {
                 let path = dir.join(format!("{}.txt", slot.tenant()));
-                let tmp = dir.join(format!(".{}.tmp", slot.tenant()));
                 let text = crate::catalog::describe(&slot, catalog.memory(slot.tenant()));
-                if std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
-                    tracing::warn!("cannot write {}", path.display());
+                if let Err(e) = write_replacing(&path, &text) {
+                    tracing::warn!("cannot write {}: {e}", path.display());
                 }
             }
             if stopping {
@@ -57,6 +56,19 @@ fn spawn_status_writer(
             }
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
+    })
+}
+
+/// Writes `text` to `path` through a temporary file renamed over it, so a reader sees a whole
+/// file. The temporary name is this writer's own: several processes sharing a data directory
+/// (workers on ScyllaDB) each replace the file without taking the others' temporary away.
+fn write_replacing(path: &Path, text: &str) -> std::io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
     })
 }
 
@@ -297,5 +309,36 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_replacing_one_status_file_at_once_never_fail_and_leave_it_whole() {
+        let dir = std::env::temp_dir().join(format!("storyline-status-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("beta.txt");
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        write_replacing(&path, &format!("writer {w} pass {i}\n")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("writer ") && text.ends_with("pass 199\n"), "{text}");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
