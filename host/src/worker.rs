@@ -760,6 +760,14 @@ impl<S: Store> ShardWorker<S> {
                             replay: false,
                         };
                         self.block(self.store.put_dead_letter(&self.tenant, &letter))?;
+                        tracing::error!(
+                            tenant = %self.tenant,
+                            shard = %self.shard,
+                            bucket = %start,
+                            attempts = attempt,
+                            "bucket dead-lettered: {err}; its {n} events are kept and reach the plugin again with `storyline replay --tenant {}` once it is fixed",
+                            self.tenant
+                        );
                         if err.failure.poisons() {
                             self.rewind(c, start)?;
                         }

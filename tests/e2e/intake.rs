@@ -262,3 +262,25 @@ fn two_plugins_and_no_history_are_refused_by_run_and_never_by_ingest() {
         "{stderr}"
     );
 }
+
+#[test]
+fn run_logs_each_dead_letter_with_the_way_to_replay_it() {
+    let site = Site::new("dead-letter-log");
+    site.install("faulty", "faulty.wasm", Some(r#"{"mode": "fail"}"#));
+    site.ingest(&events("d", 5));
+    let out = site.run(&[
+        "run",
+        "--exit-when-idle",
+        "--delay-ms",
+        "100",
+        "--attempts",
+        "1",
+        "--backoff-ms",
+        "10",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("bucket dead-lettered"), "{stderr}");
+    assert!(stderr.contains("storyline replay --tenant acme"), "{stderr}");
+    assert!(stderr.contains("refusing bucket"), "the plugin's own reason: {stderr}");
+}
