@@ -121,3 +121,79 @@ fn plugin_test_names_the_bad_line_of_an_events_file() {
     assert!(stderr.contains("events.jsonl line 2: missing field \"time\""), "{stderr}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn plugin_test_asks_route_and_names_a_route_that_traps() {
+    let scratch = Scratch::new("ptest-route");
+    let events = scratch.path("events.jsonl");
+    std::fs::write(&events, r#"{"id":"a","source":"s","kind":"k","time":1000}"#).unwrap();
+    let out = storyline(&[
+        "--data-dir",
+        &scratch.str("data"),
+        "plugin",
+        "test",
+        &plugin("faulty").display().to_string(),
+        "--events",
+        &events.display().to_string(),
+        "--config",
+        r#"{"route": "trap"}"#,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("route") && stderr.contains("deliberate trap in route"), "{stderr}");
+    // A rule whose route works says how many events it keyed.
+    let ok = storyline(&[
+        "--data-dir",
+        &scratch.str("data"),
+        "plugin",
+        "test",
+        &plugin("template").display().to_string(),
+        "--events",
+        &events.display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{stderr}");
+    assert!(stderr.contains("route keyed 1 of 1 events"), "{stderr}");
+}
+
+#[test]
+fn plugin_test_by_arrival_gives_the_stories_run_gives_to_events_out_of_order() {
+    // One user's events at 10:00, 10:08 and, arriving last, 10:04: with a 5-minute gap the
+    // last one bridges the first two, whether cut by event time or by arrival.
+    let scratch = Scratch::new("ptest-arrival");
+    let events = scratch.path("events.jsonl");
+    let line = |id: &str, t: &str| {
+        format!(
+            r#"{{"id":"{id}","source":"s","kind":"k","time":"2026-12-07T{t}Z","attributes":{{"session":"alice"}}}}"#
+        )
+    };
+    let lines = [line("e1", "10:00:00"), line("e2", "10:08:00"), line("e3", "10:04:00")];
+    std::fs::write(&events, lines.join("\n")).unwrap();
+    for arrival in [false, true] {
+        let mut args = vec![
+            "--data-dir".to_string(),
+            scratch.str("data"),
+            "plugin".into(),
+            "test".into(),
+            plugin("template").display().to_string(),
+            "--events".into(),
+            events.display().to_string(),
+            "--config".into(),
+            r#"{"gap_ms": 300000}"#.into(),
+            "--latest".into(),
+        ];
+        if arrival {
+            args.push("--arrival".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = storyline(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stories: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|s: &serde_json::Value| s["kind"] != "merged")
+            .collect();
+        assert_eq!(stories.len(), 1, "arrival {arrival}: {stories:?}");
+        assert_eq!(stories[0]["event_ids"].as_array().unwrap().len(), 3);
+    }
+}

@@ -284,7 +284,8 @@ pub enum PluginCommand {
         /// The component (.wasm).
         file: PathBuf,
     },
-    /// Run a component over a JSONL file of events cut into buckets by event time; print the
+    /// Run a component over a JSONL file of events cut into buckets by event time (or, with
+    /// --arrival, as `run` hands them over); ask it for every event's routing key; print the
     /// stories as JSONL on stdout and a summary on stderr.
     Test {
         /// The component (.wasm).
@@ -308,6 +309,11 @@ pub enum PluginCommand {
         /// fails after this long. The default is the host's.
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
         deadline_ms: u64,
+        /// Cut buckets as `run` does: events in the file's order (their arrival), inserted at
+        /// the latest event time seen so far, a bucket's events in id order; a line after later
+        /// ones stays late. Default: by event time.
+        #[arg(long)]
+        arrival: bool,
     },
 }
 
@@ -439,6 +445,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             tenant,
             latest,
             deadline_ms,
+            arrival,
         }) => plugin_cmd::test(
             plugin_cmd::compile_cache(&dirs.data).as_deref(),
             &file,
@@ -449,6 +456,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 tenant: &tenant,
                 latest,
                 deadline: std::time::Duration::from_millis(deadline_ms),
+                arrival,
             },
         ),
     }

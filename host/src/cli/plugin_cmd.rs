@@ -11,7 +11,7 @@ use storyline_sdk::format;
 
 use super::scaffold::{self, PluginName, SdkCheckout};
 use crate::model::{Story, TenantId, latest_revisions};
-use crate::plugin::{CallError, Failure, Limits, Origin, Runtime};
+use crate::plugin::{CallError, EventView, Failure, Limits, Origin, Runtime};
 
 /// `Cli::data_dir`'s default (checked against it by a test): `plugin check` and `plugin test`
 /// told nothing else keep their compile cache in the user's cache directory, not in
@@ -111,11 +111,13 @@ pub struct TestOptions<'a> {
     pub latest: bool,
     /// `--deadline-ms`: how long one call may run.
     pub deadline: Duration,
+    /// `--arrival`: buckets as `run` cuts them (file order, insert time), not by event time.
+    pub arrival: bool,
 }
 
 /// Runs a component over a JSONL file and prints its stories; `cache`: the compile cache.
 pub fn test(cache: Option<&Path>, file: &Path, options: &TestOptions<'_>) -> anyhow::Result<()> {
-    let TestOptions { events, bucket_ms, config, tenant, latest, deadline } = *options;
+    let TestOptions { events, bucket_ms, config, tenant, latest, deadline, arrival } = *options;
     if bucket_ms <= 0 {
         bail!("--bucket-ms must be a positive number of milliseconds, got {bucket_ms}");
     }
@@ -139,13 +141,8 @@ pub fn test(cache: Option<&Path>, file: &Path, options: &TestOptions<'_>) -> any
     })?;
     let event_count = parsed.len();
     let stem = events.file_stem().map(|s| s.to_string_lossy().into_owned());
-    let buckets = format::buckets_by_event_time(
-        tenant.as_str(),
-        0,
-        parsed,
-        bucket_ms,
-        stem.as_deref().unwrap_or("event"),
-    );
+    let cut = if arrival { format::buckets_by_arrival } else { format::buckets_by_event_time };
+    let buckets = cut(tenant.as_str(), 0, parsed, bucket_ms, stem.as_deref().unwrap_or("event"));
     let known: HashSet<String> =
         buckets.iter().flat_map(|b| b.events.iter().map(|e| e.id.clone())).collect();
     if known.len() != event_count {
@@ -160,6 +157,20 @@ pub fn test(cache: Option<&Path>, file: &Path, options: &TestOptions<'_>) -> any
     let started = Instant::now();
     let limits = Limits { call_timeout: deadline, ..Limits::default() };
     let mut instance = plugin.instantiate(&tenant, &config, limits).map_err(deadline_hint)?;
+    // `ingest` asks `route` for every event: a rule whose `route` traps is found here, not
+    // in production. A fresh instance, as a producer has.
+    let keyed = {
+        let mut router = plugin.instantiate(&tenant, &config, limits).map_err(deadline_hint)?;
+        let mut keyed = 0;
+        for bucket in &buckets {
+            let views: Vec<EventView<'_>> = bucket.events.iter().map(EventView::from).collect();
+            let keys = router.route_all(&views).map_err(|e| {
+                anyhow::anyhow!("{}; `ingest` would route these events by id", deadline_hint(e))
+            })?;
+            keyed += keys.iter().flatten().count();
+        }
+        keyed
+    };
     let mut published = Vec::new();
     let mut out = std::io::stdout().lock();
     let bucket_count = buckets.len();
@@ -180,7 +191,7 @@ pub fn test(cache: Option<&Path>, file: &Path, options: &TestOptions<'_>) -> any
     out.flush()?;
     let in_stories: usize = latest_stories.iter().map(|s| s.event_ids.len()).sum();
     eprintln!(
-        "{event_count} events in {bucket_count} buckets -> {} stories ({publications} publications incl. revisions), {in_stories} event references, {} ms; plugin {}",
+        "{event_count} events in {bucket_count} buckets -> {} stories ({publications} publications incl. revisions), {in_stories} event references, {} ms; plugin {}; route keyed {keyed} of {event_count} events",
         latest_stories.len(),
         elapsed.as_millis(),
         plugin.info().label()
