@@ -398,7 +398,9 @@ mod tests {
 {"id":"d","source":"s","kind":"k","time":4100}"#;
         let events = parse_jsonl(text).unwrap();
         let buckets = buckets_by_arrival("t", 0, events, 1000, "e");
-        let cut: Vec<(i64, Vec<(&str, i64, i64)>)> = buckets
+        // Each bucket's start, with its events' (id, event time, insert time).
+        type Cut<'a> = Vec<(i64, Vec<(&'a str, i64, i64)>)>;
+        let cut: Cut<'_> = buckets
             .iter()
             .map(|b| {
                 let ids = b.events.iter().map(|e| (e.id.as_str(), e.event_time, e.insert_time));
