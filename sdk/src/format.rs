@@ -233,6 +233,29 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<InputEvent>, Vec<FormatError>> {
     if errors.is_empty() { Ok(events) } else { Err(errors) }
 }
 
+/// The bucket of `time`: the last of `buckets` if it is that one, else a new one pushed (events
+/// come in time order, so an earlier bucket is never needed again).
+fn last_bucket<'b>(
+    buckets: &'b mut Vec<Bucket>,
+    (tenant, shard): (&str, u32),
+    time: TimestampMs,
+    bucket_ms: i64,
+) -> &'b mut Bucket {
+    let start = time.div_euclid(bucket_ms) * bucket_ms;
+    if buckets.last().is_none_or(|b| b.start != start) {
+        buckets.push(Bucket {
+            tenant: tenant.to_string(),
+            shard,
+            start,
+            end: start + bucket_ms,
+            watermark: start + bucket_ms,
+            events: Vec::new(),
+        });
+    }
+    let last = buckets.len() - 1;
+    &mut buckets[last]
+}
+
 /// Cuts events into buckets as `storyline run` hands them over: in the order given (the order
 /// they arrive), each inserted at the latest event time seen so far (a producer whose clock
 /// keeps up with its sensors), in insert-time buckets of `bucket_ms`, each bucket's events in
@@ -251,18 +274,7 @@ pub fn buckets_by_arrival(
     let mut clock = TimestampMs::MIN;
     for (i, e) in events.into_iter().enumerate() {
         clock = clock.max(e.time);
-        let start = clock.div_euclid(bucket_ms) * bucket_ms;
-        if buckets.last().map(|b| b.start) != Some(start) {
-            buckets.push(Bucket {
-                tenant: tenant.to_string(),
-                shard,
-                start,
-                end: start + bucket_ms,
-                watermark: start + bucket_ms,
-                events: Vec::new(),
-            });
-        }
-        let Some(bucket) = buckets.last_mut() else { continue };
+        let bucket = last_bucket(&mut buckets, (tenant, shard), clock, bucket_ms);
         bucket.events.push(e.into_event(|| format!("{id_prefix}-{}", i + 1), clock));
     }
     for b in &mut buckets {
@@ -288,18 +300,7 @@ pub fn buckets_by_event_time(
     events.sort_by_key(|(i, e)| (e.time, *i));
     let mut buckets: Vec<Bucket> = Vec::new();
     for (i, e) in events {
-        let start = e.time.div_euclid(bucket_ms) * bucket_ms;
-        if buckets.last().map(|b| b.start) != Some(start) {
-            buckets.push(Bucket {
-                tenant: tenant.to_string(),
-                shard,
-                start,
-                end: start + bucket_ms,
-                watermark: start + bucket_ms,
-                events: Vec::new(),
-            });
-        }
-        let Some(bucket) = buckets.last_mut() else { continue };
+        let bucket = last_bucket(&mut buckets, (tenant, shard), e.time, bucket_ms);
         let end = bucket.end;
         bucket.events.push(e.into_event(|| format!("{id_prefix}-{}", i + 1), end));
     }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use storyline_sdk::format::InputEvent;
 
 use super::Labeled;
+use crate::generate::Rng;
 use crate::producer::format::{Adapter, Format};
 
 /// A named set of labeled events.
@@ -160,7 +161,7 @@ pub fn perturb(data: &Dataset, skew_ms: i64, reversed: f64, seed: u64) -> Datase
     }
     for e in &mut events {
         e.event.time = e.event.time.saturating_add(skews[&e.event.source]);
-        if rng.unit() < reversed {
+        if rng.chance(reversed) {
             reverse(&mut e.event);
         }
     }
@@ -188,28 +189,6 @@ fn reverse(event: &mut InputEvent) {
         p.insert("destination".into(), s);
     }
     event.payload = Value::Object(p).to_string().into_bytes();
-}
-
-/// SplitMix64: a reproducible sequence without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
 }
 
 /// `storyline generate` output with the truth it names (`gen.session`), in arrival order.

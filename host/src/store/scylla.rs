@@ -629,8 +629,9 @@ impl Requests {
         loop {
             attempts += 1;
             let result = {
-                // `acquire` fails only on a closed semaphore, and this one is never closed.
-                let _permit = self.in_flight.acquire().await.expect("never closed");
+                // `acquire` fails only on a closed semaphore, and this one is never closed; were
+                // it closed, the request would go without a permit rather than fail.
+                let _permit = self.in_flight.acquire().await.ok();
                 attempt().await
             };
             let failed = match result {
