@@ -201,13 +201,23 @@ fn state_handed_from_a_0_1_0_plugin_to_its_0_2_0_build_goes_on_alike() {
 }
 
 #[test]
-fn compiled_components_are_cached_and_a_bad_cache_entry_is_recompiled() {
+fn compiled_components_are_shared_cached_and_a_bad_cache_entry_is_recompiled() {
     let scratch = Scratch::new("cache");
     let rt = Runtime::new(Some(scratch.path("cache"))).unwrap();
     let first = rt.load(&plugin("template")).unwrap();
     assert_eq!(first.info().origin, Origin::Compiled);
+    // The same bytes under another path (another tenant's folder): one compiled copy.
+    let copy = scratch.path("other/template.wasm");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(plugin("template"), &copy).unwrap();
+    let shared = rt.load(&copy).unwrap();
+    assert_eq!(shared.info().origin, Origin::Shared);
+    assert_eq!(shared.info().path, copy);
+    drop((first, shared));
+    // Nothing uses it any more: the next load comes from the disk cache.
     let second = rt.load(&plugin("template")).unwrap();
     assert_eq!(second.info().origin, Origin::Cached);
+    drop(second);
 
     let entries: Vec<_> = std::fs::read_dir(scratch.path("cache")).unwrap().flatten().collect();
     assert_eq!(entries.len(), 1);

@@ -60,6 +60,19 @@ pub struct Slot {
     generation: AtomicU64,
     active: Mutex<Option<Arc<Active>>>,
     status: Mutex<SlotStatus>,
+    /// Told of every new version or removal (workers sleeping until then wake up).
+    watchers: Watchers,
+}
+
+/// Callbacks told of a slot's changes.
+#[derive(Default)]
+struct Watchers(Mutex<Vec<Arc<dyn Fn() + Send + Sync>>>);
+
+impl std::fmt::Debug for Watchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().unwrap_or_else(|p| p.into_inner()).len();
+        write!(f, "{n} watchers")
+    }
 }
 
 impl Slot {
@@ -70,6 +83,19 @@ impl Slot {
             generation: AtomicU64::new(0),
             active: Mutex::new(None),
             status: Mutex::new(SlotStatus::default()),
+            watchers: Watchers::default(),
+        }
+    }
+
+    /// Calls `f` after every change of version (or removal) from now on.
+    pub fn on_change(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        self.watchers.0.lock().unwrap_or_else(|p| p.into_inner()).push(f);
+    }
+
+    fn changed(&self) {
+        let watchers = self.watchers.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for f in watchers {
+            f();
         }
     }
 
@@ -126,15 +152,20 @@ impl Slot {
         let generation = self.generation.load(Ordering::Acquire) + 1;
         *active = Some(Arc::new(Active { plugin, config, path, loaded_ms: now_ms(), generation }));
         self.generation.store(generation, Ordering::Release);
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        status.loads += 1;
-        status.last_error = None;
+        drop(active);
+        {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.loads += 1;
+            status.last_error = None;
+        }
+        self.changed();
     }
 
     fn remove(&self) {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if active.take().is_some() {
+        let removed = self.active.lock().unwrap_or_else(|p| p.into_inner()).take().is_some();
+        if removed {
             self.generation.fetch_add(1, Ordering::AcqRel);
+            self.changed();
         }
     }
 }

@@ -159,6 +159,10 @@ pub enum Command {
         /// Memory of each tenant's plugin instances together (all shards and versions), MiB.
         #[arg(long, default_value_t = 2048)]
         memory_mb: usize,
+        /// Threads that run plugins, shared by every shard of every tenant (default: one per
+        /// core). A shard waiting for data holds none.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Process the tenant's dead-lettered buckets again (after the plugin was fixed): the
     /// running workers pick them up, publish their stories and drop the letters.
@@ -375,6 +379,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             backoff_ms,
             metrics_addr,
             memory_mb,
+            threads,
         } => {
             let on_failure = match on_failure {
                 OnFailureArg::Skip => crate::worker::OnFailure::Skip,
@@ -393,6 +398,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     memory_bytes: memory_mb.saturating_mul(1 << 20),
                     ..crate::plugin::Limits::default()
                 },
+                threads,
             };
             with_store!(|rt, store| run_cmd::run(&rt, &store, &dirs, &tenant, &options))
         }

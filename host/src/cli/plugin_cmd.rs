@@ -90,6 +90,7 @@ pub fn check(cache: Option<&Path>, file: &Path) -> anyhow::Result<()> {
     let origin = match info.origin {
         Origin::Cached => "loaded from cache",
         Origin::Compiled => "compiled",
+        Origin::Shared => "shared with another tenant",
     };
     writeln!(out, "compile:  {origin} in {} ms", info.compile_time.as_millis())?;
     writeln!(out, "ok")?;

@@ -13,23 +13,11 @@ use crate::catalog::{Catalog, Reload};
 use crate::model::{Story, TenantId};
 use crate::plugin::{Limits, Runtime};
 use crate::store::Store;
-use crate::worker::{Progress, Shared, StorySink, WorkerConfig, WorkerError, run_tenant};
-
-/// The workers of the tenants being served.
-type Workers = Arc<Mutex<Vec<(TenantId, std::thread::JoinHandle<Result<(), WorkerError>>)>>>;
+use crate::worker::{Pool, Progress, Shared, StorySink, WorkerConfig, Workers};
 
 /// Waits for every tenant's workers (including tenants started meanwhile); their errors.
-fn join_all(workers: &Workers) -> Vec<String> {
-    let mut failed = Vec::new();
-    loop {
-        let next = workers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let Some((tenant, thread)) = next else { return failed };
-        match thread.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failed.push(format!("tenant {tenant}: {e}")),
-            Err(_) => failed.push(format!("tenant {tenant}: worker thread panicked")),
-        }
-    }
+fn join_all<S: Store + Clone>(workers: &Workers<S>) -> Vec<String> {
+    workers.wait().into_iter().map(|(tenant, e)| format!("tenant {tenant}: {e}")).collect()
 }
 
 /// Writes each tenant's plugin status to `<data-dir>/status/<tenant>.txt` every second (and
@@ -42,13 +30,21 @@ fn spawn_status_writer(
     let dir = dirs.data.join("status");
     std::thread::spawn(move || {
         let _ = std::fs::create_dir_all(&dir);
+        // Only what changed is written: a thousand idle tenants cost no writes.
+        let mut written: std::collections::HashMap<TenantId, String> = Default::default();
         loop {
             let stopping = shutdown.load(Ordering::Relaxed);
             for slot in catalog.slots() {
-                let path = dir.join(format!("{}.txt", slot.tenant()));
                 let text = crate::catalog::describe(&slot, catalog.memory(slot.tenant()));
-                if let Err(e) = write_replacing(&path, &text) {
-                    tracing::warn!("cannot write {}: {e}", path.display());
+                if written.get(slot.tenant()) == Some(&text) {
+                    continue;
+                }
+                let path = dir.join(format!("{}.txt", slot.tenant()));
+                match write_replacing(&path, &text) {
+                    Ok(()) => {
+                        written.insert(slot.tenant().clone(), text);
+                    }
+                    Err(e) => tracing::warn!("cannot write {}: {e}", path.display()),
                 }
             }
             if stopping {
@@ -93,6 +89,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Limits of plugin calls and of each tenant's memory.
     pub limits: Limits,
+    /// Threads that run plugins, for every tenant together (default: one per core).
+    pub threads: Option<usize>,
 }
 
 /// Runs the workers until SIGINT/SIGTERM (or until idle with `exit_when_idle`).
@@ -166,12 +164,26 @@ pub fn run<S: Store + Clone>(
     };
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
-    let workers = Arc::new(Mutex::new(Vec::new()));
+    let worker_config = WorkerConfig {
+        delay_ms: options.delay_ms,
+        exit_when_idle: options.exit_when_idle,
+        checkpoint_ms: options.checkpoint_ms,
+        attempts: options.attempts,
+        on_failure: options.on_failure,
+        backoff_ms: options.backoff_ms,
+        limits: options.limits,
+        ..WorkerConfig::default()
+    };
+    let pool = match options.threads {
+        Some(n) => Pool::new(n),
+        None => Pool::per_core(),
+    }
+    .context("cannot start the worker threads")?;
+    let shared = Shared { sink, progress: progress.clone(), shutdown: shutdown.clone() };
+    let workers =
+        Workers::new(pool.clone(), rt.handle().clone(), store.clone(), worker_config, shared);
     let start_tenant = {
-        let (rt, store, catalog, workers) =
-            (rt.handle().clone(), store.clone(), catalog.clone(), workers.clone());
-        let shared = Shared { sink, progress: progress.clone(), shutdown: shutdown.clone() };
-        let options = options.clone();
+        let (catalog, workers) = (catalog.clone(), workers.clone());
         move |tenant: TenantId| {
             let slot = catalog.slot(&tenant);
             if let Some(active) = slot.active() {
@@ -181,22 +193,7 @@ pub fn run<S: Store + Clone>(
                     active.path.display()
                 );
             }
-            let worker_config = WorkerConfig {
-                delay_ms: options.delay_ms,
-                exit_when_idle: options.exit_when_idle,
-                checkpoint_ms: options.checkpoint_ms,
-                attempts: options.attempts,
-                on_failure: options.on_failure,
-                backoff_ms: options.backoff_ms,
-                limits: options.limits,
-                ..WorkerConfig::default()
-            };
-            let (handle, store, shared) = (rt.clone(), store.clone(), shared.clone());
-            let name = tenant.clone();
-            let thread = std::thread::spawn(move || {
-                run_tenant(&handle, &store, &tenant, &slot, &worker_config, &shared)
-            });
-            workers.lock().unwrap_or_else(|p| p.into_inner()).push((name, thread));
+            workers.serve(&tenant, slot);
         }
     };
     let mut problems = Vec::new();
@@ -261,19 +258,13 @@ pub fn run<S: Store + Clone>(
     }
     if !options.exit_when_idle {
         // Serve until a signal, or until every tenant's workers stopped on an error.
-        while !shutdown.load(Ordering::Relaxed) {
-            let all_stopped = {
-                let w = workers.lock().unwrap_or_else(|p| p.into_inner());
-                !w.is_empty() && w.iter().all(|(_, t)| t.is_finished())
-            };
-            if all_stopped {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        while !shutdown.load(Ordering::Relaxed) && !workers.finished() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
     let failed = join_all(&workers);
     shutdown.store(true, Ordering::Relaxed);
+    pool.close();
     let _ = status_writer.join();
     let secs = started.elapsed().as_secs_f64();
     let events = progress.events.load(Ordering::Relaxed);

@@ -24,6 +24,8 @@ pub enum Origin {
     Cached,
     /// Compiled now (and stored, if the cache is writable).
     Compiled,
+    /// Already loaded in this process from the same bytes (for another tenant or path).
+    Shared,
 }
 
 impl ComponentCache {

@@ -82,7 +82,7 @@ impl Plugin {
             failure,
         };
         let version = &self.info.manifest.version;
-        let instantiated = self.pre.instantiate(&mut store).and_then(|instance| {
+        let instantiated = self.compiled.pre.instantiate(&mut store).and_then(|instance| {
             let mut func = |name| export_func(&mut store, &instance, version, name);
             Ok(Exports {
                 init: func("init")?,
@@ -105,7 +105,7 @@ impl Plugin {
             info: self.info.clone(),
             limits,
             store,
-            abi: self.abi,
+            abi: self.compiled.abi,
             exports,
             packed: Vec::new(),
             poisoned: false,

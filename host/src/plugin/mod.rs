@@ -86,6 +86,8 @@ pub struct Runtime {
     cache: Option<ComponentCache>,
     /// Memory reserved by each tenant's instances, of every plugin and version.
     budgets: TenantBudgets,
+    /// Components in use, shared by content.
+    loaded: Loaded,
 }
 
 /// Bytes of memory reserved per tenant, shared by all its instances.
@@ -132,6 +134,7 @@ impl Runtime {
             linker: Arc::new(linker),
             cache: cache_dir.map(ComponentCache::new),
             budgets: Default::default(),
+            loaded: Default::default(),
         })
     }
 
@@ -154,14 +157,58 @@ impl Runtime {
         let manifest = inspect(path, bytes)?;
         let sha256 = hex(&Sha256::digest(bytes));
         let started = Instant::now();
+        let shared = {
+            let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            loaded.get(&sha256).and_then(std::sync::Weak::upgrade)
+        };
+        let (compiled, origin) = match shared {
+            Some(compiled) => (compiled, Origin::Shared),
+            None => {
+                let (compiled, origin) = self.compile(path, bytes, &sha256, &manifest)?;
+                let compiled = Arc::new(compiled);
+                let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+                loaded.retain(|_, c| c.strong_count() > 0);
+                loaded.insert(sha256.clone(), Arc::downgrade(&compiled));
+                (compiled, origin)
+            }
+        };
+        let compile_time = started.elapsed();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into());
+        Ok(Plugin {
+            info: Arc::new(PluginInfo {
+                name,
+                path: path.to_path_buf(),
+                size: bytes.len(),
+                sha256,
+                manifest,
+                origin,
+                compile_time,
+            }),
+            compiled,
+            engine: self.engine.clone(),
+            budgets: self.budgets.clone(),
+        })
+    }
+
+    /// Compiles `bytes` (or loads the compiled artefact from the cache) and checks it against
+    /// the world of the version it claims.
+    fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        sha256: &str,
+        manifest: &Manifest,
+    ) -> Result<(Compiled, Origin), LoadError> {
         let compiled = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, bytes, &sha256),
+            Some(cache) => cache.load_or_compile(&self.engine, bytes, sha256),
             None => wasmtime::component::Component::new(&self.engine, bytes)
                 .map(|c| (c, Origin::Compiled)),
         };
         let (component, origin) = compiled
             .map_err(|e| LoadError::Compile { path: path.into(), reason: format!("{e:#}") })?;
-        let compile_time = started.elapsed();
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             path: path.into(),
             version: manifest.version.clone(),
@@ -178,25 +225,7 @@ impl Runtime {
             Abi::V0_2 => v0_2_0::PluginPre::new(pre).map(|p| p.instance_pre().clone()),
         }
         .map_err(wrong_world)?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "plugin".into());
-        Ok(Plugin {
-            info: Arc::new(PluginInfo {
-                name,
-                path: path.to_path_buf(),
-                size: bytes.len(),
-                sha256,
-                manifest,
-                origin,
-                compile_time,
-            }),
-            pre,
-            abi,
-            engine: self.engine.clone(),
-            budgets: self.budgets.clone(),
-        })
+        Ok((Compiled { pre, abi }, origin))
     }
 
     /// The wasmtime engine.
@@ -273,12 +302,22 @@ impl Abi {
     }
 }
 
+/// A compiled component ready to instantiate, and how its version hands events over.
+struct Compiled {
+    pre: wasmtime::component::InstancePre<HostState>,
+    abi: Abi,
+}
+
+/// Components loaded and still in use, by SHA-256: a thousand tenants running the same file
+/// share one compiled copy (its code is mapped once) instead of a copy each.
+type Loaded = Arc<std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Compiled>>>>;
+
 /// A checked, compiled plugin, ready to be instantiated for any number of tenants.
 #[derive(Clone)]
 pub struct Plugin {
     info: Arc<PluginInfo>,
-    pre: wasmtime::component::InstancePre<HostState>,
-    abi: Abi,
+    /// The compiled component, shared by every plugin loaded from the same bytes.
+    compiled: Arc<Compiled>,
     engine: Engine,
     budgets: TenantBudgets,
 }

@@ -45,8 +45,8 @@ use super::bucket_events::{EventParts, Flat};
 use super::event_log::{EventLog, Record};
 use super::state_files::{StateFile, StateFiles};
 use super::{
-    BucketEvents, Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent, Store, StoreError,
-    StoredStory,
+    BucketEvents, Change, ChangeHook, Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent,
+    Store, StoreError, StoredStory,
 };
 use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
 
@@ -74,6 +74,8 @@ pub struct EmbeddedStore {
     close_grace_ms: i64,
     /// Open tenants. A std mutex: held only to look up or insert, never across an await.
     tenants: Arc<Mutex<HashMap<TenantId, Arc<TenantDb>>>>,
+    /// Told of every append and dead letter (see [`Store::watch`]).
+    hooks: Arc<Mutex<Vec<ChangeHook>>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -120,6 +122,7 @@ impl EmbeddedStore {
             retention_ms: None,
             close_grace_ms: 0,
             tenants: Arc::new(Mutex::new(HashMap::new())),
+            hooks: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -156,6 +159,18 @@ impl EmbeddedStore {
         Ok(db)
     }
 
+    fn is_open(&self, tenant: &TenantId) -> bool {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner()).contains_key(tenant)
+    }
+
+    /// Tells the watchers (see [`Store::watch`]).
+    fn changed(&self, tenant: &TenantId, change: Change) {
+        let hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for hook in hooks {
+            hook(tenant, change);
+        }
+    }
+
     /// Runs blocking storage work off the async threads.
     async fn blocking<R: Send + 'static>(
         &self,
@@ -171,7 +186,9 @@ impl EmbeddedStore {
 
 impl TenantDb {
     fn open(dir: &Path, configured: Option<i64>) -> Result<Self, StoreError> {
-        let db = Database::builder(dir).open().map_err(|e| {
+        // One background thread per tenant: a host serves thousands of tenants, each with a
+        // small database (offsets, leases, stories); fjall's default is one per core each.
+        let db = Database::builder(dir).worker_threads(1).open().map_err(|e| {
             backend(format!("cannot open {}: {e} (is another storyline using it?)", dir.display()))
         })?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(backend);
@@ -578,6 +595,11 @@ struct DeadValue {
 
 impl Store for EmbeddedStore {
     async fn layout(&self, tenant: &TenantId) -> Result<Option<Layout>, StoreError> {
+        // A tenant that never had an event has no directory: asking about it (a worker waiting
+        // for its first events) must not create one, nor open a database for it.
+        if !self.is_open(tenant) && !self.tenant_dir(tenant).exists() {
+            return Ok(None);
+        }
         self.blocking(tenant, |db| db.layout()).await
     }
 
@@ -666,7 +688,9 @@ impl Store for EmbeddedStore {
             }
             Ok(())
         })
-        .await
+        .await?;
+        self.changed(tenant, Change::Events);
+        Ok(())
     }
 
     async fn close_buckets(
@@ -1089,6 +1113,11 @@ impl Store for EmbeddedStore {
         self.tenants.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant);
     }
 
+    fn watch(&self, hook: ChangeHook) -> bool {
+        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).push(hook);
+        true
+    }
+
     async fn put_dead_letter(
         &self,
         tenant: &TenantId,
@@ -1107,7 +1136,9 @@ impl Store for EmbeddedStore {
             batch.insert(&db.dead, key, value);
             batch.commit().map_err(backend)
         })
-        .await
+        .await?;
+        self.changed(tenant, Change::DeadLetters);
+        Ok(())
     }
 
     async fn delete_dead_letter(

@@ -18,6 +18,18 @@ use std::future::Future;
 use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
 pub use bucket_events::BucketEvents;
 
+/// What changed in a tenant's data (see [`Store::watch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Events were appended.
+    Events,
+    /// A dead letter was written (or marked for replay).
+    DeadLetters,
+}
+
+/// Told of every [`Change`] of a store.
+pub type ChangeHook = std::sync::Arc<dyn Fn(&TenantId, Change) + Send + Sync>;
+
 /// An event ready to be stored: the producer has chosen its shard and bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
@@ -372,6 +384,13 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Closes what this process holds open for `tenant`, so that another process may open it
     /// (the embedded store's directory lock). Nothing for a shared store.
     fn release(&self, _tenant: &TenantId) {}
+
+    /// Calls `hook` after every durable change that gives workers something to do (events
+    /// appended, a dead letter written), so that idle workers sleep until then instead of
+    /// polling. `false`: this store cannot tell (other processes write to it) and workers poll.
+    fn watch(&self, _hook: ChangeHook) -> bool {
+        false
+    }
 
     /// Records a bucket that could not be processed (overwrites the record of the same bucket).
     fn put_dead_letter(
