@@ -371,6 +371,9 @@ fn a_faulty_tenant_does_not_hold_up_another_and_its_dead_letters_replay_after_a_
 
 #[test]
 fn a_paused_shard_waits_on_its_bucket_until_a_fixed_version_takes_it() {
+    // Run on a loaded machine: every core is kept busy while the test runs. Only order and
+    // outcome are asserted, with deadlines far beyond what the steps take.
+    let _hog = crate::support::CpuHog::start();
     let host = Host::start(
         "pause",
         &[("acme", r#"{"mode": "fail", "only_kind": "poison", "tag": "broken"}"#)],
@@ -382,7 +385,7 @@ fn a_paused_shard_waits_on_its_bucket_until_a_fixed_version_takes_it() {
     let poison = r#"{"id":"poison-1","source":"s","kind":"poison","time":1000,"route":"r"}"#;
     host.rt.block_on(producer.push_line(poison, 1, &mut report)).unwrap();
     host.rt.block_on(producer.flush(&mut report)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while host.rt.block_on(host.store.dead_letters(&acme)).unwrap().is_empty() {
         assert!(Instant::now() < deadline, "no dead letter");
         std::thread::sleep(Duration::from_millis(20));
@@ -396,9 +399,9 @@ fn a_paused_shard_waits_on_its_bucket_until_a_fixed_version_takes_it() {
     // The fix arrives by hot reload; the shard takes the bucket, then the rest, in order.
     faulty_config(&host.plugin_dir(), "acme", r#"{"tag": "fixed"}"#);
     let ids = ["poison-1".to_string(), "behind-1".to_string()];
-    host.wait_for_stories(&ids, Duration::from_secs(10));
+    host.wait_for_stories(&ids, Duration::from_secs(60));
     assert!(host.tags_of(&ids).values().all(|t| t == &["fixed".to_string()]));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !host.rt.block_on(host.store.dead_letters(&acme)).unwrap().is_empty() {
         assert!(Instant::now() < deadline, "the paused bucket's letter was not removed");
         std::thread::sleep(Duration::from_millis(50));

@@ -17,4 +17,5 @@ mod run_loop;
 mod sandbox;
 mod scaffold;
 mod store_contract;
+mod tenants;
 mod workers;

@@ -62,6 +62,8 @@ pub struct Slot {
     status: Mutex<SlotStatus>,
     /// Told of every new version or removal (workers sleeping until then wake up).
     watchers: Watchers,
+    /// Counts changes of the active version or the status (what status writers compare).
+    changes: AtomicU64,
 }
 
 /// Callbacks told of a slot's changes.
@@ -84,7 +86,14 @@ impl Slot {
             active: Mutex::new(None),
             status: Mutex::new(SlotStatus::default()),
             watchers: Watchers::default(),
+            changes: AtomicU64::new(0),
         }
+    }
+
+    /// Changes with every change of version or status: what was described at one value is
+    /// still true at the same value.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Calls `f` after every change of version (or removal) from now on.
@@ -93,6 +102,7 @@ impl Slot {
     }
 
     fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
         let watchers = self.watchers.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for f in watchers {
             f();
@@ -131,6 +141,7 @@ impl Slot {
         tracing::error!(tenant = %self.tenant, "{message}");
         self.status.lock().unwrap_or_else(|p| p.into_inner()).last_error =
             Some((now_ms(), message));
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Records the other `.wasm` files of the folder, logging those not reported before.
@@ -145,6 +156,7 @@ impl Slot {
             );
         }
         status.ignored = ignored;
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     fn install(&self, plugin: Plugin, config: String, path: PathBuf) {

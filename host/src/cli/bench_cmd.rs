@@ -1,7 +1,8 @@
-//! `storyline bench quality`.
+//! `storyline bench quality` and `storyline bench tenants`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -64,5 +65,247 @@ pub fn quality(
     }
     let mut out = std::io::stdout().lock();
     out.write_all(quality::table(&rows).as_bytes())?;
+    Ok(())
+}
+
+/// What `storyline bench tenants` measures.
+#[derive(Debug, Clone)]
+pub struct TenantsBench {
+    /// The rule every tenant runs.
+    pub plugin: PathBuf,
+    /// Numbers of idle tenants to try.
+    pub counts: Vec<usize>,
+    /// Seconds of idleness over which CPU is measured.
+    pub idle_secs: u64,
+    /// Sessions of the busy tenant's backlog (about four events each).
+    pub busy_sessions: usize,
+    /// Times the busy tenant runs alone and beside the idle ones, alternating.
+    pub rounds: usize,
+    /// Pool threads (default: one per core).
+    pub threads: Option<usize>,
+}
+
+/// Resident memory (bytes), threads and CPU time (seconds) of this process, from `/proc`.
+fn process_usage() -> (u64, u64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th, in clock ticks (100 per second on Linux).
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum()
+        })
+        .unwrap_or(0);
+    (field("VmRSS:") * 1024, field("Threads:"), ticks as f64 / 100.0)
+}
+
+/// A host on a fresh data directory with `idle` tenants without events, and, if `busy` is
+/// given, a tenant `busy` whose backlog of `busy` events was written before it started.
+struct BenchHost {
+    dirs: super::Dirs,
+    store: crate::store::embedded::EmbeddedStore,
+}
+
+impl BenchHost {
+    fn new(
+        root: &Path,
+        name: &str,
+        plugin: &Path,
+        idle: usize,
+        busy: bool,
+    ) -> anyhow::Result<Self> {
+        let dir = root.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let plugins = dir.join("plugins");
+        let names = (0..idle).map(|i| format!("t{i:05}")).chain(busy.then(|| "busy".to_string()));
+        for tenant in names {
+            let folder = plugins.join(&tenant);
+            std::fs::create_dir_all(&folder)
+                .with_context(|| format!("cannot create {}", folder.display()))?;
+            let file = folder.join("rule.wasm");
+            // A link where the file system allows it: ten thousand copies are 7 GB.
+            if std::fs::hard_link(plugin, &file).is_err() {
+                std::fs::copy(plugin, &file)
+                    .with_context(|| format!("cannot copy {}", plugin.display()))?;
+            }
+        }
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data)?;
+        let dirs = super::Dirs { data: data.clone(), plugins, socket: None };
+        Ok(BenchHost { dirs, store: crate::store::embedded::EmbeddedStore::new(data) })
+    }
+
+    /// Writes `events` for `tenant`, now, as a producer would (routed by event id).
+    fn ingest(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        tenant: &str,
+        events: &[crate::generate::GenEvent],
+    ) -> anyhow::Result<()> {
+        let tenant = super::tenant_arg(tenant)?;
+        let mut producer = crate::producer::Producer::new(
+            &self.store,
+            tenant,
+            crate::store::Layout::default(),
+            None,
+        );
+        let mut report = crate::producer::IngestReport::default();
+        rt.block_on(async {
+            for (n, e) in events.iter().enumerate() {
+                producer.push_line(&e.line, n + 1, &mut report).await?;
+            }
+            producer.flush(&mut report).await
+        })?;
+        Ok(())
+    }
+
+    fn start(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        tenants: &[String],
+        threads: Option<usize>,
+    ) -> anyhow::Result<super::run_cmd::Running<crate::store::embedded::EmbeddedStore>> {
+        let options = super::run_cmd::RunOptions {
+            delay_ms: 2000,
+            exit_when_idle: false,
+            stories_out: None,
+            checkpoint_ms: 5000,
+            attempts: 3,
+            on_failure: crate::worker::OnFailure::Skip,
+            backoff_ms: 1000,
+            metrics_addr: None,
+            limits: crate::plugin::Limits::default(),
+            threads,
+        };
+        super::run_cmd::start(rt, &self.store, &self.dirs, tenants, &options)
+    }
+}
+
+/// Waits until the run has handed `n` events to plugins; the time from the first to the last.
+fn drained(progress: &crate::worker::Progress, n: u64, limit: Duration) -> anyhow::Result<f64> {
+    use std::sync::atomic::Ordering;
+    let deadline = Instant::now() + limit;
+    let mut first = None;
+    loop {
+        let done = progress.events.load(Ordering::Relaxed);
+        if done > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if done >= n {
+            return Ok(first.map_or(0.0, |f| f.elapsed().as_secs_f64()));
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("only {done} of {n} events processed in {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Stops a run as SIGTERM does; how long it took.
+fn stop<S: crate::store::Store + Clone>(
+    running: super::run_cmd::Running<S>,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    running.shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+    running.wait()?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Starts many tenants with one rule and prints what idleness costs, how fast a waking
+/// tenant is served, and what a busy tenant gets beside the idle ones.
+pub fn tenants(root: &Path, bench: &TenantsBench) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let rt = super::tokio_runtime()?;
+    let root = root.join("bench-tenants");
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let gen_at = |sessions: usize, seed: u64| {
+        crate::generate::generate(&crate::generate::GenConfig {
+            sessions,
+            start_ms: crate::producer::now_ms() - 60_000,
+            interval_ms: 5,
+            seed,
+            ..crate::generate::GenConfig::default()
+        })
+    };
+    println!(
+        "plugin {}; pool threads {}",
+        bench.plugin.display(),
+        bench.threads.map_or_else(|| "one per core".to_string(), |n| n.to_string())
+    );
+    for &count in &bench.counts {
+        // Idle: N tenants with the rule and no events.
+        let host = BenchHost::new(&root, &format!("idle-{count}"), &bench.plugin, count, false)?;
+        let before = Instant::now();
+        let running = host.start(&rt, &[], bench.threads)?;
+        let startup = before.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_secs(3));
+        let (_, _, cpu0) = process_usage();
+        std::thread::sleep(Duration::from_secs(bench.idle_secs));
+        let (rss, threads, cpu1) = process_usage();
+        let idle_cpu = (cpu1 - cpu0) / bench.idle_secs as f64;
+        // A tenant wakes up: its first bucket is ready at its end plus the read delay.
+        let base = running.progress.events.load(Ordering::Relaxed);
+        let wake = gen_at(5, 3);
+        let written = crate::producer::now_ms();
+        host.ingest(&rt, "t00000", &wake)?;
+        let ready_at = (written / 1000 + 1) * 1000 + 2000;
+        drained(&running.progress, base + wake.len() as u64, Duration::from_secs(60))?;
+        let first_bucket_ms = crate::producer::now_ms() - ready_at;
+        let stop_s = stop(running)?;
+        drop(host);
+        println!(
+            "{count} idle tenants: start-up {startup:.1} s; resident {:.0} MiB; {threads} threads; CPU {:.2} % of a core over {} s idle; a waking tenant's first bucket processed {first_bucket_ms} ms after it was ready; stop {stop_s:.2} s",
+            rss as f64 / (1 << 20) as f64,
+            idle_cpu * 100.0,
+            bench.idle_secs
+        );
+        // One busy tenant, alone and beside the idle ones, alternating. (Its events are made
+        // only now, so that the memory measured above is the host's alone.)
+        let busy_events = gen_at(bench.busy_sessions, 7);
+        let n_busy = busy_events.len() as u64;
+        let (mut alone, mut beside) = (Vec::new(), Vec::new());
+        for round in 0..bench.rounds {
+            for with_idle in [false, true] {
+                let name = format!("busy-{count}-{round}-{with_idle}");
+                let idle = if with_idle { count } else { 0 };
+                let host = BenchHost::new(&root, &name, &bench.plugin, idle, true)?;
+                host.ingest(&rt, "busy", &busy_events)?;
+                let tenants = if with_idle { vec![] } else { vec!["busy".to_string()] };
+                let running = host.start(&rt, &tenants, bench.threads)?;
+                let secs = drained(&running.progress, n_busy, Duration::from_secs(600))?;
+                stop(running)?;
+                drop(host);
+                let rate = n_busy as f64 / secs.max(1e-9);
+                eprintln!(
+                    "round {round}: busy tenant {} {rate:.0} events/s",
+                    if with_idle { "beside the idle ones" } else { "alone" }
+                );
+                if with_idle { beside.push(rate) } else { alone.push(rate) }
+            }
+        }
+        let range = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(0.0, f64::max);
+            format!("{lo:.0}–{hi:.0}")
+        };
+        if bench.rounds > 0 {
+            println!(
+                "{count} idle tenants: one busy tenant ({n_busy} events) processes {} events/s beside them, {} alone ({} rounds each)",
+                range(&beside),
+                range(&alone),
+                bench.rounds
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }

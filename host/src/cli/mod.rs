@@ -263,6 +263,30 @@ pub enum BenchCommand {
         #[arg(long)]
         dump: Option<PathBuf>,
     },
+    /// Start many tenants running one rule, in this process, on scratch directories under
+    /// --data-dir: print resident memory, threads, start-up time and CPU while idle, how soon
+    /// a waking tenant's first bucket is processed, the time to stop, and the throughput of
+    /// one busy tenant beside the idle ones and alone. See README "Performance".
+    Tenants {
+        /// The rule every tenant runs (.wasm), e.g. the network-session plugin.
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Numbers of idle tenants (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        tenants: Vec<usize>,
+        /// Seconds of idleness over which CPU is measured.
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u64,
+        /// Sessions in the busy tenant's backlog (about four events each).
+        #[arg(long, default_value_t = 50_000)]
+        busy_sessions: usize,
+        /// Runs of the busy tenant alone and beside the idle tenants, alternating (0: none).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Pool threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 /// `storyline plugin ...`
@@ -425,6 +449,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Check { file }) => {
             plugin_cmd::check(plugin_cmd::compile_cache(&dirs.data).as_deref(), &file)
         }
+        Command::Bench(BenchCommand::Tenants {
+            plugin,
+            tenants,
+            idle_secs,
+            busy_sessions,
+            rounds,
+            threads,
+        }) => bench_cmd::tenants(
+            &dirs.data,
+            &bench_cmd::TenantsBench {
+                plugin,
+                counts: tenants,
+                idle_secs,
+                busy_sessions,
+                rounds,
+                threads,
+            },
+        ),
         Command::Bench(BenchCommand::Quality {
             plugin,
             config,

@@ -30,19 +30,21 @@ fn spawn_status_writer(
     let dir = dirs.data.join("status");
     std::thread::spawn(move || {
         let _ = std::fs::create_dir_all(&dir);
-        // Only what changed is written: a thousand idle tenants cost no writes.
-        let mut written: std::collections::HashMap<TenantId, String> = Default::default();
+        // Only what changed is described and written: ten thousand idle tenants cost neither.
+        let mut written: std::collections::HashMap<TenantId, (u64, (usize, usize))> =
+            Default::default();
         loop {
             let stopping = shutdown.load(Ordering::Relaxed);
             for slot in catalog.slots() {
-                let text = crate::catalog::describe(&slot, catalog.memory(slot.tenant()));
-                if written.get(slot.tenant()) == Some(&text) {
+                let stamp = (slot.changes(), catalog.memory(slot.tenant()));
+                if written.get(slot.tenant()) == Some(&stamp) {
                     continue;
                 }
+                let text = crate::catalog::describe(&slot, stamp.1);
                 let path = dir.join(format!("{}.txt", slot.tenant()));
                 match write_replacing(&path, &text) {
                     Ok(()) => {
-                        written.insert(slot.tenant().clone(), text);
+                        written.insert(slot.tenant().clone(), stamp);
                     }
                     Err(e) => tracing::warn!("cannot write {}: {e}", path.display()),
                 }
@@ -101,6 +103,34 @@ pub fn run<S: Store + Clone>(
     tenants: &[String],
     options: &RunOptions,
 ) -> anyhow::Result<()> {
+    start(rt, store, dirs, tenants, options)?.wait()
+}
+
+/// A host serving its tenants (see [`start`]).
+#[allow(missing_debug_implementations)] // holds the store
+pub struct Running<S: Store> {
+    /// The tenants' workers.
+    pub workers: Arc<Workers<S>>,
+    /// Counters of the run.
+    pub progress: Arc<Progress>,
+    /// Set to stop (as SIGTERM does).
+    pub shutdown: Arc<AtomicBool>,
+    pool: Pool,
+    status_writer: std::thread::JoinHandle<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    started: Instant,
+    exit_when_idle: bool,
+}
+
+/// Starts serving: loads every tenant's plugin, starts their workers, follows the plugin
+/// directory, serves the ingest socket and metrics. Returns once every tenant is started.
+pub fn start<S: Store + Clone>(
+    rt: &tokio::runtime::Runtime,
+    store: &S,
+    dirs: &Dirs,
+    tenants: &[String],
+    options: &RunOptions,
+) -> anyhow::Result<Running<S>> {
     ensure_dir(&dirs.data)?;
     let explicit: Vec<TenantId> =
         tenants.iter().map(|t| tenant_arg(t)).collect::<anyhow::Result<_>>()?;
@@ -187,11 +217,7 @@ pub fn run<S: Store + Clone>(
         move |tenant: TenantId| {
             let slot = catalog.slot(&tenant);
             if let Some(active) = slot.active() {
-                eprintln!(
-                    "tenant {tenant}: plugin {} ({})",
-                    active.plugin.info().label(),
-                    active.path.display()
-                );
+                tracing::info!(%tenant, plugin = %active.plugin.info().label(), path = %active.path.display(), "serving");
             }
             workers.serve(&tenant, slot);
         }
@@ -212,13 +238,24 @@ pub fn run<S: Store + Clone>(
         join_all(&workers);
         bail!(problems.join("; "));
     }
+    let served: Vec<_> = tenants.iter().filter_map(|t| catalog.slot(t).active()).collect();
+    let mut files: Vec<String> = served.iter().map(|a| a.plugin.info().label()).collect();
+    files.sort();
+    files.dedup();
+    eprintln!(
+        "serving {} tenants with {} plugin version(s): {}",
+        served.len(),
+        files.len(),
+        files.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            + if files.len() > 5 { ", ..." } else { "" }
+    );
     for p in &problems {
         // A running host waits for the plugin to be installed or fixed.
         eprintln!("{p} (waiting for it)");
     }
     // Hot reload: a tenant's plugin that changes is loaded again; a tenant that gets its first
     // plugin starts (when it is one of the tenants served).
-    let _watcher = if options.exit_when_idle {
+    let _watcher: Option<notify::RecommendedWatcher> = if options.exit_when_idle {
         None
     } else {
         let served: Option<Vec<TenantId>> = (!explicit.is_empty()).then(|| explicit.clone());
@@ -256,29 +293,47 @@ pub fn run<S: Store + Clone>(
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
         eprintln!("metrics at http://{bound}/metrics");
     }
-    if !options.exit_when_idle {
-        // Serve until a signal, or until every tenant's workers stopped on an error.
-        while !shutdown.load(Ordering::Relaxed) && !workers.finished() {
-            std::thread::sleep(std::time::Duration::from_millis(50));
+    Ok(Running {
+        workers,
+        progress,
+        shutdown,
+        pool,
+        status_writer,
+        _watcher,
+        started,
+        exit_when_idle: options.exit_when_idle,
+    })
+}
+
+impl<S: Store + Clone> Running<S> {
+    /// Serves until a signal or [`Running::shutdown`] (or, with `exit_when_idle`, until
+    /// every tenant is drained); then every shard commits; prints the summary.
+    pub fn wait(self) -> anyhow::Result<()> {
+        let Running { workers, progress, shutdown, pool, status_writer, started, .. } = self;
+        if !self.exit_when_idle {
+            // Serve until a signal, or until every tenant's workers stopped on an error.
+            while !shutdown.load(Ordering::Relaxed) && !workers.finished() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
+        let failed = join_all(&workers);
+        shutdown.store(true, Ordering::Relaxed);
+        pool.close();
+        let _ = status_writer.join();
+        let secs = started.elapsed().as_secs_f64();
+        let events = progress.events.load(Ordering::Relaxed);
+        eprintln!(
+            "processed {events} events in {} buckets, published {} stories (revisions included), {} dead letters, in {secs:.1} s ({:.0} events/s)",
+            progress.buckets.load(Ordering::Relaxed),
+            progress.stories.load(Ordering::Relaxed),
+            progress.dead_letters.load(Ordering::Relaxed),
+            events as f64 / secs.max(1e-9)
+        );
+        if !failed.is_empty() {
+            bail!(failed.join("; "));
+        }
+        Ok(())
     }
-    let failed = join_all(&workers);
-    shutdown.store(true, Ordering::Relaxed);
-    pool.close();
-    let _ = status_writer.join();
-    let secs = started.elapsed().as_secs_f64();
-    let events = progress.events.load(Ordering::Relaxed);
-    eprintln!(
-        "processed {events} events in {} buckets, published {} stories (revisions included), {} dead letters, in {secs:.1} s ({:.0} events/s)",
-        progress.buckets.load(Ordering::Relaxed),
-        progress.stories.load(Ordering::Relaxed),
-        progress.dead_letters.load(Ordering::Relaxed),
-        events as f64 / secs.max(1e-9)
-    );
-    if !failed.is_empty() {
-        bail!(failed.join("; "));
-    }
-    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -44,6 +44,8 @@ pub struct PluginInstance {
     stderr_seen: usize,
     /// Latest watermark given to `process`: what the guest's clocks show in other calls.
     watermark: i64,
+    /// Advances the epoch while a call runs (the deadline).
+    ticker: Arc<super::Ticker>,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -82,6 +84,7 @@ impl Plugin {
             failure,
         };
         let version = &self.info.manifest.version;
+        let ticking = self.ticker.enter();
         let instantiated = self.compiled.pre.instantiate(&mut store).and_then(|instance| {
             let mut func = |name| export_func(&mut store, &instance, version, name);
             Ok(Exports {
@@ -93,6 +96,7 @@ impl Plugin {
                 restore: func("restore")?,
             })
         });
+        drop(ticking);
         let exports = match instantiated {
             Ok(b) => b,
             Err(e) => {
@@ -111,6 +115,7 @@ impl Plugin {
             poisoned: false,
             stderr_seen: 0,
             watermark: 0,
+            ticker: self.ticker.clone(),
         };
         let init = instance.exports.init;
         instance
@@ -345,7 +350,9 @@ impl PluginInstance {
         data.set_clock(self.watermark);
         data.limiter.hit = false;
         data.log.reset();
+        let ticking = self.ticker.enter();
         let result = f(&mut self.store);
+        drop(ticking);
         match result {
             Ok(r) => Ok(r),
             Err(e) => {

@@ -88,6 +88,8 @@ pub struct Runtime {
     budgets: TenantBudgets,
     /// Components in use, shared by content.
     loaded: Loaded,
+    /// Advances the epoch while guests run.
+    ticker: Arc<Ticker>,
 }
 
 /// Bytes of memory reserved per tenant, shared by all its instances.
@@ -114,7 +116,7 @@ impl Runtime {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        spawn_epoch_ticker(&engine);
+        let ticker = Ticker::start(&engine);
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -135,6 +137,7 @@ impl Runtime {
             cache: cache_dir.map(ComponentCache::new),
             budgets: Default::default(),
             loaded: Default::default(),
+            ticker,
         })
     }
 
@@ -190,6 +193,7 @@ impl Runtime {
             compiled,
             engine: self.engine.clone(),
             budgets: self.budgets.clone(),
+            ticker: self.ticker.clone(),
         })
     }
 
@@ -234,21 +238,64 @@ impl Runtime {
     }
 }
 
-/// Advances the engine's epoch forever; ends when the engine is dropped.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    let spawned = std::thread::Builder::new().name("storyline-epoch".into()).spawn(move || {
-        loop {
-            std::thread::sleep(EPOCH_TICK);
-            match weak.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => return,
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a guest call runs, and sleeps
+/// otherwise: ten thousand idle tenants cost no wake-ups. Ends when the engine is dropped.
+#[derive(Debug, Default)]
+struct Ticker {
+    /// Calls running now.
+    calls: std::sync::atomic::AtomicUsize,
+    /// The ticking thread, woken when the first call starts.
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// Held while a guest call runs: the epoch advances meanwhile.
+struct Ticking<'t>(&'t Ticker);
+
+impl Ticker {
+    fn start(engine: &Engine) -> Arc<Ticker> {
+        let ticker = Arc::new(Ticker::default());
+        let weak = engine.weak();
+        let t = ticker.clone();
+        let spawned = std::thread::Builder::new().name("storyline-epoch".into()).spawn(move || {
+            loop {
+                if t.calls.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    // Woken by the next call; the timeout only notices a dropped engine.
+                    std::thread::park_timeout(Duration::from_secs(1));
+                } else {
+                    std::thread::sleep(EPOCH_TICK);
+                }
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
             }
+        });
+        match spawned {
+            Ok(handle) => {
+                let _ = ticker.thread.set(handle.thread().clone());
+            }
+            // Without the ticker no deadline fires; say so loudly rather than fail every call.
+            Err(e) => tracing::error!(
+                "cannot start the epoch thread; plugin deadlines are not enforced: {e}"
+            ),
         }
-    });
-    if let Err(e) = spawned {
-        // Without the ticker no deadline fires; say so loudly rather than fail every call.
-        tracing::error!("cannot start the epoch thread; plugin deadlines are not enforced: {e}");
+        ticker
+    }
+
+    /// Marks a call as running until the guard drops.
+    fn enter(&self) -> Ticking<'_> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+        Ticking(self)
+    }
+}
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -318,6 +365,7 @@ pub struct Plugin {
     info: Arc<PluginInfo>,
     /// The compiled component, shared by every plugin loaded from the same bytes.
     compiled: Arc<Compiled>,
+    ticker: Arc<Ticker>,
     engine: Engine,
     budgets: TenantBudgets,
 }

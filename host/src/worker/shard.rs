@@ -455,6 +455,13 @@ impl<S: Store + Clone> ShardTask<S> {
                 c.instance = Some(fresh);
                 c.blank_digest = blank;
                 c.active = active;
+                // A bucket waiting out a backoff is tried with the new version at once.
+                if let Some((bucket, _)) = c.paused {
+                    c.paused = Some((bucket, now_ms()));
+                }
+                if let Some((bucket, tried, _)) = c.retry {
+                    c.retry = Some((bucket, tried, Instant::now()));
+                }
             }
             Err(e) => slot.record_error(format!(
                 "shard {}: the new version cannot take over the state: {e}; {} keeps serving this shard",
@@ -574,6 +581,13 @@ impl<S: Store + Clone> ShardTask<S> {
         let lag = (config.delay_ms - grace).max(0);
         // Process the latest closed bucket, empty (it is closed, so no event can still land
         // in it).
+        // Buckets processed since the last commit are committed once the checkpoint interval
+        // has passed, busy or not: an idle shard does not keep them uncommitted.
+        let commit_at = c.committed_at + spaced(config.checkpoint_ms, c.snapshot_ms);
+        if c.offset != c.committed && now >= commit_at {
+            self.commit(c)?;
+            return Ok(Flow::Step(Step::Again));
+        }
         let holds_something = c.offset != c.committed || c.state_digest != c.blank_digest;
         let latest = self.close_to(now);
         let tick_at = c.last_tick + spaced(config.tick_ms, c.snapshot_ms);
@@ -608,6 +622,9 @@ impl<S: Store + Clone> ShardTask<S> {
         }
         if !ctx.watched {
             wake = wake.min(instant_at(c.replay_checked + REPLAY_CHECK_MS));
+        }
+        if c.offset != c.committed {
+            wake = wake.min(instant_at(commit_at));
         }
         if holds_something {
             // The next tick: when due, once a bucket after the offset may be closed.
