@@ -343,6 +343,30 @@ pub async fn tenants_do_not_see_each_other(s: &impl Store, a: &TenantId, b: &Ten
     assert_eq!(s.layout(b).await.unwrap(), None);
 }
 
+pub async fn newest_buckets_name_each_shards_latest_in_one_answer(s: &impl Store, t: &TenantId) {
+    let base = storyline::producer::bucket_of(storyline::producer::now_ms(), 1000).0;
+    let events = [
+        new_event(0, base - 3000, "a"),
+        new_event(0, base - 1000, "b"),
+        new_event(2, base - 2000, "c"),
+    ];
+    s.append(t, LAYOUT, &events).await.unwrap();
+    // A store that cannot tell answers `None` (its workers look shard by shard).
+    let Some(newest) = s.newest_buckets(t, LAYOUT.shards).await.unwrap() else { return };
+    // Right after midnight the older buckets may be in yesterday's partition: only the shards
+    // whose newest bucket is today's are sure to be named.
+    let today = |b: i64| b.div_euclid(86_400_000) == base.div_euclid(86_400_000);
+    assert_eq!(newest.len(), 4);
+    if today(base - 3000) {
+        assert_eq!(newest[0], Some(BucketStart(base - 1000)));
+        assert_eq!(newest[2], Some(BucketStart(base - 2000)));
+    }
+    assert_eq!((newest[1], newest[3]), (None, None));
+    s.append(t, LAYOUT, &[new_event(1, base, "d")]).await.unwrap();
+    let newest = s.newest_buckets(t, LAYOUT.shards).await.unwrap().unwrap();
+    assert_eq!(newest[1], Some(BucketStart(base)));
+}
+
 /// Instantiates every contract test for one store. `$make` is an async expression giving a
 /// fresh store (tests run concurrently; each gets its own tenants).
 macro_rules! contract_tests {
@@ -382,6 +406,7 @@ macro_rules! all_contract_tests {
             stories_since_a_time_come_in_publication_order,
             dead_letters_are_kept_per_bucket,
             writes_into_closed_buckets_move_to_the_first_open_bucket,
+            newest_buckets_name_each_shards_latest_in_one_answer,
         );
     };
 }

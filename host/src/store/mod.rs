@@ -385,6 +385,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// (the embedded store's directory lock). Nothing for a shared store.
     fn release(&self, _tenant: &TenantId) {}
 
+    /// The newest non-empty bucket of each of the tenant's first `shards` shards among recent
+    /// writes (`None` for a shard without any), in one request: how an idle host polling a
+    /// store that cannot announce writes ([`Store::watch`]) learns which shards have new
+    /// events without asking every shard. `Ok(None)`: this store cannot tell; every idle shard
+    /// then looks for itself.
+    fn newest_buckets(
+        &self,
+        _tenant: &TenantId,
+        _shards: u32,
+    ) -> impl Future<Output = Result<Option<Vec<Option<BucketStart>>>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Calls `hook` after every durable change that gives workers something to do (events
     /// appended, a dead letter written), so that idle workers sleep until then instead of
     /// polling. `false`: this store cannot tell (other processes write to it) and workers poll.

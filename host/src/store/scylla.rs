@@ -391,6 +391,7 @@ struct Tenant {
     insert_event: PreparedStatement,
     insert_bucket: PreparedStatement,
     next_bucket: PreparedStatement,
+    newest_buckets: PreparedStatement,
     read_bucket: PreparedStatement,
     count_bucket: PreparedStatement,
     read_shard: PreparedStatement,
@@ -1028,6 +1029,12 @@ impl ScyllaStore {
             ))
             .await?,
             insert_bucket: prepare(format!("INSERT INTO {ks}.buckets (shard, day, bucket) VALUES (?, ?, ?)")).await?,
+            // Unpaged (as every statement here): ORDER BY with IN on the partition key is
+            // refused on paged queries.
+            newest_buckets: prepare(format!(
+                "SELECT shard, bucket FROM {ks}.buckets WHERE shard IN ? AND day = ? ORDER BY bucket DESC PER PARTITION LIMIT 1"
+            ))
+            .await?,
             next_bucket: prepare(format!(
                 "SELECT bucket FROM {ks}.buckets WHERE shard = ? AND day = ? AND bucket > ? LIMIT 1"
             ))
@@ -1565,6 +1572,26 @@ impl Store for ScyllaStore {
             day += 1;
         }
         Ok(None)
+    }
+
+    async fn newest_buckets(
+        &self,
+        tenant: &TenantId,
+        shards: u32,
+    ) -> Result<Option<Vec<Option<BucketStart>>>, StoreError> {
+        let t = self.tenant(tenant).await?;
+        let day = crate::producer::now_ms().div_euclid(DAY_MS);
+        let all: Vec<i32> = (0..shards as i32).collect();
+        let result = self.execute(&t.newest_buckets, (all, day)).await?;
+        let rows = result.into_rows_result().map_err(backend)?;
+        let mut newest = vec![None; shards as usize];
+        for row in rows.rows::<(i32, i64)>().map_err(|e| corrupt("buckets", e))? {
+            let (shard, bucket) = row.map_err(|e| corrupt("buckets", e))?;
+            if let Some(slot) = usize::try_from(shard).ok().and_then(|s| newest.get_mut(s)) {
+                *slot = Some(BucketStart(bucket));
+            }
+        }
+        Ok(Some(newest))
     }
 
     async fn close_buckets(

@@ -42,8 +42,9 @@ pub struct WorkerConfig {
     pub poll_ms: u64,
     /// Lease lifetime; renewed at a third of it. Default 10 000 ms.
     pub lease_ttl_ms: i64,
-    /// Time passes for the plugin at least this often when idle (spaced further for a large
-    /// state, see [`SNAPSHOT_SPACING`]). Default 1 000 ms.
+    /// Time passes for the plugin this often when idle (spaced further for a large state, see
+    /// [`SNAPSHOT_SPACING`], and after ticks that published nothing, up to 8 times). Default
+    /// 1 000 ms.
     pub tick_ms: i64,
     /// A shard with nothing open and nothing to read drops its plugin instance at once and
     /// gives its lease up after this long. Default 30 000 ms.
@@ -429,8 +430,24 @@ enum TenantPhase {
     /// No layout yet: no events were ever written.
     WaitingForEvents { since: i64 },
     /// Shards started.
-    Serving { shards: u32, next_poll: Instant },
+    Serving(Box<Polling>),
 }
+
+/// What a tenant's task keeps while its shards run.
+struct Polling {
+    shards: u32,
+    /// The shards' tasks, by shard.
+    tasks: Vec<TaskId>,
+    /// On a store that cannot announce writes: the newest bucket of each shard seen so far.
+    newest: Vec<Option<crate::model::BucketStart>>,
+    next_poll: Instant,
+    /// When dead letters marked for replay are looked for next.
+    next_letters: Instant,
+}
+
+/// On a store that cannot announce dead letters, how often a tenant's task looks for ones
+/// marked for replay (one request for all its shards).
+const REPLAY_CHECK: Duration = Duration::from_secs(2);
 
 impl<S: Store + Clone> TenantTask<S> {
     fn step_inner(&mut self) -> Result<Step, WorkerError> {
@@ -457,16 +474,22 @@ impl<S: Store + Clone> TenantTask<S> {
                     }));
                 };
                 ctx.beat_if_stale(layout.shards)?;
+                let mut tasks = Vec::new();
                 for shard in 0..layout.shards {
                     ctx.run.tasks.fetch_add(1, Ordering::AcqRel);
                     let task = shard::ShardTask::new(ctx.clone(), ShardId(shard), layout);
-                    ctx.pool.spawn(&ctx.tenant, Box::new(task));
+                    tasks.push(ctx.pool.spawn(&ctx.tenant, Box::new(task)));
                 }
-                self.phase =
-                    TenantPhase::Serving { shards: layout.shards, next_poll: Instant::now() };
+                self.phase = TenantPhase::Serving(Box::new(Polling {
+                    shards: layout.shards,
+                    tasks,
+                    newest: vec![None; layout.shards as usize],
+                    next_poll: Instant::now(),
+                    next_letters: Instant::now(),
+                }));
                 Ok(Step::Again)
             }
-            TenantPhase::Serving { shards, ref mut next_poll } => {
+            TenantPhase::Serving(ref mut polling) => {
                 // Only this task left: every shard finished.
                 if ctx.run.tasks.load(Ordering::Acquire) <= 1 {
                     // Leave at once rather than when the heartbeat expires, so the next worker
@@ -486,16 +509,45 @@ impl<S: Store + Clone> TenantTask<S> {
                 if ctx.watched && !config.exit_when_idle {
                     return Ok(Step::Sleep(None));
                 }
-                // The store cannot say when events arrive: idle shards look every poll.
+                // The store cannot say when events arrive: one request a poll for the newest
+                // bucket of every shard, and only shards with new ones are woken.
                 let now = Instant::now();
-                if now >= *next_poll {
-                    *next_poll = now + poll;
-                    ctx.pool.wake(&ctx.tenant, self.id);
-                    if let Err(e) = ctx.beat_if_stale(shards) {
+                let p = &mut **polling;
+                if now >= p.next_poll {
+                    p.next_poll = now + poll;
+                    match ctx.block(ctx.store.newest_buckets(&ctx.tenant, p.shards)) {
+                        Ok(Some(newest)) => {
+                            for (i, b) in newest.into_iter().enumerate() {
+                                if b.is_some() && p.newest.get(i).is_some_and(|seen| *seen != b) {
+                                    p.newest[i] = b;
+                                    ctx.pool.wake_task(p.tasks[i]);
+                                }
+                            }
+                        }
+                        Ok(None) => ctx.pool.wake(&ctx.tenant, self.id),
+                        Err(e) => {
+                            tracing::warn!(tenant = %ctx.tenant, "cannot look for new events: {e}");
+                            ctx.pool.wake(&ctx.tenant, self.id);
+                        }
+                    }
+                    if let Err(e) = ctx.beat_if_stale(p.shards) {
                         tracing::warn!(tenant = %ctx.tenant, "heartbeat failed: {e}");
                     }
                 }
-                Ok(Step::Sleep(Some(*next_poll)))
+                if now >= p.next_letters {
+                    p.next_letters = now + REPLAY_CHECK;
+                    match ctx.block(ctx.store.dead_letters(&ctx.tenant)) {
+                        Ok(letters) if letters.iter().any(|l| l.replay) => {
+                            ctx.run.dead_letter_changes.fetch_add(1, Ordering::Relaxed);
+                            ctx.pool.wake(&ctx.tenant, self.id);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(tenant = %ctx.tenant, "cannot read dead letters: {e}")
+                        }
+                    }
+                }
+                Ok(Step::Sleep(Some(p.next_poll.min(p.next_letters))))
             }
         }
     }

@@ -192,6 +192,14 @@ impl Pool {
         }
     }
 
+    /// Wakes one task (see [`Pool::wake`]).
+    pub fn wake_task(&self, id: TaskId) {
+        let woke = self.inner.lock().wake_one(id);
+        if woke {
+            self.inner.work.notify_one();
+        }
+    }
+
     /// Wakes every task of every tenant.
     pub fn wake_all(&self) {
         let mut s = self.inner.lock();

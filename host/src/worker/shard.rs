@@ -7,7 +7,7 @@
 //!
 //! When no bucket is pending the plugin still hears of time passing: every `tick_ms` it gets an
 //! empty bucket (the latest ready one) so that sessions seen by one sensor close on their
-//! timeout. That bucket is committed like any other. A shard whose plugin holds nothing (its
+//! timeout; ticks that publish nothing come further apart (up to 8 × `tick_ms`). That bucket is committed like any other. A shard whose plugin holds nothing (its
 //! state is a fresh instance's) needs no ticks: it drops its instance and sleeps until new data,
 //! and gives its lease up after [`WorkerConfig::linger_ms`].
 
@@ -26,8 +26,10 @@ use crate::store::{BucketEvents, DeadLetter, Layout, Lease, Store, StoreError};
 const MAX_BACKOFF_MS: u64 = 30_000;
 /// A shard healthy for this long forgets its earlier failures.
 const HEALTHY_MS: i64 = 60_000;
-/// On a store that cannot announce dead letters, how often a shard looks for ones to replay.
-const REPLAY_CHECK_MS: i64 = 2_000;
+/// Idle ticks that publish nothing come further apart, up to this many times `tick_ms`: a
+/// quiet shard whose plugin keeps published sessions for ten minutes ticks every 8 s instead of
+/// every second; a session it closes is published up to that much later.
+const IDLE_TICK_STRETCH: i64 = 8;
 
 /// The instant at epoch ms `at` (now if it passed).
 fn instant_at(at: TimestampMs) -> Instant {
@@ -44,6 +46,8 @@ pub(super) struct ShardTask<S> {
     layout: Layout,
     /// When the lag alarm was last logged (at most once a minute).
     last_alarm: TimestampMs,
+    /// Store failures in a row (the backoff exponent); reset once the shard serves again.
+    store_failures: u32,
     phase: Phase,
 }
 
@@ -122,6 +126,9 @@ struct Cursor {
     renewed_at: TimestampMs,
     /// When time last passed for the plugin (a bucket or a tick was processed).
     last_tick: TimestampMs,
+    /// The idle tick interval now: `tick_ms`, doubled after every tick that published
+    /// nothing, up to [`IDLE_TICK_STRETCH`] times `tick_ms`.
+    tick_every: i64,
     /// What the last snapshot cost (taking it, and writing it when committed), ms.
     snapshot_ms: i64,
     /// Failures in a row (reset after a healthy minute): the backoff exponent.
@@ -132,8 +139,6 @@ struct Cursor {
     retry: Option<(BucketStart, u32, Instant)>,
     /// Paused on a bucket that failed every attempt (`OnFailure::Pause`): not before then.
     paused: Option<(BucketStart, TimestampMs)>,
-    /// When dead letters to replay were last looked for.
-    replay_checked: TimestampMs,
     /// The tenant's dead-letter changes seen (see `TenantRun::dead_letter_changes`).
     dead_letters_seen: u64,
     /// With exit_when_idle: since when nothing was pending.
@@ -143,8 +148,32 @@ struct Cursor {
 impl<S: Store + Clone> Task for ShardTask<S> {
     fn step(&mut self) -> Step {
         match self.step_inner() {
-            Ok(Some(step)) => step,
+            Ok(Some(step)) => {
+                if matches!(self.phase, Phase::Serving(_)) {
+                    self.store_failures = 0;
+                }
+                step
+            }
             Ok(None) => self.finish(Ok(())),
+            // A live worker outlasts its store: an overloaded or unreachable node costs a
+            // backoff, and the shard starts again from its last commit (what was processed
+            // since is processed again; its stories are the same and overwrite themselves).
+            Err(WorkerError::Store(e)) if !self.config().exit_when_idle && !self.ctx.stopping() => {
+                let wait = self
+                    .config()
+                    .backoff_ms
+                    .saturating_mul(1 << self.store_failures.min(16))
+                    .min(MAX_BACKOFF_MS);
+                self.store_failures += 1;
+                tracing::error!(
+                    tenant = %self.ctx.tenant,
+                    shard = %self.shard,
+                    wait_ms = wait,
+                    "store failed: {e}; the shard starts again from its last commit after the wait"
+                );
+                self.phase = Phase::Start { cold: None, failed_generation: None };
+                Step::Sleep(Some(Instant::now() + Duration::from_millis(wait)))
+            }
             Err(e) => self.finish(Err(e)),
         }
     }
@@ -162,6 +191,7 @@ impl<S: Store + Clone> ShardTask<S> {
             shard,
             layout,
             last_alarm: i64::MIN,
+            store_failures: 0,
             phase: Phase::Start { cold: None, failed_generation: None },
         }
     }
@@ -300,7 +330,12 @@ impl<S: Store + Clone> ShardTask<S> {
                 self.phase = Phase::Start { cold: None, failed_generation: Some(generation) };
                 Ok(Some(Step::Sleep(None)))
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // The store failed while opening: give the lease back if it can be.
+                let _ = self.block(ctx.store.release_lease(tenant, &lease));
+                ctx.run.share.held.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
         }
     }
 
@@ -378,12 +413,12 @@ impl<S: Store + Clone> ShardTask<S> {
             closed_at: now,
             renewed_at: now,
             last_tick: now,
+            tick_every: self.config().tick_ms,
             snapshot_ms: 0,
             failures: 0,
             failed_at: i64::MIN,
             retry: None,
             paused: None,
-            replay_checked: i64::MIN,
             dead_letters_seen: u64::MAX,
             idle_since: None,
         })
@@ -485,13 +520,10 @@ impl<S: Store + Clone> ShardTask<S> {
         if ctx.slot.generation() != c.seen_generation && !self.switch(c)? {
             return Ok(Flow::Stop(Stop::Unloaded));
         }
+        // Dead letters changed (the store said so, or the tenant's task saw letters marked for
+        // replay): look for this shard's.
         let letters = ctx.run.dead_letter_changes.load(Ordering::Relaxed);
-        let replay_due = if ctx.watched {
-            letters != c.dead_letters_seen
-        } else {
-            now_ms().saturating_sub(c.replay_checked) >= REPLAY_CHECK_MS
-        };
-        if replay_due {
+        if letters != c.dead_letters_seen {
             c.dead_letters_seen = letters;
             self.replay_dead_letters(c)?;
         }
@@ -590,7 +622,7 @@ impl<S: Store + Clone> ShardTask<S> {
         }
         let holds_something = c.offset != c.committed || c.state_digest != c.blank_digest;
         let latest = self.close_to(now);
-        let tick_at = c.last_tick + spaced(config.tick_ms, c.snapshot_ms);
+        let tick_at = c.last_tick + spaced(c.tick_every, c.snapshot_ms);
         if now >= tick_at && holds_something && c.offset.is_none_or(|o| o < latest) {
             // The latest closable bucket if it may be read now (a store without a grace),
             // else the newest whose close completed: with a grace of a bucket or more, the
@@ -619,9 +651,6 @@ impl<S: Store + Clone> ShardTask<S> {
         let mut wake = renew_at;
         if let Some((_, at)) = c.closing {
             wake = wake.min(instant_at(at));
-        }
-        if !ctx.watched {
-            wake = wake.min(instant_at(c.replay_checked + REPLAY_CHECK_MS));
         }
         if c.offset != c.committed {
             wake = wake.min(instant_at(commit_at));
@@ -794,6 +823,12 @@ impl<S: Store + Clone> ShardTask<S> {
             }
         }
         c.last_tick = now;
+        let tick_ms = self.config().tick_ms;
+        c.tick_every = if n == 0 && stories.is_empty() {
+            c.tick_every.saturating_mul(2).min(tick_ms.saturating_mul(IDLE_TICK_STRETCH))
+        } else {
+            tick_ms
+        };
         self.ctx.shared.progress.events.fetch_add(n, Ordering::Relaxed);
         self.ctx.shared.progress.buckets.fetch_add(1, Ordering::Relaxed);
         self.ctx.shared.progress.stories.fetch_add(stories.len() as u64, Ordering::Relaxed);
@@ -830,7 +865,6 @@ impl<S: Store + Clone> ShardTask<S> {
     /// current instance as a late bucket, the stories are published, the letter removed. A
     /// letter that fails again stays, with the new reason.
     fn replay_dead_letters(&self, c: &mut Cursor) -> Result<(), WorkerError> {
-        c.replay_checked = now_ms();
         let letters = self.block(self.ctx.store.dead_letters(&self.ctx.tenant))?;
         let bucket_ms = self.layout.bucket_ms;
         for letter in letters.into_iter().filter(|l| l.shard == self.shard && l.replay) {
