@@ -17,6 +17,8 @@
 //! - [`generate`]: a realistic multi-sensor event stream with ground truth (demo, tests, benches).
 //! - [`quality`]: how right a rule's stories are: real sensor logs with their session keys as
 //!   ground truth, perturbed as fleets are, scored pairwise beside a naive rule.
+//! - [`config`]: the configuration file, `storyline.toml`: parsed and checked, every value
+//!   optional; leaves merging it under the flags to `cli` and applying it to the modules above.
 //! - [`cli`]: the `storyline` command line; parses arguments and calls the modules above.
 
 /// Every binary linking the host (the CLI, tests, benches) allocates with mimalloc.
@@ -25,6 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod catalog;
 pub mod cli;
+pub mod config;
 pub mod generate;
 pub mod metrics;
 pub mod model;

@@ -1,10 +1,8 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = storyline::cli::Cli::parse();
-    match storyline::cli::run(cli) {
+    // Flags, then `STORYLINE_*` variables, then the configuration file, then the defaults.
+    match storyline::cli::Cli::from_args_and_config().and_then(storyline::cli::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("storyline: {e:#}");

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli_plugin;
+mod config;
 mod crash;
 mod hot_reload;
 mod input_formats;

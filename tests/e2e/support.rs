@@ -82,6 +82,7 @@ pub fn storyline(args: &[&str]) -> Output {
         .args(args)
         .env_remove("STORYLINE_DATA_DIR")
         .env_remove("STORYLINE_PLUGIN_DIR")
+        .env_remove("STORYLINE_CONFIG")
         .output()
         .expect("cannot run storyline")
 }

@@ -194,17 +194,29 @@ pub struct Found {
     pub ignored: Vec<PathBuf>,
 }
 
+/// Which `.wasm` of a tenant's folder is its plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice<'a> {
+    /// The only one; when the folder holds several, the one with this file name (the file
+    /// serving now, or the last one that loaded).
+    Prefer(Option<&'a Path>),
+    /// The file of this name, which the configuration file names (`tenants.<name>.plugin`),
+    /// even when it is not the only one. When the folder holds other `.wasm` files but not
+    /// this one, that is an error: another file is never taken in its place.
+    Named(&'a str),
+}
+
 /// The tenant's plugin file, or `None` when the tenant has no folder or no `.wasm` in it.
 ///
 /// One plugin per tenant: the only `.wasm` of its folder (names starting with `.` are
-/// temporary files and never count). When the folder holds several, `prefer` decides (the file
-/// serving now, or the last one that loaded): the others are ignored and reported. Several
-/// with none preferred is an error naming them: which file is a tenant's plugin never depends
-/// on file-name order.
+/// temporary files and never count), unless the configuration names one ([`Choice::Named`]).
+/// When the folder holds several, the preferred one decides (the file serving now, or the last
+/// one that loaded): the others are ignored and reported. Several with none preferred is an
+/// error naming them: which file is a tenant's plugin never depends on file-name order.
 pub fn find_plugin(
     dir: &Path,
     tenant: &TenantId,
-    prefer: Option<&Path>,
+    choice: Choice<'_>,
 ) -> Result<Option<Found>, String> {
     let folder = dir.join(tenant.as_str());
     let Ok(entries) = std::fs::read_dir(&folder) else { return Ok(None) };
@@ -215,6 +227,29 @@ pub fn find_plugin(
         .filter(|p| p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.')))
         .collect();
     wasm.sort();
+    let names = |wasm: &[PathBuf]| -> String {
+        let names: Vec<String> = wasm
+            .iter()
+            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+            .collect();
+        names.join(", ")
+    };
+    let prefer = match choice {
+        Choice::Prefer(prefer) => prefer,
+        Choice::Named(name) => {
+            if wasm.is_empty() {
+                return Ok(None);
+            }
+            let Some(i) = wasm.iter().position(|w| w.file_name() == Some(name.as_ref())) else {
+                return Err(format!(
+                    "the configuration names {name} as tenant {tenant}'s plugin (tenants.{tenant}.plugin), but {} holds only {}: install {name} there or change tenants.{tenant}.plugin",
+                    folder.display(),
+                    names(&wasm)
+                ));
+            };
+            return found(wasm, i).map(Some);
+        }
+    };
     let chosen = match wasm.len() {
         0 => return Ok(None),
         1 => 0,
@@ -223,19 +258,20 @@ pub fn find_plugin(
             match wasm.iter().position(|w| w.file_name() == preferred) {
                 Some(i) => i,
                 None => {
-                    let names: Vec<String> = wasm
-                        .iter()
-                        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
-                        .collect();
                     return Err(format!(
-                        "{} holds {n} plugin files ({}) and none of them served tenant {tenant} before: keep one .wasm per tenant folder (install a new version by renaming it over the old one)",
+                        "{} holds {n} plugin files ({}) and none of them served tenant {tenant} before: keep one .wasm per tenant folder (install a new version by renaming it over the old one), or name the plugin in the configuration file (tenants.{tenant}.plugin)",
                         folder.display(),
-                        names.join(", ")
+                        names(&wasm)
                     ));
                 }
             }
         }
     };
+    found(wasm, chosen).map(Some)
+}
+
+/// `wasm[chosen]` with its configuration, the other files ignored.
+fn found(mut wasm: Vec<PathBuf>, chosen: usize) -> Result<Found, String> {
     let path = wasm.remove(chosen);
     let config_path = path.with_extension("json");
     let config = match std::fs::read_to_string(&config_path) {
@@ -245,7 +281,7 @@ pub fn find_plugin(
             return Err(format!("cannot read plugin configuration {}: {e}", config_path.display()));
         }
     };
-    Ok(Some(Found { path, config, ignored: wasm }))
+    Ok(Found { path, config, ignored: wasm })
 }
 
 /// Every tenant's slot, loaded from the plugin directory.
@@ -256,6 +292,8 @@ pub struct Catalog {
     limits: Limits,
     /// Where each tenant's last version that loaded is remembered, if anywhere.
     known_good: Option<KnownGood>,
+    /// Tenants whose plugin file the configuration names (see [`Choice::Named`]).
+    named: BTreeMap<TenantId, String>,
     slots: Mutex<BTreeMap<TenantId, Arc<Slot>>>,
     /// One reload at a time (the watcher's and a caller's may race): compare and install are
     /// one step.
@@ -291,11 +329,24 @@ impl Catalog {
         limits: Limits,
         known_good: Option<KnownGood>,
     ) -> Arc<Self> {
+        Self::configured(runtime, dir, limits, known_good, BTreeMap::new())
+    }
+
+    /// Like [`Catalog::remembering`], where the tenants of `named` run the plugin file of that
+    /// name in their folder (the configuration file's `tenants.<name>.plugin`).
+    pub fn configured(
+        runtime: Runtime,
+        dir: impl Into<PathBuf>,
+        limits: Limits,
+        known_good: Option<KnownGood>,
+        named: BTreeMap<TenantId, String>,
+    ) -> Arc<Self> {
         Arc::new(Catalog {
             runtime,
             dir: dir.into(),
             limits,
             known_good,
+            named,
             slots: Mutex::new(BTreeMap::new()),
             reloading: Mutex::new(()),
         })
@@ -357,7 +408,11 @@ impl Catalog {
             Some(active) => Some(active.path.clone()),
             None => remembered.map(|r| r.path),
         };
-        let found = match find_plugin(&self.dir, tenant, prefer.as_deref()) {
+        let choice = match self.named.get(tenant) {
+            Some(name) => Choice::Named(name),
+            None => Choice::Prefer(prefer.as_deref()),
+        };
+        let found = match find_plugin(&self.dir, tenant, choice) {
             Ok(found) => found,
             Err(e) => {
                 return reject(&slot, format!("{e}; the previous version, if any, keeps serving"));
@@ -547,11 +602,14 @@ mod tests {
     #[test]
     fn the_only_wasm_of_a_folder_is_the_plugin_and_temporary_files_never_count() {
         let dir = folder("only", &["rules.wasm", ".rules.wasm", "rules.json.tmp", "notes.txt"]);
-        let found = find_plugin(&dir, &acme(), None).unwrap().unwrap();
+        let found = find_plugin(&dir, &acme(), Choice::Prefer(None)).unwrap().unwrap();
         assert_eq!(found.path, dir.join("acme/rules.wasm"));
         assert_eq!(found.config, "{}");
         assert!(found.ignored.is_empty(), "{:?}", found.ignored);
-        assert_eq!(find_plugin(&dir, &TenantId::new("beta").unwrap(), None), Ok(None));
+        assert_eq!(
+            find_plugin(&dir, &TenantId::new("beta").unwrap(), Choice::Prefer(None)),
+            Ok(None)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -560,7 +618,7 @@ mod tests {
     {
         let dir = folder("several", &["a-stray.wasm", "rules.wasm", "z-stray.wasm"]);
         let prefer = Path::new("/elsewhere/plugins/acme/rules.wasm");
-        let found = find_plugin(&dir, &acme(), Some(prefer)).unwrap().unwrap();
+        let found = find_plugin(&dir, &acme(), Choice::Prefer(Some(prefer))).unwrap().unwrap();
         assert_eq!(found.path, dir.join("acme/rules.wasm"));
         assert_eq!(
             found.ignored,
@@ -573,10 +631,37 @@ mod tests {
     fn several_wasm_and_none_preferred_is_an_error_naming_them_never_a_choice_by_name() {
         let dir = folder("ambiguous", &["b.wasm", "a.wasm"]);
         for prefer in [None, Some(Path::new("gone.wasm"))] {
-            let err = find_plugin(&dir, &acme(), prefer).unwrap_err();
+            let err = find_plugin(&dir, &acme(), Choice::Prefer(prefer)).unwrap_err();
             assert!(err.contains("holds 2 plugin files (a.wasm, b.wasm)"), "{err}");
             assert!(err.contains("keep one .wasm per tenant folder"), "{err}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_configured_name_wins_over_the_file_serving() {
+        let dir = folder("named", &["old.wasm", "rules.wasm"]);
+        let found = find_plugin(&dir, &acme(), Choice::Named("rules.wasm")).unwrap().unwrap();
+        assert_eq!(found.path, dir.join("acme/rules.wasm"));
+        assert_eq!(found.ignored, vec![dir.join("acme/old.wasm")]);
+        // Without the configuration, the file serving would have stayed.
+        let serving = Path::new("/plugins/acme/old.wasm");
+        assert_eq!(
+            find_plugin(&dir, &acme(), Choice::Prefer(Some(serving))).unwrap().unwrap().path,
+            dir.join("acme/old.wasm")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_configured_file_that_is_missing_is_reported_never_replaced_by_another() {
+        let dir = folder("named-missing", &["other.wasm"]);
+        let err = find_plugin(&dir, &acme(), Choice::Named("rules.wasm")).unwrap_err();
+        assert!(err.contains("names rules.wasm") && err.contains("tenants.acme.plugin"), "{err}");
+        assert!(err.contains("holds only other.wasm"), "{err}");
+        let empty = folder("named-empty", &[]);
+        assert_eq!(find_plugin(&empty, &acme(), Choice::Named("rules.wasm")), Ok(None));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&empty);
     }
 }

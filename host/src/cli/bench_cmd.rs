@@ -143,7 +143,8 @@ impl BenchHost {
         }
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;
-        let dirs = super::Dirs { data: data.clone(), plugins, socket: None };
+        let dirs =
+            super::Dirs { data: data.clone(), plugins, socket: None, config: Default::default() };
         Ok(BenchHost { dirs, store: crate::store::embedded::EmbeddedStore::new(data) })
     }
 

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use super::ingest_socket::Summary;
 use super::progress::{Measure, Progress};
 use super::{Dirs, ensure_dir, tenant_arg};
-use crate::catalog::{Catalog, Found, KnownGood, Remembered, find_plugin};
+use crate::catalog::{Catalog, Choice, Found, KnownGood, Remembered, find_plugin};
 use crate::model::TenantId;
 use crate::plugin::{Limits, Plugin, Runtime};
 use crate::producer::{Adapter, Format, IngestReport, Producer, Router};
@@ -67,8 +67,30 @@ pub fn ingest_stream<S: Store>(
     if bucket_ms.is_some_and(|b| b <= 0) {
         bail!("--bucket-ms must be a positive number of milliseconds");
     }
-    // Explicit flags that disagree with an existing tenant are refused by the store.
-    let base = handle.block_on(store.layout(tenant))?.unwrap_or_default();
+    // Explicit flags that disagree with an existing tenant are refused by the store. The
+    // configuration file's layout is only that of a tenant's first events.
+    let base = match handle.block_on(store.layout(tenant))? {
+        Some(existing) => {
+            let configured = dirs.config.first_layout(tenant);
+            if dirs
+                .config
+                .tenant(tenant)
+                .is_some_and(|t| t.shards.is_some() || t.bucket_ms.is_some())
+                && configured != existing
+            {
+                tracing::warn!(
+                    %tenant,
+                    "the configuration gives {} shards of {} ms, but the tenant already has {} shards of {} ms, which it keeps",
+                    configured.shards,
+                    configured.bucket_ms,
+                    existing.shards,
+                    existing.bucket_ms
+                );
+            }
+            existing
+        }
+        None => dirs.config.first_layout(tenant),
+    };
     let layout = Layout {
         shards: shards.unwrap_or(base.shards),
         bucket_ms: bucket_ms.unwrap_or(base.bucket_ms),
@@ -115,11 +137,11 @@ fn router_for(dirs: &Dirs, tenant: &TenantId, serving: Option<&Catalog>) -> Opti
     let limits = serving.map_or_else(Limits::default, Catalog::limits);
     let known = dirs.known_good();
     let remembered = known.recall(tenant);
-    let problem = match find_plugin(
-        &dirs.plugins,
-        tenant,
-        remembered.as_ref().map(|r| r.path.as_path()),
-    ) {
+    let choice = match dirs.config.tenant(tenant).and_then(|t| t.plugin.as_deref()) {
+        Some(name) => Choice::Named(name),
+        None => Choice::Prefer(remembered.as_ref().map(|r| r.path.as_path())),
+    };
+    let problem = match find_plugin(&dirs.plugins, tenant, choice) {
         Ok(Some(found)) => match load_checked(&runtime, tenant, &found, limits) {
             Ok((plugin, bytes)) => {
                 for file in &found.ignored {

@@ -2,6 +2,7 @@
 //! argument definitions and the dispatch.
 
 mod bench_cmd;
+mod config_cmd;
 mod generate_cmd;
 mod ingest_cmd;
 mod ingest_socket;
@@ -28,6 +29,16 @@ use crate::store::scylla::{ScyllaConfig, ScyllaStore, schema_cql};
 #[derive(Debug, Parser)]
 #[command(name = "storyline", version, about)]
 pub struct Cli {
+    /// Configuration file (see README "Configuration file"); default `./storyline.toml` if
+    /// there is one. Flags and `STORYLINE_*` variables override what it says.
+    #[arg(long, global = true, env = "STORYLINE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// What the configuration file says (the defaults without one); filled by
+    /// [`Cli::with_config`], which also takes its values for the flags left unset.
+    #[arg(skip)]
+    pub settings: std::sync::Arc<crate::config::Config>,
+
     /// Directory of the embedded store and of the compiled-plugin cache.
     #[arg(long, global = true, env = "STORYLINE_DATA_DIR", default_value = "./storyline-data")]
     pub data_dir: PathBuf,
@@ -71,7 +82,8 @@ pub struct Cli {
 }
 
 /// The store backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// The embedded store in --data-dir (needs nothing installed).
     Embedded,
@@ -80,7 +92,8 @@ pub enum StoreKind {
 }
 
 /// `--on-failure`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnFailureArg {
     /// Dead-letter the bucket and go on.
     Skip,
@@ -222,6 +235,24 @@ pub enum Command {
     /// Measure: how right a rule's stories are on real sensor logs.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Check the configuration file, or hash a bearer token for it.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `storyline config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and check the configuration file (--config, else ./storyline.toml): print the file
+    /// used and a summary of the settings in effect (tokens as counts); exit 1 naming the
+    /// file, key and allowed values of the first problem.
+    Check,
+    /// Print the form a tenant's bearer token is written in the file, `sha256:<hex>`. Without
+    /// TOKEN, reads it from the first line of stdin (keeps it out of the shell's history).
+    HashToken {
+        /// The token.
+        token: Option<String>,
+    },
 }
 
 /// `storyline bench ...`
@@ -351,7 +382,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // With the embedded store, a running `storyline run` owns the data directory and takes
     // events through its ingest socket.
     let socket = (cli.store == StoreKind::Embedded).then(|| ingest_socket::path(&cli.data_dir));
-    let dirs = Dirs { data: cli.data_dir, plugins: cli.plugin_dir, socket };
+    let dirs = Dirs { data: cli.data_dir, plugins: cli.plugin_dir, socket, config: cli.settings };
     let scylla = ScyllaConfig {
         nodes: cli.scylla_nodes.split(',').map(|n| n.trim().to_string()).collect(),
         replication: cli.scylla_replication,
@@ -445,6 +476,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Config(ConfigCommand::Check) => {
+            config_cmd::check(&dirs, (cli.store, &scylla), &cli.log, &mut std::io::stdout())
+        }
+        Command::Config(ConfigCommand::HashToken { token }) => {
+            config_cmd::hash_token(token.as_deref())
+        }
         Command::Plugin(PluginCommand::New { name, dir }) => plugin_cmd::new(&name, &dir),
         Command::Plugin(PluginCommand::Check { file }) => {
             plugin_cmd::check(plugin_cmd::compile_cache(&dirs.data).as_deref(), &file)
@@ -520,6 +557,9 @@ pub struct Dirs {
     /// The ingest socket of the data directory, when the store belongs to one process
     /// (embedded): `run` serves it, `ingest` forwards to it when someone listens.
     pub socket: Option<PathBuf>,
+    /// The configuration file's settings (the defaults without one): each tenant's plugin file
+    /// and the layout of its first events.
+    pub config: std::sync::Arc<crate::config::Config>,
 }
 
 impl Dirs {

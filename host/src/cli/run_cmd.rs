@@ -154,8 +154,20 @@ pub fn start<S: Store + Clone>(
             shutdown.store(true, Ordering::Relaxed);
         });
     }
-    let catalog =
-        Catalog::remembering(runtime, &dirs.plugins, options.limits, Some(dirs.known_good()));
+    let catalog = Catalog::configured(
+        runtime,
+        &dirs.plugins,
+        options.limits,
+        Some(dirs.known_good()),
+        dirs.config.plugin_files(),
+    );
+    for (name, t) in &dirs.config.tenants {
+        for key in t.not_applied() {
+            eprintln!(
+                "note: tenants.{name}.{key} is read but not applied yet; the value for every tenant applies"
+            );
+        }
+    }
     if dirs.socket.is_some() {
         // This process owns the embedded store: `storyline ingest` reaches it through here,
         // and routes with the versions this process serves.
@@ -226,10 +238,16 @@ pub fn start<S: Store + Clone>(
     for tenant in &tenants {
         match catalog.reload(tenant) {
             Reload::Loaded | Reload::Unchanged => start_tenant(tenant.clone()),
-            Reload::Absent | Reload::Removed => problems.push(format!(
-                "tenant {tenant} has no plugin: put one in {}",
-                dirs.plugins.join(tenant.as_str()).join("<name>.wasm").display()
-            )),
+            Reload::Absent | Reload::Removed => {
+                let file = dirs.config.tenant(tenant).and_then(|t| t.plugin.as_deref());
+                problems.push(format!(
+                    "tenant {tenant} has no plugin: put one in {}",
+                    dirs.plugins
+                        .join(tenant.as_str())
+                        .join(file.unwrap_or("<name>.wasm"))
+                        .display()
+                ))
+            }
             Reload::Rejected(e) => problems.push(format!("tenant {tenant}: {e}")),
         }
     }
