@@ -35,7 +35,7 @@ pub const MAX_RETENTION_SECS: i64 = 630_720_000;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// `--config` (or `STORYLINE_CONFIG`) names a file that does not exist.
-    #[error("configuration file {} does not exist (given by --config or STORYLINE_CONFIG)", file.display())]
+    #[error("configuration file {} does not exist (given by --config-file or STORYLINE_CONFIG)", file.display())]
     Missing {
         /// The file named.
         file: PathBuf,
@@ -159,22 +159,19 @@ pub struct TenantConfig {
     pub shards: Option<u32>,
     /// Bucket length of the tenant's first events, ms (an existing tenant keeps its own).
     pub bucket_ms: Option<i64>,
-    /// The tenant's `run --delay-ms`. Checked; not applied yet.
+    /// The tenant's `run --delay-ms` (over the value for every tenant).
     pub delay_ms: Option<i64>,
     /// The tenant's `--retention-secs`. Checked; not applied yet.
     pub retention_secs: Option<i64>,
-    /// The tenant's `run --memory-mb`. Checked; not applied yet.
+    /// The tenant's `run --memory-mb`: its plugin instances' memory in `run` (over the value
+    /// for every tenant).
     pub memory_mb: Option<usize>,
 }
 
 impl TenantConfig {
     /// The keys set here that are read but not applied yet (the global values apply).
     pub fn not_applied(&self) -> Vec<&'static str> {
-        let set = [
-            ("delay_ms", self.delay_ms.is_some()),
-            ("retention_secs", self.retention_secs.is_some()),
-            ("memory_mb", self.memory_mb.is_some()),
-        ];
+        let set = [("retention_secs", self.retention_secs.is_some())];
         set.into_iter().filter(|(_, on)| *on).map(|(k, _)| k).collect()
     }
 }
@@ -541,8 +538,9 @@ mod tests {
 
     #[test]
     fn per_tenant_values_not_applied_yet_are_listed() {
-        let config = parse("[tenants.acme]\ndelay_ms = 100\nmemory_mb = 64").unwrap();
-        assert_eq!(config.tenants["acme"].not_applied(), ["delay_ms", "memory_mb"]);
+        let config =
+            parse("[tenants.acme]\ndelay_ms = 100\nmemory_mb = 64\nretention_secs = 60").unwrap();
+        assert_eq!(config.tenants["acme"].not_applied(), ["retention_secs"]);
     }
 
     #[test]

@@ -59,7 +59,7 @@ fn config_check_names_the_file_and_summarises_without_showing_tokens() {
         ),
     )
     .unwrap();
-    let out = storyline_in(&scratch.0, &["config", "check", "--config", "site.toml"], &[]);
+    let out = storyline_in(&scratch.0, &["config", "check", "--config-file", "site.toml"], &[]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{}{text}", stderr(&out));
     assert!(text.starts_with("site.toml: valid\n"), "{text}");

@@ -24,7 +24,7 @@ impl Cli {
         Cli::with_config(&Cli::command().get_matches())
     }
 
-    /// The parsed command line `matches`, completed from the configuration file: `--config`
+    /// The parsed command line `matches`, completed from the configuration file: `--config-file`
     /// (or `STORYLINE_CONFIG`), which must exist; else `./storyline.toml` if there is one;
     /// else nothing changes. The file's settings are kept in [`Cli::settings`].
     pub fn with_config(matches: &ArgMatches) -> anyhow::Result<Cli> {
@@ -105,7 +105,7 @@ pub fn check(
         Some(file) => writeln!(out, "{}: valid", file.display())?,
         None => writeln!(
             out,
-            "no configuration file (no --config, STORYLINE_CONFIG or ./{}): built-in defaults",
+            "no configuration file (no --config-file, STORYLINE_CONFIG or ./{}): built-in defaults",
             crate::config::DEFAULT_FILE
         )?,
     }

@@ -31,7 +31,14 @@ use crate::store::scylla::{ScyllaConfig, ScyllaStore, schema_cql};
 pub struct Cli {
     /// Configuration file (see README "Configuration file"); default `./storyline.toml` if
     /// there is one. Flags and `STORYLINE_*` variables override what it says.
-    #[arg(long, global = true, env = "STORYLINE_CONFIG", value_name = "PATH")]
+    /// (Named `--config-file`: `plugin test` and `bench quality` take a plugin's `--config`.)
+    #[arg(
+        id = "config_file",
+        long = "config-file",
+        global = true,
+        env = "STORYLINE_CONFIG",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
 
     /// What the configuration file says (the defaults without one); filled by
@@ -619,4 +626,14 @@ fn init_logging(filter: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // Clap's own checks (unique names across global and subcommand flags, defaults that
+        // parse...), which otherwise fire only when the faulty subcommand is run.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

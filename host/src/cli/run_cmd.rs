@@ -222,16 +222,31 @@ pub fn start<S: Store + Clone>(
     }
     .context("cannot start the worker threads")?;
     let shared = Shared { sink, progress: progress.clone(), shutdown: shutdown.clone() };
-    let workers =
-        Workers::new(pool.clone(), rt.handle().clone(), store.clone(), worker_config, shared);
+    let workers = Workers::new(
+        pool.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        worker_config.clone(),
+        shared,
+    );
     let start_tenant = {
-        let (catalog, workers) = (catalog.clone(), workers.clone());
+        let (catalog, workers, config) = (catalog.clone(), workers.clone(), dirs.config.clone());
         move |tenant: TenantId| {
             let slot = catalog.slot(&tenant);
             if let Some(active) = slot.active() {
                 tracing::info!(%tenant, plugin = %active.plugin.info().label(), path = %active.path.display(), "serving");
             }
-            workers.serve(&tenant, slot);
+            // A tenant's own read delay and memory in the config file apply to it alone.
+            let mut own = worker_config.clone();
+            if let Some(t) = config.tenant(&tenant) {
+                if let Some(delay) = t.delay_ms {
+                    own.delay_ms = delay;
+                }
+                if let Some(mb) = t.memory_mb {
+                    own.limits.memory_bytes = mb.saturating_mul(1 << 20);
+                }
+            }
+            workers.serve_with(&tenant, slot, own);
         }
     };
     let mut problems = Vec::new();

@@ -171,6 +171,7 @@ pub struct Workers<S: Store> {
     pool: Pool,
     handle: Handle,
     store: S,
+    /// Settings of tenants served without their own.
     config: WorkerConfig,
     shared: Shared,
     /// Whether the store announces writes (else idle shards are woken every poll).
@@ -206,6 +207,11 @@ impl<S: Store + Clone> Workers<S> {
 
     /// Starts serving `tenant` with the plugin in `slot` (nothing if it is served already).
     pub fn serve(&self, tenant: &TenantId, slot: Arc<Slot>) {
+        self.serve_with(tenant, slot, self.config.clone());
+    }
+
+    /// [`Workers::serve`] with settings of the tenant's own (its read delay, its limits).
+    pub fn serve_with(&self, tenant: &TenantId, slot: Arc<Slot>, config: WorkerConfig) {
         let run = {
             let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
             if runs.get(tenant).is_some_and(|r| !r.finished()) {
@@ -228,7 +234,7 @@ impl<S: Store + Clone> Workers<S> {
                 store: self.store.clone(),
                 tenant: tenant.clone(),
                 slot,
-                config: self.config.clone(),
+                config,
                 shared: self.shared.clone(),
                 watched: self.watched,
                 run,
