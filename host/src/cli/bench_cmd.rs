@@ -321,3 +321,150 @@ pub fn tenants(root: &Path, bench: &TenantsBench) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
+
+/// What `storyline bench store` measures.
+#[derive(Debug, Clone)]
+pub struct StoreBench {
+    /// The rule that routes and processes (network-session).
+    pub plugin: PathBuf,
+    /// Generated sessions (about four events each).
+    pub sessions: usize,
+    /// Runs per store, alternating between the stores.
+    pub rounds: usize,
+    /// ScyllaDB / Cassandra contact points (`None`: the embedded store only).
+    pub scylla_nodes: Option<String>,
+    /// Replication of the benchmark's keyspaces.
+    pub scylla_replication: String,
+    /// The process id of a local node, whose CPU is counted too.
+    pub node_pid: Option<u32>,
+}
+
+/// CPU seconds (user and system) of this process's waited-for children, and of process `pid`
+/// (`/proc/<pid>/stat`, 100 ticks per second).
+fn cpu_seconds(pid: &str, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name: utime, stime are the 12th and 13th fields; cutime, cstime the
+    // 14th and 15th.
+    let skip = if children { 13 } else { 11 };
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace().skip(skip).take(2).filter_map(|v| v.parse::<u64>().ok()).sum()
+        })
+        .unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+/// One measured command: wall seconds, this host's CPU seconds, the node's.
+fn measured(
+    command: &mut std::process::Command,
+    node_pid: Option<u32>,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let node = |pid: Option<u32>| pid.map_or(0.0, |p| cpu_seconds(&p.to_string(), false));
+    let (host0, node0) = (cpu_seconds("self", true), node(node_pid));
+    let started = Instant::now();
+    let out = command.output().context("cannot start storyline")?;
+    let wall = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        anyhow::bail!("{:?} failed: {}", command, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((wall, cpu_seconds("self", true) - host0, node(node_pid) - node0))
+}
+
+/// Ingests the same generated events into each store and runs the workers over them
+/// (`run --exit-when-idle`), as separate processes of this binary; prints events/s and CPU per
+/// event of the host (and of a local node).
+pub fn store(root: &Path, bench: &StoreBench) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let root = root.join("bench-store");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let events = crate::generate::generate(&crate::generate::GenConfig {
+        sessions: bench.sessions,
+        start_ms: crate::producer::now_ms() - 3_600_000,
+        ..crate::generate::GenConfig::default()
+    });
+    let file = root.join("events.jsonl");
+    let mut text = String::new();
+    for e in &events {
+        text.push_str(&e.line);
+        text.push('\n');
+    }
+    std::fs::write(&file, text)?;
+    let n = events.len() as f64;
+    drop(events);
+    println!("{} events; plugin {}", n, bench.plugin.display());
+    let mut stores = vec!["embedded"];
+    if bench.scylla_nodes.is_some() {
+        stores.push("scylla");
+    }
+    let mut rows: Vec<(String, f64, f64, f64)> = Vec::new();
+    for round in 0..bench.rounds {
+        for kind in &stores {
+            let dir = root.join(format!("{kind}-{round}"));
+            let tenant = format!("bench{}{round}", crate::producer::now_ms() % 1_000_000);
+            let plugins = dir.join("plugins").join(&tenant);
+            std::fs::create_dir_all(&plugins)?;
+            std::fs::copy(&bench.plugin, plugins.join("rule.wasm"))
+                .with_context(|| format!("cannot copy {}", bench.plugin.display()))?;
+            let base = |args: &[&str]| {
+                let mut c = std::process::Command::new(&exe);
+                c.arg("--store").arg(kind).arg("--data-dir").arg(dir.join("data"));
+                c.arg("--plugin-dir").arg(dir.join("plugins"));
+                if let Some(nodes) = &bench.scylla_nodes {
+                    c.args(["--scylla-nodes", nodes, "--scylla-replication"]);
+                    c.arg(&bench.scylla_replication);
+                }
+                c.args(args);
+                c
+            };
+            let ingest = measured(
+                base(&["ingest", "--tenant", &tenant]).arg(&file),
+                (*kind == "scylla").then_some(bench.node_pid).flatten(),
+            )?;
+            let run = measured(
+                &mut base(&["run", "--exit-when-idle", "--tenant", &tenant]),
+                (*kind == "scylla").then_some(bench.node_pid).flatten(),
+            )?;
+            for (phase, (wall, host, node)) in [("ingest", ingest), ("run", run)] {
+                let line = format!(
+                    "round {round} {kind} {phase}: {:.0} events/s, host {:.1} µs CPU per event{}",
+                    n / wall,
+                    host * 1e6 / n,
+                    if node > 0.0 {
+                        format!(", node {:.1} µs", node * 1e6 / n)
+                    } else {
+                        String::new()
+                    }
+                );
+                eprintln!("{line}");
+                rows.push((format!("{kind} {phase}"), n / wall, host * 1e6 / n, node * 1e6 / n));
+            }
+        }
+    }
+    let range = |v: Vec<f64>| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        if (hi - lo).abs() < 0.05 { format!("{lo:.1}") } else { format!("{lo:.1}–{hi:.1}") }
+    };
+    for kind in &stores {
+        for phase in ["ingest", "run"] {
+            let name = format!("{kind} {phase}");
+            let mine: Vec<_> = rows.iter().filter(|r| r.0 == name).collect();
+            let rate = range(mine.iter().map(|r| r.1 / 1000.0).collect());
+            let host = range(mine.iter().map(|r| r.2).collect());
+            let node = range(mine.iter().map(|r| r.3).collect());
+            println!(
+                "{name}: {rate}k events/s; host {host} µs CPU per event{} ({} runs)",
+                if bench.node_pid.is_some() && *kind == "scylla" {
+                    format!("; node {node} µs")
+                } else {
+                    String::new()
+                },
+                mine.len()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}

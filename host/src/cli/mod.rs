@@ -301,6 +301,24 @@ pub enum BenchCommand {
         #[arg(long)]
         dump: Option<PathBuf>,
     },
+    /// Ingest the same generated events into the embedded store and, with
+    /// STORYLINE_SCYLLA_NODES (or --scylla-nodes) set, into ScyllaDB / Cassandra, then run the
+    /// workers over them (`run --exit-when-idle`); print events/s and CPU per event of this
+    /// host, and of a local node given by --node-pid. See README "ScyllaDB".
+    Store {
+        /// The rule that routes and processes, e.g. the network-session plugin.
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Generated sessions (about four events each).
+        #[arg(long, default_value_t = 50_000)]
+        sessions: usize,
+        /// Runs per store, alternating between the stores.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Also count the CPU of this process (a local node), from /proc.
+        #[arg(long)]
+        node_pid: Option<u32>,
+    },
     /// Start many tenants running one rule, in this process, on scratch directories under
     /// --data-dir: print resident memory, threads, start-up time and CPU while idle, how soon
     /// a waking tenant's first bucket is processed, the time to stop, and the throughput of
@@ -492,6 +510,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::New { name, dir }) => plugin_cmd::new(&name, &dir),
         Command::Plugin(PluginCommand::Check { file }) => {
             plugin_cmd::check(plugin_cmd::compile_cache(&dirs.data).as_deref(), &file)
+        }
+        Command::Bench(BenchCommand::Store { plugin, sessions, rounds, node_pid }) => {
+            let nodes_given = std::env::var_os("STORYLINE_SCYLLA_NODES").is_some()
+                || cli.store == StoreKind::Scylla;
+            bench_cmd::store(
+                &dirs.data,
+                &bench_cmd::StoreBench {
+                    plugin,
+                    sessions,
+                    rounds,
+                    scylla_nodes: nodes_given.then(|| scylla.nodes.join(",")),
+                    scylla_replication: scylla.replication.clone(),
+                    node_pid,
+                },
+            )
         }
         Command::Bench(BenchCommand::Tenants {
             plugin,
