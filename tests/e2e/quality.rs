@@ -61,3 +61,46 @@ fn a_data_directory_without_sensor_logs_is_named_in_the_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("holds no Zeek logs"), "{stderr}");
 }
+
+/// `storyline bench tenants` and `bench store` run small and print their figures.
+#[test]
+fn the_tenants_and_store_benchmarks_run_small_and_print_their_figures() {
+    let scratch = Scratch::new("bench-small");
+    let rule = plugin("template").display().to_string();
+    let data = scratch.str("data");
+    let out = storyline(&[
+        "--data-dir",
+        &data,
+        "bench",
+        "tenants",
+        "--plugin",
+        &rule,
+        "--tenants",
+        "5",
+        "--idle-secs",
+        "1",
+        "--busy-sessions",
+        "200",
+        "--rounds",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let idle = stdout.lines().find(|l| l.starts_with("5 idle tenants: start-up")).unwrap_or("");
+    for figure in ["resident", "threads", "% of a core", "first bucket processed", "stop"] {
+        assert!(idle.contains(figure), "{figure}: {stdout}");
+    }
+    assert!(stdout.contains("one busy tenant (800 events) processes"), "{stdout}");
+    // Without a ScyllaDB node configured, only the embedded store is measured.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storyline"))
+        .args(["--data-dir", &data, "bench", "store", "--plugin", &rule])
+        .args(["--sessions", "100", "--rounds", "1"])
+        .env_remove("STORYLINE_SCYLLA_NODES")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("embedded ingest: ") && stdout.contains("embedded run: "), "{stdout}");
+    assert!(!stdout.contains("scylla"), "{stdout}");
+    assert!(!scratch.path("data/bench-store").exists(), "the bench removes its directories");
+}
