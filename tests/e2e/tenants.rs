@@ -197,3 +197,230 @@ fn a_looping_tenant_holds_one_thread_at_most_while_the_others_are_served() {
     assert!(letters.iter().all(|l| l.reason.contains("deadline")), "{letters:?}");
     host.stop();
 }
+
+/// The embedded store with a switch that makes every publish fail, as a cluster does when it is
+/// overloaded past the driver's retries.
+#[derive(Clone)]
+struct Overloaded {
+    inner: EmbeddedStore,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+mod overloaded {
+    use storyline::model::{BucketStart, ShardId, Story, TenantId, TimestampMs};
+    use storyline::store::{
+        BucketEvents, ChangeHook, Checkpoint, DeadLetter, LateStats, Layout, Lease, NewEvent,
+        Store, StoreError, StoredStory,
+    };
+
+    use super::Overloaded;
+
+    impl Store for Overloaded {
+        async fn layout(&self, t: &TenantId) -> Result<Option<Layout>, StoreError> {
+            self.inner.layout(t).await
+        }
+        async fn append(&self, t: &TenantId, l: Layout, e: &[NewEvent]) -> Result<(), StoreError> {
+            self.inner.append(t, l, e).await
+        }
+        async fn next_bucket(
+            &self,
+            t: &TenantId,
+            s: ShardId,
+            a: Option<BucketStart>,
+        ) -> Result<Option<BucketStart>, StoreError> {
+            self.inner.next_bucket(t, s, a).await
+        }
+        async fn close_buckets(
+            &self,
+            t: &TenantId,
+            l: &Lease,
+            to: BucketStart,
+        ) -> Result<(), StoreError> {
+            self.inner.close_buckets(t, l, to).await
+        }
+        async fn closed_until(
+            &self,
+            t: &TenantId,
+            s: ShardId,
+        ) -> Result<Option<BucketStart>, StoreError> {
+            self.inner.closed_until(t, s).await
+        }
+        fn close_grace_ms(&self) -> i64 {
+            self.inner.close_grace_ms()
+        }
+        fn retention_ms(&self) -> Option<i64> {
+            self.inner.retention_ms()
+        }
+        async fn late_stats(&self, t: &TenantId, s: ShardId) -> Result<LateStats, StoreError> {
+            self.inner.late_stats(t, s).await
+        }
+        async fn read_bucket(
+            &self,
+            t: &TenantId,
+            s: ShardId,
+            b: BucketStart,
+        ) -> Result<BucketEvents, StoreError> {
+            self.inner.read_bucket(t, s, b).await
+        }
+        async fn pending_events(
+            &self,
+            t: &TenantId,
+            s: ShardId,
+            a: Option<BucketStart>,
+        ) -> Result<u64, StoreError> {
+            self.inner.pending_events(t, s, a).await
+        }
+        async fn committed_offset(
+            &self,
+            t: &TenantId,
+            s: ShardId,
+        ) -> Result<Option<BucketStart>, StoreError> {
+            self.inner.committed_offset(t, s).await
+        }
+        async fn load_checkpoint(
+            &self,
+            t: &TenantId,
+            s: ShardId,
+        ) -> Result<Option<Checkpoint>, StoreError> {
+            self.inner.load_checkpoint(t, s).await
+        }
+        async fn commit(
+            &self,
+            t: &TenantId,
+            l: &Lease,
+            b: BucketStart,
+            state: Option<&[u8]>,
+        ) -> Result<(), StoreError> {
+            self.inner.commit(t, l, b, state).await
+        }
+        async fn acquire_lease(
+            &self,
+            t: &TenantId,
+            s: ShardId,
+            owner: &str,
+            ttl: i64,
+            now: TimestampMs,
+        ) -> Result<Option<Lease>, StoreError> {
+            self.inner.acquire_lease(t, s, owner, ttl, now).await
+        }
+        async fn renew_lease(
+            &self,
+            t: &TenantId,
+            l: &Lease,
+            ttl: i64,
+            now: TimestampMs,
+        ) -> Result<Option<Lease>, StoreError> {
+            self.inner.renew_lease(t, l, ttl, now).await
+        }
+        async fn release_lease(&self, t: &TenantId, l: &Lease) -> Result<(), StoreError> {
+            self.inner.release_lease(t, l).await
+        }
+        async fn heartbeat(
+            &self,
+            t: &TenantId,
+            owner: &str,
+            ttl: i64,
+            now: TimestampMs,
+        ) -> Result<(), StoreError> {
+            self.inner.heartbeat(t, owner, ttl, now).await
+        }
+        async fn live_workers(
+            &self,
+            t: &TenantId,
+            now: TimestampMs,
+        ) -> Result<Vec<String>, StoreError> {
+            self.inner.live_workers(t, now).await
+        }
+        async fn lease(&self, t: &TenantId, s: ShardId) -> Result<Option<Lease>, StoreError> {
+            self.inner.lease(t, s).await
+        }
+        async fn publish(
+            &self,
+            t: &TenantId,
+            stories: &[Story],
+            now: TimestampMs,
+        ) -> Result<(), StoreError> {
+            if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Backend {
+                    backend: "test",
+                    message: "overloaded: retries spent".into(),
+                });
+            }
+            self.inner.publish(t, stories, now).await
+        }
+        async fn stories(&self, t: &TenantId, all: bool) -> Result<Vec<StoredStory>, StoreError> {
+            self.inner.stories(t, all).await
+        }
+        fn shared(&self) -> bool {
+            self.inner.shared()
+        }
+        fn watch(&self, hook: ChangeHook) -> bool {
+            self.inner.watch(hook)
+        }
+        async fn put_dead_letter(&self, t: &TenantId, l: &DeadLetter) -> Result<(), StoreError> {
+            self.inner.put_dead_letter(t, l).await
+        }
+        async fn delete_dead_letter(
+            &self,
+            t: &TenantId,
+            s: ShardId,
+            b: BucketStart,
+        ) -> Result<(), StoreError> {
+            self.inner.delete_dead_letter(t, s, b).await
+        }
+        async fn dead_letters(&self, t: &TenantId) -> Result<Vec<DeadLetter>, StoreError> {
+            self.inner.dead_letters(t).await
+        }
+    }
+}
+
+#[test]
+fn a_live_worker_outlasts_a_store_that_fails_and_publishes_everything_once_it_recovers() {
+    let scratch = Scratch::new("tenants-overloaded");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store =
+        Overloaded { inner: EmbeddedStore::new(scratch.path("data")), failing: failing.clone() };
+    let config = WorkerConfig {
+        delay_ms: 100,
+        tick_ms: 100,
+        backoff_ms: 50,
+        limits: test_limits(),
+        ..WorkerConfig::default()
+    };
+    let shared = Shared::default();
+    let pool = Pool::new(2).unwrap();
+    let workers =
+        Workers::new(pool.clone(), rt.handle().clone(), store.clone(), config, shared.clone());
+    let t = TenantId::new("acme").unwrap();
+    workers.serve(&t, Slot::fixed(t.clone(), loaded("faulty"), r#"{"tag": "ok"}"#));
+    let mut producer = Producer::new(&store, t.clone(), Layout::default(), None);
+    let mut report = IngestReport::default();
+    for i in 0..20 {
+        let line = format!(r#"{{"id":"e{i}","source":"s","kind":"k","time":1000}}"#);
+        rt.block_on(producer.push_line(&line, 1, &mut report)).unwrap();
+    }
+    rt.block_on(producer.flush(&mut report)).unwrap();
+    // Every publish fails for a while: the shards back off and try again; none stops.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(rt.block_on(store.inner.stories(&t, false)).unwrap().is_empty());
+    assert!(!workers.finished(), "a shard stopped on a store failure");
+    assert!(workers.tasks() >= 5, "tenant and shard tasks are all still there");
+    failing.store(false, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stories = rt.block_on(store.inner.stories(&t, false)).unwrap();
+        let named: std::collections::BTreeSet<String> =
+            stories.iter().flat_map(|s| s.story.event_ids.clone()).collect();
+        if named.len() == 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of 20 events published", named.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    shared.shutdown.store(true, Ordering::Relaxed);
+    let failed = workers.wait();
+    assert!(failed.is_empty(), "{failed:?}");
+    pool.close();
+}
