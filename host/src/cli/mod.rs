@@ -12,6 +12,7 @@ mod run_cmd;
 mod scaffold;
 mod stories_cmd;
 
+pub(crate) use ingest_cmd::{Ingested, InputOptions, ingest_stream};
 pub use stories_cmd::mark_replay;
 
 use std::path::{Path, PathBuf};
@@ -176,6 +177,11 @@ pub enum Command {
         /// e.g. `127.0.0.1:9464`.
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Serve the HTTP API (events in, stories and status out, health, metrics; see README
+        /// "HTTP API") at this address, e.g. `127.0.0.1:8080`; port 0 picks a free port, printed
+        /// as `http at http://ADDR`.
+        #[arg(long, env = "STORYLINE_HTTP_ADDR")]
+        http_addr: Option<std::net::SocketAddr>,
         /// Memory of each tenant's plugin instances together (all shards and versions), MiB.
         #[arg(long, default_value_t = 2048)]
         memory_mb: usize,
@@ -440,6 +446,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             on_failure,
             backoff_ms,
             metrics_addr,
+            http_addr,
             memory_mb,
             threads,
         } => {
@@ -456,6 +463,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 on_failure,
                 backoff_ms,
                 metrics_addr,
+                http_addr,
                 limits: crate::plugin::Limits {
                     memory_bytes: memory_mb.saturating_mul(1 << 20),
                     ..crate::plugin::Limits::default()
