@@ -174,6 +174,52 @@ impl Host {
         (status, json)
     }
 
+    /// Follows `tenant`'s stories as server-sent events until the stories received name
+    /// `events` event ids; returns those ids.
+    fn follow(&self, tenant: &str, token: &str, events: usize) -> BTreeSet<String> {
+        let mut conn = TcpStream::connect(&self.addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            conn,
+            "GET /v1/tenants/{tenant}/stories?follow=true&since=0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(conn);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        let mut chunked = false;
+        while line != "\r\n" {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            chunked |= line.eq_ignore_ascii_case("transfer-encoding: chunked\r\n");
+            assert!(
+                !line.to_ascii_lowercase().starts_with("content-type:")
+                    || line.contains("text/event-stream"),
+                "{line}"
+            );
+        }
+        assert!(chunked, "an event stream has no length");
+        // The stream's text, taken out of its chunks; complete lines are read as they come.
+        let (mut text, mut ids) = (String::new(), BTreeSet::new());
+        while ids.len() < events {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
+            assert!(size > 0, "the stream ended after {} events", ids.len());
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            text.push_str(std::str::from_utf8(&chunk[..size]).unwrap());
+            while let Some((complete, rest)) = text.split_once('\n') {
+                if let Some(data) = complete.strip_prefix("data: ") {
+                    ids.extend(event_ids(data));
+                }
+                text = rest.to_string();
+            }
+        }
+        ids
+    }
+
     /// SIGTERM and wait.
     fn stop(mut self) {
         let child = self.child.take().unwrap();
@@ -251,6 +297,8 @@ fn posted_events_are_acknowledged_with_counts_and_become_stories() {
     assert_eq!(text.lines().flat_map(event_ids).count(), 500);
     let (status, _) = host.get("/v1/tenants/acme/stories", Some(BETA_TOKEN));
     assert_eq!(status, 403);
+    // Followed, as server-sent events: every revision since the time given, then new ones.
+    assert_eq!(host.follow("acme", ACME_TOKEN, 500).len(), 500);
     host.stop();
 }
 
@@ -366,4 +414,32 @@ fn every_acknowledged_event_survives_a_kill_right_after_the_answer() {
     let stored = site.stored_ids("acme");
     let lost: Vec<_> = acknowledged.difference(&stored).take(5).collect();
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+}
+
+#[test]
+fn ingest_with_a_url_posts_a_file_to_a_running_host() {
+    let site = Site::new("http-remote");
+    let host = site.start();
+    let (ids, body) = events("r", 400);
+    std::fs::write(site.scratch.path("events.jsonl"), &body).unwrap();
+    let url = format!("http://{}", host.addr);
+    let file = site.scratch.str("events.jsonl");
+    let remote = |token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_storyline"))
+            .args(["ingest", "--tenant", "acme", "--url", &url, "--token", token, &file])
+            .env_remove("STORYLINE_CONFIG")
+            .current_dir(&site.scratch.0)
+            .output()
+            .unwrap()
+    };
+    let out = remote(ACME_TOKEN);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("accepted 400 events"), "{stderr}");
+    let out = remote(BETA_TOKEN);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("(403)") && stderr.contains("another tenant"), "{stderr}");
+    host.stop();
+    assert_eq!(site.stored_ids("acme"), ids.into_iter().collect());
 }

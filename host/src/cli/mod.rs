@@ -5,6 +5,7 @@ mod bench_cmd;
 mod config_cmd;
 mod generate_cmd;
 mod ingest_cmd;
+mod ingest_remote;
 mod ingest_socket;
 mod plugin_cmd;
 mod progress;
@@ -142,6 +143,13 @@ pub enum Command {
         /// crash cannot take back.
         #[arg(long)]
         progress: bool,
+        /// Post the events to the HTTP API of a `storyline run` at this address
+        /// (`http://HOST:PORT`) instead of the local store; needs --token.
+        #[arg(long, env = "STORYLINE_URL", requires = "token")]
+        url: Option<String>,
+        /// The tenant's bearer token, for --url.
+        #[arg(long, env = "STORYLINE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Run the workers: every shard of every tenant in the plugin directory (or of --tenant).
     Run {
@@ -423,7 +431,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }};
     }
     match cli.command {
-        Command::Ingest { tenant, file, format, source, shards, bucket_ms, batch, progress } => {
+        Command::Ingest {
+            tenant, file, url: Some(url), token, format, shards, bucket_ms, ..
+        } => {
+            if format != Format::Storyline || shards.is_some() || bucket_ms.is_some() {
+                anyhow::bail!(
+                    "--url posts storyline's own format and the tenant keeps the remote host's layout: drop --format, --shards and --bucket-ms"
+                );
+            }
+            let tenant = tenant_arg(&tenant)?;
+            ingest_remote::ingest_remote(&url, &token.unwrap_or_default(), &tenant, file.as_deref())
+        }
+        Command::Ingest {
+            tenant,
+            file,
+            format,
+            source,
+            shards,
+            bucket_ms,
+            batch,
+            progress,
+            ..
+        } => {
             with_store!(|rt, store| {
                 ingest_cmd::ingest(
                     &rt,
