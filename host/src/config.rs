@@ -134,14 +134,13 @@ pub struct RunConfig {
     pub memory_mb: Option<usize>,
 }
 
-/// `[http]`: the HTTP API's listener. Checked here; the HTTP API reads it (it is not part of
-/// this release yet).
+/// `[http]`: the HTTP API's listener (see [`crate::http`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// The socket address to listen on, e.g. `127.0.0.1:8080`.
+    /// The socket address to listen on, e.g. `127.0.0.1:8080` (`run --http-addr`).
     pub listen: Option<SocketAddr>,
-    /// Largest request body, bytes.
+    /// Largest request body, bytes, also once decompressed (default 64 MiB).
     pub max_body_bytes: Option<u64>,
 }
 

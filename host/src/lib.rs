@@ -13,7 +13,9 @@
 //!   reload with validation before the switch.
 //! - [`producer`]: validation, shard choice by routing key, insert-time buckets, batches.
 //! - [`worker`]: the per-shard loop: lease, offset, wait, read, plugin, publish, commit.
-//! - [`metrics`]: Prometheus text over HTTP (lag, late events, dead letters, reloads).
+//! - [`metrics`]: the Prometheus text (lag, late events, dead letters, reloads) and its route.
+//! - [`http`]: the HTTP API of `run` (events in, stories and status out, health, metrics): a
+//!   thin adapter over the commands' logic, mapping outcomes to status codes; owns tokens.
 //! - [`generate`]: a realistic multi-sensor event stream with ground truth (demo, tests, benches).
 //! - [`quality`]: how right a rule's stories are: real sensor logs with their session keys as
 //!   ground truth, perturbed as fleets are, scored pairwise beside a naive rule.
@@ -29,6 +31,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod generate;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod plugin;

@@ -1,13 +1,14 @@
-//! Metrics in the Prometheus text format, served over HTTP by `storyline run --metrics-addr`.
+//! Metrics in the Prometheus text format, served at `/metrics` by the HTTP API and by
+//! `storyline run --metrics-addr`.
 //!
 //! The figures are read when scraped: counters of this process (events, stories, dead letters)
 //! and, per tenant and shard, what the store knows (lag, late events and their lateness, dead
 //! letters) and what the plugin directory holds (loads, last reload failed).
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
+
+use axum::http::StatusCode;
 
 use crate::catalog::Catalog;
 use crate::model::ShardId;
@@ -129,33 +130,28 @@ pub fn render<S: Store>(
     Ok(out)
 }
 
-/// Serves `render` at `GET /metrics` (any path) on `addr`, one connection at a time, on a
-/// thread of its own. Returns the bound address.
-pub fn serve(
-    addr: SocketAddr,
-    render: impl Fn() -> Result<String, StoreError> + Send + 'static,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let bound = listener.local_addr()?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(&stream);
-            // The request line and headers; the body (none for GET) is ignored.
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                line.clear();
-            }
-            let (status, body) = match render() {
-                Ok(body) => ("200 OK", body),
-                Err(e) => ("503 Service Unavailable", format!("store unavailable: {e}\n")),
+/// The Prometheus text format's content type.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// `GET /metrics`, answered with `render` (503 when the store cannot be read). It is merged
+/// into the HTTP API's router, and served alone by `run --metrics-addr`.
+pub fn router(
+    render: impl Fn() -> Result<String, StoreError> + Send + Sync + 'static,
+) -> axum::Router {
+    let render = std::sync::Arc::new(render);
+    let scrape = move || {
+        let render = render.clone();
+        async move {
+            // `render` blocks on the store for every tenant: off the runtime's threads.
+            let (status, body) = match tokio::task::spawn_blocking(move || render()).await {
+                Ok(Ok(body)) => (StatusCode::OK, body),
+                Ok(Err(e)) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}\n"))
+                }
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics failed: {e}\n")),
             };
-            let mut stream = &stream;
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            (status, [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body)
         }
-    })?;
-    Ok(bound)
+    };
+    axum::Router::new().route("/metrics", axum::routing::get(scrape))
 }

@@ -45,12 +45,15 @@ fn producers_with_clocks_30_s_off_either_way_lose_nothing() {
     catalog.slot(&t);
     let progress = Arc::new(Progress::default());
     let (handle, s) = (rt.handle().clone(), store.clone());
-    let addr = storyline::metrics::serve("127.0.0.1:0".parse().unwrap(), move || {
+    let router = storyline::metrics::router(move || {
         storyline::metrics::render(&handle, &s, &catalog, &progress)
-    })
-    .unwrap();
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr =
+        storyline::http::serve(rt.handle(), "127.0.0.1:0".parse().unwrap(), router, stop.clone())
+            .unwrap();
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     conn.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");

@@ -7,6 +7,7 @@ mod cli_plugin;
 mod config;
 mod crash;
 mod hot_reload;
+mod http;
 mod input_formats;
 mod intake;
 mod late_writes;

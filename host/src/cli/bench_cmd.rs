@@ -187,6 +187,7 @@ impl BenchHost {
             on_failure: crate::worker::OnFailure::Skip,
             backoff_ms: 1000,
             metrics_addr: None,
+            http_addr: None,
             limits: crate::plugin::Limits::default(),
             threads,
         };

@@ -74,6 +74,7 @@ fn fill(cli: &mut Cli, m: &ArgMatches, config: &Config) {
         on_failure,
         backoff_ms,
         metrics_addr,
+        http_addr,
         memory_mb,
         threads,
         ..
@@ -89,6 +90,7 @@ fn fill(cli: &mut Cli, m: &ArgMatches, config: &Config) {
         take(m, "metrics_addr", metrics_addr, run.metrics_addr.map(Some));
         take(m, "memory_mb", memory_mb, run.memory_mb);
         take(m, "threads", threads, run.threads.map(Some));
+        take(m, "http_addr", http_addr, config.http.listen.map(Some));
     }
 }
 
@@ -146,9 +148,9 @@ pub fn check(
     if http.listen.is_some() || http.max_body_bytes.is_some() {
         writeln!(
             out,
-            "http: listen {}, max_body_bytes {} (checked; read by the HTTP API, not part of this release)",
+            "http: listen {} (unless --http-addr says otherwise), max_body_bytes {}",
             http.listen.map_or("-".to_string(), |a| a.to_string()),
-            http.max_body_bytes.map_or("-".to_string(), |b| b.to_string()),
+            http.max_body_bytes.unwrap_or(crate::http::DEFAULT_MAX_BODY_BYTES),
         )?;
     }
     writeln!(out, "tenants: {}", config.tenants.len())?;
@@ -259,5 +261,18 @@ mod tests {
         assert_eq!(on_failure, super::super::OnFailureArg::Pause);
         assert_eq!(attempts, 7);
         assert_eq!(checkpoint_ms, 5000);
+    }
+
+    #[test]
+    fn http_addr_comes_from_the_flag_else_the_http_section() {
+        let toml = "[http]\nlisten = \"127.0.0.1:8080\"";
+        let addr = |c: Cli| match c.command {
+            Command::Run { http_addr, .. } => http_addr,
+            other => panic!("not run: {other:?}"),
+        };
+        assert_eq!(addr(cli(&["storyline", "run"], toml)), Some("127.0.0.1:8080".parse().unwrap()));
+        let flag = cli(&["storyline", "run", "--http-addr", "127.0.0.1:9"], toml);
+        assert_eq!(addr(flag), Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(addr(cli(&["storyline", "run"], "")), None);
     }
 }

@@ -5,6 +5,7 @@ mod bench_cmd;
 mod config_cmd;
 mod generate_cmd;
 mod ingest_cmd;
+mod ingest_remote;
 mod ingest_socket;
 mod plugin_cmd;
 mod progress;
@@ -12,6 +13,7 @@ mod run_cmd;
 mod scaffold;
 mod stories_cmd;
 
+pub(crate) use ingest_cmd::{Ingested, InputOptions, ingest_stream};
 pub use stories_cmd::mark_replay;
 
 use std::path::{Path, PathBuf};
@@ -141,6 +143,13 @@ pub enum Command {
         /// crash cannot take back.
         #[arg(long)]
         progress: bool,
+        /// Post the events to the HTTP API of a `storyline run` at this address
+        /// (`http://HOST:PORT`) instead of the local store; needs --token.
+        #[arg(long, env = "STORYLINE_URL", requires = "token")]
+        url: Option<String>,
+        /// The tenant's bearer token, for --url.
+        #[arg(long, env = "STORYLINE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Run the workers: every shard of every tenant in the plugin directory (or of --tenant).
     Run {
@@ -176,6 +185,11 @@ pub enum Command {
         /// e.g. `127.0.0.1:9464`.
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Serve the HTTP API (events in, stories and status out, health, metrics; see README
+        /// "HTTP API") at this address, e.g. `127.0.0.1:8080`; port 0 picks a free port, printed
+        /// as `http at http://ADDR`.
+        #[arg(long, env = "STORYLINE_HTTP_ADDR")]
+        http_addr: Option<std::net::SocketAddr>,
         /// Memory of each tenant's plugin instances together (all shards and versions), MiB.
         #[arg(long, default_value_t = 2048)]
         memory_mb: usize,
@@ -435,7 +449,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }};
     }
     match cli.command {
-        Command::Ingest { tenant, file, format, source, shards, bucket_ms, batch, progress } => {
+        Command::Ingest {
+            tenant, file, url: Some(url), token, format, shards, bucket_ms, ..
+        } => {
+            if format != Format::Storyline || shards.is_some() || bucket_ms.is_some() {
+                anyhow::bail!(
+                    "--url posts storyline's own format and the tenant keeps the remote host's layout: drop --format, --shards and --bucket-ms"
+                );
+            }
+            let tenant = tenant_arg(&tenant)?;
+            ingest_remote::ingest_remote(&url, &token.unwrap_or_default(), &tenant, file.as_deref())
+        }
+        Command::Ingest {
+            tenant,
+            file,
+            format,
+            source,
+            shards,
+            bucket_ms,
+            batch,
+            progress,
+            ..
+        } => {
             with_store!(|rt, store| {
                 ingest_cmd::ingest(
                     &rt,
@@ -458,6 +493,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             on_failure,
             backoff_ms,
             metrics_addr,
+            http_addr,
             memory_mb,
             threads,
         } => {
@@ -474,6 +510,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 on_failure,
                 backoff_ms,
                 metrics_addr,
+                http_addr,
                 limits: crate::plugin::Limits {
                     memory_bytes: memory_mb.saturating_mul(1 << 20),
                     ..crate::plugin::Limits::default()

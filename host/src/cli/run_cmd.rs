@@ -89,6 +89,8 @@ pub struct RunOptions {
     pub backoff_ms: u64,
     /// Where to serve metrics, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where to serve the HTTP API, if anywhere.
+    pub http_addr: Option<std::net::SocketAddr>,
     /// Limits of plugin calls and of each tenant's memory.
     pub limits: Limits,
     /// Threads that run plugins, for every tenant together (default: one per core).
@@ -122,7 +124,8 @@ pub struct Running<S: Store> {
     exit_when_idle: bool,
 }
 
-/// Starts serving: loads every tenant's plugin, starts their workers, follows the plugin
+/// Starts serving: serves the HTTP API (from the start, `/readyz` answering 503 until every
+/// tenant is started), loads every tenant's plugin, starts their workers, follows the plugin
 /// directory, serves the ingest socket and metrics. Returns once every tenant is started.
 pub fn start<S: Store + Clone>(
     rt: &tokio::runtime::Runtime,
@@ -179,6 +182,20 @@ pub fn start<S: Store + Clone>(
             shutdown.clone(),
         )?;
     }
+    let progress = Arc::new(Progress::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let api = crate::http::Api::new(
+        (store.clone(), dirs.clone(), catalog.clone()),
+        progress.clone(),
+        rt.handle().clone(),
+        (ready.clone(), shutdown.clone()),
+    );
+    if let Some(addr) = options.http_addr {
+        let router = crate::http::router(api.clone());
+        let bound = crate::http::serve(rt.handle(), addr, router, shutdown.clone())
+            .with_context(|| format!("cannot serve the HTTP API on {addr}"))?;
+        eprintln!("http at http://{bound}");
+    }
     let sink: Option<StorySink> = match options.stories_out.as_deref() {
         None => None,
         Some(p) => {
@@ -204,7 +221,6 @@ pub fn start<S: Store + Clone>(
             }))
         }
     };
-    let progress = Arc::new(Progress::default());
     let started = Instant::now();
     let worker_config = WorkerConfig {
         delay_ms: options.delay_ms,
@@ -318,14 +334,12 @@ pub fn start<S: Store + Clone>(
     };
     let status_writer = spawn_status_writer(dirs, catalog.clone(), shutdown.clone());
     if let Some(addr) = options.metrics_addr {
-        let (handle, store, catalog, progress) =
-            (rt.handle().clone(), store.clone(), catalog.clone(), progress.clone());
-        let bound = crate::metrics::serve(addr, move || {
-            crate::metrics::render(&handle, &store, &catalog, &progress)
-        })
-        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let router = crate::http::operations_router(api);
+        let bound = crate::http::serve(rt.handle(), addr, router, shutdown.clone())
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
         eprintln!("metrics at http://{bound}/metrics");
     }
+    ready.store(true, Ordering::Relaxed);
     Ok(Running {
         workers,
         progress,
