@@ -443,3 +443,71 @@ fn ingest_with_a_url_posts_a_file_to_a_running_host() {
     host.stop();
     assert_eq!(site.stored_ids("acme"), ids.into_iter().collect());
 }
+
+/// Debian's Chromium (`apt-get install chromium`; `.ci/run` installs it). Without it the page
+/// test says so and returns, except under CI, where it fails.
+fn chromium() -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from("/usr/bin/chromium");
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI must install chromium (see .ci/run)");
+    eprintln!("skipped: no /usr/bin/chromium (apt-get install chromium)");
+    None
+}
+
+/// The page as headless Chromium renders it after its scripts ran.
+fn rendered(chromium: &std::path::Path, profile: &std::path::Path, url: &str) -> String {
+    let out = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=10000", "--dump-dom", url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The table row of `tenant` in the rendered page.
+fn row_of<'d>(dom: &'d str, tenant: &str) -> &'d str {
+    let start = dom
+        .find(&format!("<tr data-tenant=\"{tenant}\""))
+        .unwrap_or_else(|| panic!("no row for {tenant}: {dom}"));
+    let rest = &dom[start..];
+    &rest[..rest.find("</tr>").unwrap_or(rest.len())]
+}
+
+#[test]
+fn the_status_page_shows_a_tenants_lag_and_a_rejected_plugin_in_headless_chromium() {
+    let Some(chromium) = chromium() else { return };
+    let site = Site::new("http-page");
+    let broken = site.scratch.path("plugins/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("rules.wasm"), b"half a file").unwrap();
+    let host = site.start();
+    let (_, body) = events("page", 40);
+    let (status, answer) = host.post("acme", Some(ACME_TOKEN), "", body.as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    let url = format!("http://{}/", host.addr);
+    let dom = rendered(&chromium, &site.scratch.path("chromium"), &url);
+    assert!(dom.contains("tenants · updated"), "the page did not load its data: {dom}");
+    // acme: one entry per shard, each with its lag and pending events.
+    let acme = row_of(&dom, "acme");
+    assert!(acme.contains("template@"), "{acme}");
+    for shard in 0..4 {
+        assert!(acme.contains(&format!("data-shard=\"{shard}\"")), "shard {shard}: {acme}");
+    }
+    assert!(acme.contains(" lag ") && acme.contains(" s, ") && acme.contains("pending"), "{acme}");
+    // beta has no events yet; broken's plugin file was rejected, with the reason.
+    assert!(row_of(&dom, "beta").contains("no events yet"));
+    let broken = row_of(&dom, "broken");
+    assert!(broken.contains("no plugin") && broken.contains("rejected: "), "{broken}");
+    assert!(broken.contains("rules.wasm"), "{broken}");
+    // The replay button's route takes the tenant's token, as the other tenant routes do.
+    let replay = "POST /v1/tenants/acme/replay HTTP/1.1\r\nContent-Length: 0";
+    assert_eq!(host.raw(replay, b"").0, 401);
+    let (status, text) = host.raw(&format!("{replay}\r\nAuthorization: Bearer {ACME_TOKEN}"), b"");
+    assert_eq!((status, text.as_str()), (200, r#"{"marked":0}"#));
+    host.stop();
+}

@@ -10,12 +10,15 @@
 //! - `POST /v1/tenants/{tenant}/events` ([`events`]), `GET /v1/tenants/{tenant}/stories`
 //!   ([`stories`]), `GET /v1/tenants/{tenant}/status` ([`status`]): a bearer token of the
 //!   tenant ([`auth`]).
-//! - `GET /healthz` (200 while serving), `GET /readyz` (200 once every tenant is started),
-//!   `GET /metrics`: no token.
+//! - `POST /v1/tenants/{tenant}/replay` ([`page::replay`]): the tenant's token.
+//! - `GET /` (the status page, [`page`]), `GET /v1/overview` (what it shows), `GET /healthz`
+//!   (200 while serving), `GET /readyz` (200 once every tenant is started), `GET /metrics`:
+//!   no token.
 
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod page;
 pub mod status;
 pub mod stories;
 
@@ -106,6 +109,9 @@ pub fn router<S: Store>(api: Arc<Api<S>>) -> Router {
         .route("/v1/tenants/{tenant}/events", post(events::post::<S>))
         .route("/v1/tenants/{tenant}/stories", get(stories::get::<S>))
         .route("/v1/tenants/{tenant}/status", get(status::get::<S>))
+        .route("/v1/tenants/{tenant}/replay", post(page::replay::<S>))
+        .route("/v1/overview", get(page::overview::<S>))
+        .route("/", get(page::page))
         // The events route enforces `max_body_bytes` itself, with a message saying so.
         .layer(DefaultBodyLimit::disable())
         .with_state(api.clone())
