@@ -127,6 +127,7 @@ pub fn render<S: Store>(
         "Buckets dead-lettered and not replayed, per tenant.",
         &dead,
     );
+    out.push_str(&telemetry().encode());
     Ok(out)
 }
 
@@ -154,4 +155,173 @@ pub fn router(
         }
     };
     axum::Router::new().route("/metrics", axum::routing::get(scrape))
+}
+
+/// What this process does, counted as it happens (plugin calls, reloads, ingest), kept for the
+/// life of the process and encoded with every scrape after the figures read from the store.
+/// One per process, as logging is: the plugin runtime, the catalog and ingest record into it
+/// without being handed anything.
+pub struct Telemetry {
+    registry: prometheus_client::registry::Registry,
+    calls: Family<CallLabels, Histogram>,
+    failures: Family<FailureLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    accepted: Family<TenantLabels, Counter>,
+    rejected: Family<TenantLabels, Counter>,
+}
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+
+/// A plugin call's labels. (Not the tenant: ten thousand tenants would make the histogram
+/// ten thousand times larger; failures are counted per tenant.)
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    call: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    tenant: String,
+    call: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    tenant: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+/// The process's telemetry.
+pub fn telemetry() -> &'static Telemetry {
+    static TELEMETRY: std::sync::OnceLock<Telemetry> = std::sync::OnceLock::new();
+    TELEMETRY.get_or_init(Telemetry::new)
+}
+
+impl Telemetry {
+    fn new() -> Telemetry {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("storyline");
+        // 50 µs to ~26 s, doubling: a route of a few events to a process that hits its deadline.
+        let calls = Family::<CallLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.000_05, 2.0, 20,
+            ))
+        });
+        let (failures, reloads) = (Family::default(), Family::default());
+        let (accepted, rejected) = (Family::default(), Family::default());
+        registry.register(
+            "plugin_call_seconds",
+            "Time of plugin calls (init, process, route, snapshot, restore, drain), by call",
+            calls.clone(),
+        );
+        registry.register(
+            "plugin_failures",
+            "Plugin calls that failed, by tenant, call and kind (trap, deadline, memory, ...)",
+            failures.clone(),
+        );
+        registry.register(
+            "plugin_reloads",
+            "Plugin files loaded or rejected by the catalog, by tenant and outcome",
+            reloads.clone(),
+        );
+        registry.register(
+            "ingest_accepted_events",
+            "Events accepted (durable) by ingest in this process, by tenant",
+            accepted.clone(),
+        );
+        registry.register(
+            "ingest_rejected_events",
+            "Input lines rejected by ingest in this process, by tenant",
+            rejected.clone(),
+        );
+        Telemetry { registry, calls, failures, reloads, accepted, rejected }
+    }
+
+    /// A plugin call (`init`, `process`, ...) took `elapsed`.
+    pub fn plugin_call(&self, call: &'static str, elapsed: std::time::Duration) {
+        self.calls.get_or_create(&CallLabels { call }).observe(elapsed.as_secs_f64());
+    }
+
+    /// A plugin call of `tenant` failed with a failure of `kind` ([`crate::plugin::Failure::kind`]).
+    pub fn plugin_failure(
+        &self,
+        tenant: &crate::model::TenantId,
+        call: &'static str,
+        kind: &'static str,
+    ) {
+        self.failures
+            .get_or_create(&FailureLabels { tenant: tenant.to_string(), call, kind })
+            .inc();
+    }
+
+    /// A tenant's plugin file was loaded (`true`) or rejected.
+    pub fn reload(&self, tenant: &crate::model::TenantId, loaded: bool) {
+        let outcome = if loaded { "loaded" } else { "rejected" };
+        self.reloads.get_or_create(&ReloadLabels { tenant: tenant.to_string(), outcome }).inc();
+    }
+
+    /// Ingest of a tenant's input ended: events accepted (durable) and lines rejected.
+    pub fn ingested(&self, tenant: &crate::model::TenantId, accepted: u64, rejected: u64) {
+        let labels = TenantLabels { tenant: tenant.to_string() };
+        self.accepted.get_or_create(&labels).inc_by(accepted);
+        self.rejected.get_or_create(&labels).inc_by(rejected);
+    }
+
+    /// The Prometheus text of everything recorded so far (without the final `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+            return String::new();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_counts_failures_by_kind_reloads_and_ingest_per_tenant() {
+        let t = Telemetry::new();
+        let acme = crate::model::TenantId::new("acme").unwrap();
+        t.plugin_call("process", std::time::Duration::from_millis(3));
+        t.plugin_failure(&acme, "process", "deadline");
+        t.plugin_failure(&acme, "process", "deadline");
+        t.reload(&acme, false);
+        t.ingested(&acme, 10, 2);
+        let text = t.encode();
+        for line in [
+            "storyline_plugin_call_seconds_count{call=\"process\"} 1",
+            "storyline_plugin_failures_total{tenant=\"acme\",call=\"process\",kind=\"deadline\"} 2",
+            "storyline_plugin_reloads_total{tenant=\"acme\",outcome=\"rejected\"} 1",
+            "storyline_ingest_accepted_events_total{tenant=\"acme\"} 10",
+            "storyline_ingest_rejected_events_total{tenant=\"acme\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
+        // 3 ms falls in the bucket up to 3.2 ms, not in the one up to 1.6 ms.
+        assert!(
+            text.contains("storyline_plugin_call_seconds_bucket{le=\"0.0032\",call=\"process\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("storyline_plugin_call_seconds_bucket{le=\"0.0016\",call=\"process\"} 0"),
+            "{text}"
+        );
+    }
 }

@@ -283,6 +283,11 @@ fn posted_events_are_acknowledged_with_counts_and_become_stories() {
     let (status, text) = host.get("/metrics", None);
     assert_eq!(status, 200);
     assert!(text.contains("storyline_lag_seconds{tenant=\"acme\""), "{text}");
+    // What the process did: ingest per tenant, plugin loads, plugin-call latency.
+    assert!(text.contains("storyline_ingest_accepted_events_total{tenant=\"acme\"} 500"), "{text}");
+    assert!(text.contains("storyline_plugin_reloads_total{tenant=\"acme\",outcome=\"loaded\"} 1"));
+    assert!(text.contains("# TYPE storyline_plugin_call_seconds histogram"), "{text}");
+    assert!(text.contains("storyline_plugin_call_seconds_count{call=\"init\"}"), "{text}");
     host.stop();
 
     assert_eq!(site.events_in_stories("acme"), ids.into_iter().collect());

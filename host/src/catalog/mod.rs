@@ -458,6 +458,7 @@ impl Catalog {
             }
         }
         slot.install(plugin, config, path);
+        crate::metrics::telemetry().reload(tenant, true);
         Reload::Loaded
     }
 
@@ -576,6 +577,7 @@ pub fn describe(slot: &Slot, memory: (usize, usize)) -> String {
 }
 
 fn reject(slot: &Slot, message: String) -> Reload {
+    crate::metrics::telemetry().reload(slot.tenant(), false);
     slot.record_error(message.clone());
     Reload::Rejected(message)
 }

@@ -103,6 +103,7 @@ pub fn ingest_stream<S: Store>(
         producer = producer.on_durable(f);
     }
     let report = handle.block_on(producer.ingest(reader))?;
+    crate::metrics::telemetry().ingested(tenant, report.accepted, report.rejected_count);
     Ok(Ingested { report, layout })
 }
 

@@ -176,6 +176,20 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// A short name of the kind of failure (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Trap { .. } => "trap",
+            Failure::Timeout { .. } => "deadline",
+            Failure::MemoryLimit { .. } => "memory",
+            Failure::OutputTooLarge { .. } => "output_too_large",
+            Failure::StateTooLarge { .. } => "state_too_large",
+            Failure::Malformed { .. } => "malformed_output",
+            Failure::Guest(_) => "guest_error",
+            Failure::Poisoned => "poisoned",
+        }
+    }
+
     /// Whether the instance is unusable after this failure.
     pub fn poisons(&self) -> bool {
         matches!(

@@ -332,6 +332,7 @@ impl PluginInstance {
     }
 
     fn error(&self, call: &'static str, bucket: Option<BucketRef>, failure: Failure) -> CallError {
+        crate::metrics::telemetry().plugin_failure(&self.tenant, call, failure.kind());
         CallError { tenant: self.tenant.clone(), plugin: self.info.label(), call, bucket, failure }
     }
 
@@ -351,7 +352,9 @@ impl PluginInstance {
         data.limiter.hit = false;
         data.log.reset();
         let ticking = self.ticker.enter();
+        let started = std::time::Instant::now();
         let result = f(&mut self.store);
+        crate::metrics::telemetry().plugin_call(call, started.elapsed());
         drop(ticking);
         match result {
             Ok(r) => Ok(r),
