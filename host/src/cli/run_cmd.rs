@@ -292,7 +292,7 @@ pub fn start<S: Store + Clone>(
     files.sort();
     files.dedup();
     eprintln!(
-        "serving {} tenants with {} plugin version(s): {}",
+        "serving {} tenant(s) with {} plugin version(s): {}",
         served.len(),
         files.len(),
         files.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
