@@ -160,23 +160,16 @@ pub struct TenantConfig {
     pub bucket_ms: Option<i64>,
     /// The tenant's `run --delay-ms` (over the value for every tenant).
     pub delay_ms: Option<i64>,
-    /// The tenant's `--retention-secs`. Checked; not applied yet.
+    /// The tenant's `--retention-secs`: how long its events are kept (over the value for
+    /// every tenant).
     pub retention_secs: Option<i64>,
     /// The tenant's `run --memory-mb`: its plugin instances' memory in `run` (over the value
     /// for every tenant).
     pub memory_mb: Option<usize>,
 }
 
-impl TenantConfig {
-    /// The keys set here that are read but not applied yet (the global values apply).
-    pub fn not_applied(&self) -> Vec<&'static str> {
-        let set = [("retention_secs", self.retention_secs.is_some())];
-        set.into_iter().filter(|(_, on)| *on).map(|(k, _)| k).collect()
-    }
-}
-
 impl Config {
-    /// The file to read: `explicit` (`--config`), which must exist; else `./storyline.toml` if
+    /// The file to read: `explicit` (`--config-file`), which must exist; else `./storyline.toml` if
     /// there is one; else none.
     pub fn locate(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
         match explicit {
@@ -533,13 +526,6 @@ mod tests {
         let m = message("[store]\nnodes = [\"10.0.0.5\"]");
         assert!(m.contains("store.nodes = \"10.0.0.5\"") && m.contains("host:port"), "{m}");
         assert!(parse("[store]\nnodes = [\"[::1]:9042\", \"db:9042\"]").is_ok());
-    }
-
-    #[test]
-    fn per_tenant_values_not_applied_yet_are_listed() {
-        let config =
-            parse("[tenants.acme]\ndelay_ms = 100\nmemory_mb = 64\nretention_secs = 60").unwrap();
-        assert_eq!(config.tenants["acme"].not_applied(), ["retention_secs"]);
     }
 
     #[test]

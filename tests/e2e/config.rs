@@ -179,7 +179,7 @@ fn a_tenants_configured_shards_and_bucket_length_are_its_first_layout_unless_fla
     let scratch = Scratch::new("config-layout");
     std::fs::write(
         scratch.path("storyline.toml"),
-        "[tenants.acme]\nshards = 3\nbucket_ms = 500\n[tenants.beta]\nshards = 5\n",
+        "[tenants.acme]\nshards = 3\nbucket_ms = 500\nretention_secs = 3600\n[tenants.beta]\nshards = 5\n",
     )
     .unwrap();
     let said = ingest(&scratch, "acme", &[], &[]);
@@ -187,11 +187,17 @@ fn a_tenants_configured_shards_and_bucket_length_are_its_first_layout_unless_fla
     let out = storyline_in(&scratch.0, &["status", "--tenant", "acme"], &[]);
     let status = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(status.starts_with("tenant acme: 3 shards, 500 ms buckets\n"), "{status}");
+    // The tenant's own retention; beta, without one, keeps the default week.
+    assert!(
+        status.starts_with("tenant acme: 3 shards, 500 ms buckets, events kept 3600 s\n"),
+        "{status}"
+    );
     let shard_lines = status.lines().filter(|l| l.starts_with(|c: char| c.is_ascii_digit()));
     assert_eq!(shard_lines.count(), 3, "one line per shard: {status}");
     let said = ingest(&scratch, "beta", &[], &[]);
     assert!(said.contains("(5 shards, 1000 ms buckets)"), "{said}");
+    let out = storyline_in(&scratch.0, &["status", "--tenant", "beta"], &[]);
+    assert!(stdout(&out).contains("events kept 604800 s"), "{}", stdout(&out));
     let said = ingest(&scratch, "gamma", &[], &[]);
     assert!(said.contains("(4 shards, 1000 ms buckets)"), "not configured: the default: {said}");
     // A flag beats the file for a new tenant.

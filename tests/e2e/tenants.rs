@@ -248,8 +248,8 @@ mod overloaded {
         fn close_grace_ms(&self) -> i64 {
             self.inner.close_grace_ms()
         }
-        fn retention_ms(&self) -> Option<i64> {
-            self.inner.retention_ms()
+        fn retention_ms(&self, t: &TenantId) -> Option<i64> {
+            self.inner.retention_ms(t)
         }
         async fn late_stats(&self, t: &TenantId, s: ShardId) -> Result<LateStats, StoreError> {
             self.inner.late_stats(t, s).await

@@ -176,13 +176,7 @@ pub fn check(
         if let Some(m) = t.memory_mb {
             parts.push(format!("memory_mb {m}"));
         }
-        let not_applied = t.not_applied();
-        let note = if not_applied.is_empty() {
-            String::new()
-        } else {
-            format!(" (read, not applied yet: {})", not_applied.join(", "))
-        };
-        writeln!(out, "  {name}: {}{note}", parts.join(", "))?;
+        writeln!(out, "  {name}: {}", parts.join(", "))?;
     }
     Ok(())
 }

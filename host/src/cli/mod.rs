@@ -422,10 +422,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // events through its ingest socket.
     let socket = (cli.store == StoreKind::Embedded).then(|| ingest_socket::path(&cli.data_dir));
     let dirs = Dirs { data: cli.data_dir, plugins: cli.plugin_dir, socket, config: cli.settings };
+    // Tenants' own retentions from the configuration file, over --retention-secs.
+    let tenant_retention: std::collections::HashMap<String, i64> = dirs
+        .config
+        .tenants
+        .iter()
+        .filter_map(|(name, t)| t.retention_secs.map(|secs| (name.clone(), secs)))
+        .collect();
     let scylla = ScyllaConfig {
         nodes: cli.scylla_nodes.split(',').map(|n| n.trim().to_string()).collect(),
         replication: cli.scylla_replication,
         retention_secs: cli.retention_secs,
+        tenant_retention_secs: tenant_retention.clone(),
         ..ScyllaConfig::default()
     };
     // Runs `$body` with `$store` bound to the chosen backend.
@@ -439,6 +447,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     if let Some(secs) = cli.retention_secs {
                         $store = $store.with_retention(secs.saturating_mul(1000));
                     }
+                    let own = tenant_retention
+                        .iter()
+                        .filter_map(|(t, secs)| {
+                            TenantId::new(t).ok().map(|t| (t, secs.saturating_mul(1000)))
+                        })
+                        .collect();
+                    $store = $store.with_tenant_retention(own);
                     $body
                 }
                 StoreKind::Scylla => {

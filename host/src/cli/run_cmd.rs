@@ -164,13 +164,6 @@ pub fn start<S: Store + Clone>(
         Some(dirs.known_good()),
         dirs.config.plugin_files(),
     );
-    for (name, t) in &dirs.config.tenants {
-        for key in t.not_applied() {
-            eprintln!(
-                "note: tenants.{name}.{key} is read but not applied yet; the value for every tenant applies"
-            );
-        }
-    }
     if dirs.socket.is_some() {
         // This process owns the embedded store: `storyline ingest` reaches it through here,
         // and routes with the versions this process serves.

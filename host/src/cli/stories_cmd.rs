@@ -188,7 +188,13 @@ pub fn write_status<S: Store>(
     };
     let dead = handle.block_on(store.dead_letters(tenant))?;
     let now = now_ms();
-    writeln!(out, "tenant {tenant}: {} shards, {} ms buckets", layout.shards, layout.bucket_ms)?;
+    let kept =
+        store.retention_ms(tenant).map_or("until deleted".into(), |ms| format!("{} s", ms / 1000));
+    writeln!(
+        out,
+        "tenant {tenant}: {} shards, {} ms buckets, events kept {kept}",
+        layout.shards, layout.bucket_ms
+    )?;
     // Written every second by the `storyline run` serving this data directory.
     match std::fs::read_to_string(data_dir.join("status").join(format!("{tenant}.txt"))) {
         Ok(plugin) => write!(out, "{plugin}")?,
@@ -215,7 +221,8 @@ pub fn write_status<S: Store>(
         let oldest = handle.block_on(store.next_bucket(tenant, shard, offset))?;
         // Lag: how old the oldest unconsumed bucket is; 0 when nothing waits.
         let lag_s = oldest.map_or(0.0, |b| (now - b.0 - layout.bucket_ms).max(0) as f64 / 1000.0);
-        if let Some(retention) = store.retention_ms().filter(|r| lag_s * 1000.0 >= *r as f64 / 2.0)
+        if let Some(retention) =
+            store.retention_ms(tenant).filter(|r| lag_s * 1000.0 >= *r as f64 / 2.0)
         {
             alarms.push(format!(
                 "ALARM shard {shard}: lag {lag_s:.0} s is over half the events' retention ({} s); events expire unread unless workers catch up (start more workers, or raise the retention)",

@@ -76,6 +76,8 @@ pub struct EmbeddedStore {
     tenants: Arc<Mutex<HashMap<TenantId, Arc<TenantDb>>>>,
     /// Told of every append and dead letter (see [`Store::watch`]).
     hooks: Arc<Mutex<Vec<ChangeHook>>>,
+    /// Tenants' own retentions, ms (over `retention_ms`).
+    tenant_retention_ms: Arc<HashMap<TenantId, i64>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -123,6 +125,7 @@ impl EmbeddedStore {
             close_grace_ms: 0,
             tenants: Arc::new(Mutex::new(HashMap::new())),
             hooks: Arc::new(Mutex::new(Vec::new())),
+            tenant_retention_ms: Arc::default(),
         }
     }
 
@@ -144,6 +147,13 @@ impl EmbeddedStore {
         self
     }
 
+    /// Tenants' own retentions, ms, over [`Self::with_retention`] (the configuration file's
+    /// `[tenants.<name>] retention_secs`).
+    pub fn with_tenant_retention(mut self, ms: HashMap<TenantId, i64>) -> Self {
+        self.tenant_retention_ms = Arc::new(ms.into_iter().map(|(t, v)| (t, v.max(1))).collect());
+        self
+    }
+
     /// The directory of a tenant.
     pub fn tenant_dir(&self, tenant: &TenantId) -> PathBuf {
         self.root.join("tenants").join(tenant.as_str())
@@ -154,7 +164,8 @@ impl EmbeddedStore {
         if let Some(db) = open.get(tenant) {
             return Ok(db.clone());
         }
-        let db = Arc::new(TenantDb::open(&self.tenant_dir(tenant), self.retention_ms)?);
+        let retention = self.tenant_retention_ms.get(tenant).copied().or(self.retention_ms);
+        let db = Arc::new(TenantDb::open(&self.tenant_dir(tenant), retention)?);
         open.insert(tenant.clone(), db.clone());
         Ok(db)
     }
@@ -725,9 +736,15 @@ impl Store for EmbeddedStore {
         self.close_grace_ms
     }
 
-    fn retention_ms(&self) -> Option<i64> {
-        // The tenants' own, when they were opened without one, may differ; the alarm is a hint.
-        Some(self.retention_ms.unwrap_or(DEFAULT_RETENTION_MS))
+    fn retention_ms(&self, tenant: &TenantId) -> Option<i64> {
+        // An open tenant's is exact (its directory remembers the last one given); else the one
+        // it would be opened with.
+        let open = self.tenants.lock().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned();
+        if let Some(db) = open {
+            return Some(db.retention_ms);
+        }
+        let given = self.tenant_retention_ms.get(tenant).copied().or(self.retention_ms);
+        Some(given.unwrap_or(DEFAULT_RETENTION_MS))
     }
 
     async fn late_stats(&self, tenant: &TenantId, shard: ShardId) -> Result<LateStats, StoreError> {

@@ -237,9 +237,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// lock (embedded); on a cluster, producers re-read the closed buckets periodically.
     fn close_grace_ms(&self) -> i64;
 
-    /// How long events are kept before the store drops them (`None`: until deleted). A lag
-    /// approaching it means events would expire unread: status and workers raise an alarm.
-    fn retention_ms(&self) -> Option<i64>;
+    /// How long `tenant`'s events are kept before the store drops them (`None`: until
+    /// deleted). A lag approaching it means events would expire unread: status and workers
+    /// raise an alarm.
+    fn retention_ms(&self, tenant: &TenantId) -> Option<i64>;
 
     /// Late events redirected on a shard so far.
     fn late_stats(

@@ -124,6 +124,8 @@ pub struct ScyllaConfig {
     /// Retention of events: the TTL of `events`, `buckets` and `story_feed`. `None`: as the
     /// tables have it, 7 days for new ones. Given, it is applied to existing tables too.
     pub retention_secs: Option<i64>,
+    /// Tenants' own retentions, seconds, by tenant name (over `retention_secs`).
+    pub tenant_retention_secs: std::collections::HashMap<String, i64>,
     /// Rows per page when reading a partition. Default 5 000.
     pub page_size: i32,
     /// Requests this store has in flight at most, all its callers and clones together (a
@@ -147,6 +149,7 @@ impl Default for ScyllaConfig {
             replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".into(),
             consistency: Consistency::LocalQuorum,
             retention_secs: None,
+            tenant_retention_secs: Default::default(),
             page_size: 5000,
             max_in_flight: 256,
             retries: 6,
@@ -159,6 +162,16 @@ impl Default for ScyllaConfig {
 pub const DEFAULT_RETENTION_SECS: i64 = 7 * 24 * 3600;
 
 impl ScyllaConfig {
+    /// The retention of `tenant` as given: its own, else the one for every tenant.
+    pub fn given_retention_of(&self, tenant: &TenantId) -> Option<i64> {
+        self.tenant_retention_secs.get(tenant.as_str()).copied().or(self.retention_secs)
+    }
+
+    /// The retention of `tenant` in seconds: as given, else [`DEFAULT_RETENTION_SECS`].
+    pub fn retention_secs_of(&self, tenant: &TenantId) -> i64 {
+        self.given_retention_of(tenant).unwrap_or(DEFAULT_RETENTION_SECS)
+    }
+
     /// The retention in seconds: the one given, else [`DEFAULT_RETENTION_SECS`].
     pub fn retention_secs(&self) -> i64 {
         self.retention_secs.unwrap_or(DEFAULT_RETENTION_SECS)
@@ -316,7 +329,7 @@ pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec
 /// The CQL that creates a tenant's keyspace and tables in `dialect`.
 pub fn schema_cql_for(tenant: &TenantId, config: &ScyllaConfig, dialect: Dialect) -> Vec<String> {
     let ks = keyspace(tenant);
-    let ttl = config.retention_secs();
+    let ttl = config.retention_secs_of(tenant);
     let (scylla, tablets) = match dialect {
         Dialect::Scylla(tablets) => (true, tablets.keyspace_option()),
         Dialect::Cassandra => (false, ""),
@@ -915,7 +928,7 @@ impl ScyllaStore {
         let ks = keyspace(tenant);
         // Only a process given a retention changes the tables: others (a `storyline stories`
         // run without `--retention-secs`) keep what the tables have.
-        let Some(want) = self.config.retention_secs else { return Ok(()) };
+        let Some(want) = self.config.given_retention_of(tenant) else { return Ok(()) };
         for (table, ttl) in self.table_ttls(tenant).await? {
             if ttl == want {
                 continue;
@@ -1559,7 +1572,7 @@ impl Store for ScyllaStore {
             Some(b) => (b.0.div_euclid(DAY_MS), b.0),
             // From the start: the oldest data is at most the retention old.
             None => (
-                (crate::producer::now_ms() - self.config.retention_secs() * 1000)
+                (crate::producer::now_ms() - self.config.retention_secs_of(tenant) * 1000)
                     .div_euclid(DAY_MS),
                 i64::MIN,
             ),
@@ -1623,8 +1636,8 @@ impl Store for ScyllaStore {
         CLOSE_GRACE_MS
     }
 
-    fn retention_ms(&self) -> Option<i64> {
-        Some(self.config.retention_secs() * 1000)
+    fn retention_ms(&self, tenant: &TenantId) -> Option<i64> {
+        Some(self.config.retention_secs_of(tenant) * 1000)
     }
 
     async fn late_stats(&self, tenant: &TenantId, shard: ShardId) -> Result<LateStats, StoreError> {
@@ -1897,7 +1910,8 @@ impl Store for ScyllaStore {
         let width = self.config.max_in_flight;
         // Nothing older than the retention is left; a worker's clock may run a little ahead.
         let now = crate::producer::now_ms();
-        let from = since_ms.max(now - self.config.retention_secs() * 1000).div_euclid(MINUTE_MS);
+        let from =
+            since_ms.max(now - self.config.retention_secs_of(tenant) * 1000).div_euclid(MINUTE_MS);
         let minutes = from..=(now + MINUTE_MS).div_euclid(MINUTE_MS);
         let keys = bounded(width, minutes, |minute| {
             self.read_all::<(String, i32), _>("story_feed", &t.feed_since, (minute, since_ms))

@@ -676,7 +676,7 @@ impl<S: Store + Clone> ShardTask<S> {
     /// Logs an error when the bucket about to be read is older than half the events'
     /// retention: at this lag, events would expire before they are read.
     fn lag_alarm(&mut self, b: BucketStart, now: TimestampMs) {
-        if let Some(retention) = self.ctx.store.retention_ms()
+        if let Some(retention) = self.ctx.store.retention_ms(&self.ctx.tenant)
             && now - b.0 >= retention / 2
             && now.saturating_sub(self.last_alarm) >= 60_000
         {
