@@ -114,3 +114,22 @@ impl IntoResponse for ApiError {
         (status, Json(body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_store_is_a_503_that_says_nothing_was_acknowledged() {
+        let failed = crate::store::StoreError::Backend {
+            backend: "scylla",
+            message: "all nodes are down".into(),
+        };
+        let error = ApiError::from(failed);
+        assert_eq!(error.status(), (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"));
+        let message = error.to_string();
+        assert!(message.contains("all nodes are down"), "{message}");
+        assert!(message.contains("nothing acknowledged; send the request again"), "{message}");
+        assert_eq!(error.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
