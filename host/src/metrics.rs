@@ -3,12 +3,19 @@
 //!
 //! The figures are read when scraped: counters of this process (events, stories, dead letters)
 //! and, per tenant and shard, what the store knows (lag, late events and their lateness, dead
-//! letters) and what the plugin directory holds (loads, last reload failed).
+//! letters) and what the plugin directory holds (loads, last reload failed); then what the
+//! process counted as it went ([`Telemetry`]: plugin calls, failures, reloads, ingest). Encoded
+//! with `prometheus-client`.
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::StatusCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::catalog::Catalog;
 use crate::model::ShardId;
@@ -16,123 +23,124 @@ use crate::producer::now_ms;
 use crate::store::{Store, StoreError};
 use crate::worker::Progress;
 
-/// Renders every metric.
+/// A shard's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    tenant: String,
+    shard: String,
+}
+
+/// A counter whose value is read when scraped (the store keeps it, or the run's counters).
+fn counter_of(value: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(value);
+    c
+}
+
+/// Renders every metric: what the store and the plugin directory say now, read into a
+/// registry of this scrape, then what the process counted ([`telemetry`]).
 pub fn render<S: Store>(
     handle: &tokio::runtime::Handle,
     store: &S,
     catalog: &Catalog,
     progress: &Progress,
 ) -> Result<String, StoreError> {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in rows {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let count =
-        |v: &std::sync::atomic::AtomicU64| vec![(String::new(), v.load(Ordering::Relaxed) as f64)];
-    metric(
-        "storyline_events_processed_total",
-        "counter",
-        "Events handed to plugins by this process.",
-        &count(&progress.events),
+    let mut registry = Registry::with_prefix("storyline");
+    let processed = |v: &AtomicU64| counter_of(v.load(Ordering::Relaxed));
+    registry.register(
+        "events_processed",
+        "Events handed to plugins by this process",
+        processed(&progress.events),
     );
-    metric(
-        "storyline_stories_published_total",
-        "counter",
-        "Story revisions published by this process.",
-        &count(&progress.stories),
+    registry.register(
+        "stories_published",
+        "Story revisions published by this process",
+        processed(&progress.stories),
     );
-    metric(
-        "storyline_buckets_processed_total",
-        "counter",
-        "Buckets processed by this process.",
-        &count(&progress.buckets),
+    registry.register(
+        "buckets_processed",
+        "Buckets processed by this process",
+        processed(&progress.buckets),
     );
 
-    let (mut loads, mut reload_failed, mut lag, mut late, mut lateness, mut dead) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut memory, mut memory_limit, mut ignored) = (vec![], vec![], vec![]);
+    let loads = Family::<TenantLabels, Counter>::default();
+    let reload_failed = Family::<TenantLabels, Gauge>::default();
+    let ignored = Family::<TenantLabels, Gauge>::default();
+    let memory = Family::<TenantLabels, Gauge>::default();
+    let memory_limit = Family::<TenantLabels, Gauge>::default();
+    let dead = Family::<TenantLabels, Gauge>::default();
+    let lag = Family::<ShardLabels, Gauge<f64, AtomicU64>>::default();
+    let late = Family::<ShardLabels, Counter>::default();
+    let lateness = Family::<ShardLabels, Counter<f64, AtomicU64>>::default();
     let now = now_ms();
-    for slot in catalog.slots() {
+    let mut slots = catalog.slots();
+    slots.sort_by(|a, b| a.tenant().cmp(b.tenant()));
+    for slot in slots {
         let tenant = slot.tenant();
         let status = slot.status();
-        let t = format!("{{tenant=\"{tenant}\"}}");
-        loads.push((t.clone(), status.loads as f64));
-        reload_failed.push((t.clone(), f64::from(u8::from(status.last_error.is_some()))));
-        ignored.push((t.clone(), status.ignored.len() as f64));
+        let t = TenantLabels { tenant: tenant.to_string() };
+        loads.get_or_create(&t).inc_by(status.loads);
+        reload_failed.get_or_create(&t).set(i64::from(status.last_error.is_some()));
+        ignored.get_or_create(&t).set(status.ignored.len() as i64);
         let (used, limit) = catalog.memory(tenant);
-        memory.push((t.clone(), used as f64));
-        memory_limit.push((t.clone(), limit as f64));
+        memory.get_or_create(&t).set(used as i64);
+        memory_limit.get_or_create(&t).set(limit as i64);
         let Some(layout) = handle.block_on(store.layout(tenant))? else { continue };
-        dead.push((t, handle.block_on(store.dead_letters(tenant))?.len() as f64));
+        dead.get_or_create(&t).set(handle.block_on(store.dead_letters(tenant))?.len() as i64);
         for shard in (0..layout.shards).map(ShardId) {
-            let labels = format!("{{tenant=\"{tenant}\",shard=\"{shard}\"}}");
+            let labels = ShardLabels { tenant: tenant.to_string(), shard: shard.to_string() };
             let offset = handle.block_on(store.committed_offset(tenant, shard))?;
             let oldest = handle.block_on(store.next_bucket(tenant, shard, offset))?;
             let lag_ms = oldest.map_or(0, |b| (now - b.0 - layout.bucket_ms).max(0));
-            lag.push((labels.clone(), lag_ms as f64 / 1000.0));
+            lag.get_or_create(&labels).set(lag_ms as f64 / 1000.0);
             let l = handle.block_on(store.late_stats(tenant, shard))?;
-            late.push((labels.clone(), l.events as f64));
-            lateness.push((labels, l.lateness_ms as f64 / 1000.0));
+            late.get_or_create(&labels).inc_by(l.events);
+            lateness.get_or_create(&labels).inc_by(l.lateness_ms as f64 / 1000.0);
         }
     }
-    metric("storyline_plugin_loads_total", "counter", "Plugin versions loaded per tenant.", &loads);
-    metric(
-        "storyline_plugin_reload_failed",
-        "gauge",
-        "1 when the tenant's last reload was rejected (the previous version serves).",
-        &reload_failed,
+    registry.register("plugin_loads", "Plugin versions loaded per tenant", loads);
+    registry.register(
+        "plugin_reload_failed",
+        "1 when the tenant's last reload was rejected (the previous version serves)",
+        reload_failed,
     );
-    metric(
-        "storyline_plugin_ignored_files",
-        "gauge",
-        "Other .wasm files in the tenant's plugin folder, ignored (one plugin per tenant).",
-        &ignored,
+    registry.register(
+        "plugin_ignored_files",
+        "Other .wasm files in the tenant's plugin folder, ignored (one plugin per tenant)",
+        ignored,
     );
-    metric(
-        "storyline_plugin_memory_bytes",
-        "gauge",
-        "Linear memory held by the tenant's plugin instances (their state lives there).",
-        &memory,
+    registry.register(
+        "plugin_memory_bytes",
+        "Linear memory held by the tenant's plugin instances (their state lives there)",
+        memory,
     );
-    metric(
-        "storyline_plugin_memory_limit_bytes",
-        "gauge",
-        "The tenant's plugin memory limit (run --memory-mb); a growth past it fails the bucket.",
-        &memory_limit,
+    registry.register(
+        "plugin_memory_limit_bytes",
+        "The tenant's plugin memory limit (run --memory-mb); a growth past it fails the bucket",
+        memory_limit,
     );
-    metric(
-        "storyline_lag_seconds",
-        "gauge",
-        "Age of the oldest bucket not yet committed, per shard.",
-        &lag,
+    registry.register("lag_seconds", "Age of the oldest bucket not yet committed, per shard", lag);
+    registry.register(
+        "late_events",
+        "Events written into closed buckets and moved to the first open one",
+        late,
     );
-    metric(
-        "storyline_late_events_total",
-        "counter",
-        "Events written into closed buckets and moved to the first open one.",
-        &late,
+    registry.register(
+        "late_lateness_seconds",
+        "Sum of the lateness of late events (divide by late events for the mean)",
+        lateness,
     );
-    metric(
-        "storyline_late_lateness_seconds_total",
-        "counter",
-        "Sum of the lateness of late events (divide by late events for the mean).",
-        &lateness,
-    );
-    metric(
-        "storyline_dead_letters",
-        "gauge",
-        "Buckets dead-lettered and not replayed, per tenant.",
-        &dead,
-    );
+    registry.register("dead_letters", "Buckets dead-lettered and not replayed, per tenant", dead);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode_registry(&mut out, &registry)
+        .map_err(|e| StoreError::Backend { backend: "metrics", message: e.to_string() })?;
     out.push_str(&telemetry().encode());
+    out.push_str("# EOF\n");
     Ok(out)
 }
 
 /// The Prometheus text format's content type.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// `GET /metrics`, answered with `render` (503 when the store cannot be read). It is merged
 /// into the HTTP API's router, and served alone by `run --metrics-addr`.
@@ -169,11 +177,6 @@ pub struct Telemetry {
     accepted: Family<TenantLabels, Counter>,
     rejected: Family<TenantLabels, Counter>,
 }
-
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 
 /// A plugin call's labels. (Not the tenant: ten thousand tenants would make the histogram
 /// ten thousand times larger; failures are counted per tenant.)
