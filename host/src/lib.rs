@@ -12,8 +12,11 @@
 //! - [`catalog`]: the plugin directory while running: which version each tenant runs, hot
 //!   reload with validation before the switch.
 //! - [`producer`]: validation, shard choice by routing key, insert-time buckets, batches.
-//! - [`worker`]: the per-shard loop: lease, offset, wait, read, plugin, publish, commit.
-//! - [`metrics`]: the Prometheus text (lag, late events, dead letters, reloads) and its route.
+//! - [`worker`]: every shard of every tenant as a task on one pool of threads (`pool`), each
+//!   shard's steps (`shard`): lease, offset, wait, read, plugin, publish, commit; idle shards
+//!   sleep until the store, a timer or a plugin change wakes them.
+//! - [`metrics`]: `/metrics` (lag, late events, dead letters, plugin calls, reloads, ingest),
+//!   encoded with `prometheus-client`, and its route.
 //! - [`http`]: the HTTP API of `run` (events in, stories and status out, health, metrics): a
 //!   thin adapter over the commands' logic, mapping outcomes to status codes; owns tokens.
 //! - [`generate`]: a realistic multi-sensor event stream with ground truth (demo, tests, benches).
