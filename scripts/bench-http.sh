@@ -28,7 +28,10 @@ echo "$events events ($(( $(stat -c %s events.jsonl) / 1000000 )) MB)"
 for round in $(seq 1 "$rounds"); do
   for way in ingest http; do
     rm -rf data
-    sl run --http-addr "127.0.0.1:$port" --delay-ms 3600000 2> run.log &
+    # The binary itself in the background (not the `sl` function, whose subshell a kill would
+    # leave the server running behind).
+    "$bin" --config-file storyline.toml --data-dir data --plugin-dir plugins \
+      run --http-addr "127.0.0.1:$port" --delay-ms 3600000 2> run.log &
     pid=$!
     until curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" | grep -q 200; do
       sleep 0.2
