@@ -321,16 +321,26 @@ pub fn ingest<S: Store + Clone>(
             summary.route_failures
         );
     }
-    for e in rejected.iter().take(20) {
-        eprintln!("  {name} {e}");
+    rejected_lines(rejected.iter().map(|e| format!("{name} {e}")), rejected_count, accepted)
+}
+
+/// Prints the first 20 rejected lines (each already described) and fails when any was
+/// rejected: what a local and a remote `ingest` end with.
+pub(super) fn rejected_lines(
+    shown: impl Iterator<Item = String>,
+    rejected: u64,
+    accepted: u64,
+) -> anyhow::Result<()> {
+    for line in shown.take(20) {
+        eprintln!("  {line}");
     }
-    if rejected_count > 20 {
-        eprintln!("  ... and {} more", rejected_count - 20);
+    if rejected > 20 {
+        eprintln!("  ... and {} more", rejected - 20);
     }
-    if rejected_count > 0 {
+    if rejected > 0 {
         bail!(
-            "{rejected_count} of {} lines rejected; the accepted events are stored",
-            rejected_count + accepted
+            "{rejected} of {} lines rejected; the accepted events are stored",
+            rejected + accepted
         );
     }
     Ok(())

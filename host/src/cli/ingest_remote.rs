@@ -102,19 +102,10 @@ pub fn ingest_remote(
     if let Some(router) = json["routed_by"].as_str() {
         eprintln!("{name}: routed by {router}");
     }
-    for line in json["rejected_lines"].as_array().into_iter().flatten().take(20) {
-        eprintln!("  {name} line {}: {}", line["line"], line["reason"].as_str().unwrap_or(""));
-    }
-    if rejected > 20 {
-        eprintln!("  ... and {} more", rejected - 20);
-    }
-    if rejected > 0 {
-        bail!(
-            "{rejected} of {} lines rejected; the accepted events are stored",
-            rejected + accepted
-        );
-    }
-    Ok(())
+    let lines = json["rejected_lines"].as_array().into_iter().flatten().map(|line| {
+        format!("{name} line {}: {}", line["line"], line["reason"].as_str().unwrap_or(""))
+    });
+    super::ingest_cmd::rejected_lines(lines, rejected, accepted)
 }
 
 #[cfg(test)]
