@@ -102,5 +102,11 @@ fn the_tenants_and_store_benchmarks_run_small_and_print_their_figures() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("embedded ingest: ") && stdout.contains("embedded run: "), "{stdout}");
     assert!(!stdout.contains("scylla"), "{stdout}");
-    assert!(!scratch.path("data/bench-store").exists(), "the bench removes its directories");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let scratch_dir = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("scratch directory "))
+        .and_then(|l| l.strip_suffix(" (removed at the end)"))
+        .unwrap_or_else(|| panic!("no scratch directory named: {stderr}"));
+    assert!(!std::path::Path::new(scratch_dir).exists(), "the bench removes {scratch_dir}");
 }

@@ -375,9 +375,12 @@ fn measured(
 /// Ingests the same generated events into each store and runs the workers over them
 /// (`run --exit-when-idle`), as separate processes of this binary; prints events/s and CPU per
 /// event of the host (and of a local node).
-pub fn store(root: &Path, bench: &StoreBench) -> anyhow::Result<()> {
+pub fn store(bench: &StoreBench) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let root = root.join("bench-store");
+    // A short path of its own: each run's `storyline run` listens on a Unix socket in its data
+    // directory, and socket paths are limited to about 100 bytes.
+    let root = std::env::temp_dir().join(format!("storyline-bench-{}", std::process::id()));
+    eprintln!("scratch directory {} (removed at the end)", root.display());
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let events = crate::generate::generate(&crate::generate::GenConfig {

@@ -566,17 +566,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Store { plugin, sessions, rounds, node_pid }) => {
             let nodes_given = std::env::var_os("STORYLINE_SCYLLA_NODES").is_some()
                 || cli.store == StoreKind::Scylla;
-            bench_cmd::store(
-                &dirs.data,
-                &bench_cmd::StoreBench {
-                    plugin,
-                    sessions,
-                    rounds,
-                    scylla_nodes: nodes_given.then(|| scylla.nodes.join(",")),
-                    scylla_replication: scylla.replication.clone(),
-                    node_pid,
-                },
-            )
+            bench_cmd::store(&bench_cmd::StoreBench {
+                plugin,
+                sessions,
+                rounds,
+                scylla_nodes: nodes_given.then(|| scylla.nodes.join(",")),
+                scylla_replication: scylla.replication.clone(),
+                node_pid,
+            })
         }
         Command::Bench(BenchCommand::Tenants {
             plugin,
