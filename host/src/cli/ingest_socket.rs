@@ -30,9 +30,22 @@ use crate::model::TenantId;
 use crate::producer::Format;
 use crate::store::Store;
 
-/// The socket of a data directory.
+/// Longest socket path used in the data directory: Unix socket paths are limited to about 108
+/// bytes.
+const MAX_SOCKET_PATH: usize = 100;
+
+/// The socket of a data directory: `ingest.sock` in it, or, when that path is too long for a
+/// Unix socket, a name in the system temp directory derived from the directory's full path (the
+/// host and its clients compute the same one).
 pub fn path(data_dir: &Path) -> PathBuf {
-    data_dir.join("ingest.sock")
+    let inside = data_dir.join("ingest.sock");
+    if inside.as_os_str().len() <= MAX_SOCKET_PATH {
+        return inside;
+    }
+    // Absolute, not canonical: the same whether or not the directory exists yet.
+    let full = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let hash = crate::producer::fnv1a(full.as_os_str().as_encoded_bytes());
+    std::env::temp_dir().join(format!("storyline-{hash:016x}.sock"))
 }
 
 #[derive(Serialize, Deserialize)]
