@@ -108,6 +108,10 @@ pub struct StoreConfig {
     pub nodes: Option<Vec<String>>,
     /// `--scylla-replication`, as CQL.
     pub replication: Option<String>,
+    /// `--scylla-tables`: `keyspace-per-tenant` or `shared`.
+    pub tables: Option<crate::cli::TablesArg>,
+    /// `--scylla-keyspace`: the keyspace of the shared tables.
+    pub keyspace: Option<String>,
     /// `--retention-secs`.
     pub retention_secs: Option<i64>,
 }

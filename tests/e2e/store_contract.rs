@@ -336,11 +336,56 @@ pub async fn writes_into_closed_buckets_move_to_the_first_open_bucket(
 }
 
 pub async fn tenants_do_not_see_each_other(s: &impl Store, a: &TenantId, b: &TenantId) {
+    let now = storyline::producer::now_ms();
     s.append(a, LAYOUT, &[new_event(0, 1000, "x")]).await.unwrap();
-    s.publish(a, &[story("s", 0, &["x"])], 1).await.unwrap();
+    s.publish(a, &[story("s", 0, &["x"])], now).await.unwrap();
     assert_eq!(s.next_bucket(b, ShardId(0), None).await.unwrap(), None);
     assert!(s.stories(b, true).await.unwrap().is_empty());
     assert_eq!(s.layout(b).await.unwrap(), None);
+    // The same keys under both tenants (shard, bucket, event, story, lease, dead letter): each
+    // reads its own rows, as in the shared tables of a CQL store, where only the tenant in the
+    // partition key tells them apart.
+    let other = Layout { shards: 2, bucket_ms: 1000 };
+    let mut theirs = new_event(0, 1000, "x");
+    theirs.event.kind = "b".into();
+    s.append(b, other, &[theirs]).await.unwrap();
+    assert_eq!(
+        (s.layout(a).await.unwrap(), s.layout(b).await.unwrap()),
+        (Some(LAYOUT), Some(other))
+    );
+    let kind = |t| async move {
+        let events = s.read_bucket(t, ShardId(0), BucketStart(1000)).await.unwrap().into_events();
+        events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!((kind(a).await, kind(b).await), (vec!["flow".to_string()], vec!["b".to_string()]));
+    s.publish(b, &[story("s", 3, &["x", "y"])], now + 1).await.unwrap();
+    let latest = |t| async move {
+        let stories = s.stories(t, true).await.unwrap();
+        stories.iter().map(|s| (s.story.revision, s.story.event_ids.len())).collect::<Vec<_>>()
+    };
+    assert_eq!((latest(a).await, latest(b).await), (vec![(0, 1)], vec![(3, 2)]));
+    let since = s.stories_since(a, 0).await.unwrap();
+    assert_eq!(since.iter().map(|s| s.story.revision).collect::<Vec<_>>(), [0]);
+    let la = s.acquire_lease(a, ShardId(0), "wa", 60_000, now).await.unwrap().unwrap();
+    let lb = s.acquire_lease(b, ShardId(0), "wb", 60_000, now).await.unwrap().unwrap();
+    s.commit(a, &la, BucketStart(1000), Some(b"state a")).await.unwrap();
+    s.commit(b, &lb, BucketStart(2000), Some(b"state b")).await.unwrap();
+    let a_cp = s.load_checkpoint(a, ShardId(0)).await.unwrap().unwrap();
+    let b_cp = s.load_checkpoint(b, ShardId(0)).await.unwrap().unwrap();
+    assert_eq!((a_cp.bucket, a_cp.state.as_slice()), (BucketStart(1000), &b"state a"[..]));
+    assert_eq!((b_cp.bucket, b_cp.state.as_slice()), (BucketStart(2000), &b"state b"[..]));
+    let letter = DeadLetter {
+        shard: ShardId(0),
+        bucket: BucketStart(1000),
+        plugin: "p".into(),
+        reason: "r".into(),
+        attempts: 1,
+        at_ms: 1,
+        replay: false,
+    };
+    s.put_dead_letter(a, &letter).await.unwrap();
+    assert_eq!(s.dead_letters(a).await.unwrap().len(), 1);
+    assert!(s.dead_letters(b).await.unwrap().is_empty());
 }
 
 pub async fn newest_buckets_name_each_shards_latest_in_one_answer(s: &impl Store, t: &TenantId) {
@@ -476,6 +521,36 @@ mod scylla {
     }
 
     all_contract_tests!();
+
+    /// The same contract on the tables every tenant shares (`--scylla-tables shared`).
+    mod shared {
+        use storyline::store::scylla::{ScyllaStore, Tables};
+
+        pub async fn fresh_store(name: &str) -> Option<(ScyllaStore, ())> {
+            let (store, ()) = super::fresh_store(name).await?;
+            let tables = Tables::Shared { keyspace: "storyline_contract".into() };
+            let config =
+                storyline::store::scylla::ScyllaConfig { tables, ..store.config().clone() };
+            Some((ScyllaStore::connect(config).await.unwrap_or_else(|e| panic!("{e}")), ()))
+        }
+
+        async fn cleanup(store: &ScyllaStore, tenants: &[&storyline::model::TenantId]) {
+            super::cleanup(store, tenants).await;
+        }
+
+        all_contract_tests!();
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_publish_of_fifty_thousand_stories_is_stored_and_followed_whole() {
+            let Some((store, ())) = fresh_store("many-stories").await else { return };
+            let t = crate::store_contract::unique_tenant("many-stories");
+            crate::store_contract::a_publish_of_fifty_thousand_stories_is_stored_and_followed_whole(
+                &store, &t,
+            )
+            .await;
+            cleanup(&store, &[&t]).await;
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_publish_of_fifty_thousand_stories_is_stored_and_followed_whole() {

@@ -14,7 +14,7 @@ use clap::{ArgMatches, FromArgMatches};
 
 use super::{Cli, Command, ConfigCommand, Dirs, StoreKind};
 use crate::config::Config;
-use crate::store::scylla::ScyllaConfig;
+use crate::store::scylla::{ScyllaConfig, Tables};
 
 impl Cli {
     /// The command line of this process, with the configuration file's values for what it
@@ -66,6 +66,8 @@ fn fill(cli: &mut Cli, m: &ArgMatches, config: &Config) {
     take(m, "store", &mut cli.store, store.kind);
     take(m, "scylla_nodes", &mut cli.scylla_nodes, store.nodes.as_ref().map(|n| n.join(",")));
     take(m, "scylla_replication", &mut cli.scylla_replication, store.replication.clone());
+    take(m, "scylla_tables", &mut cli.scylla_tables, store.tables);
+    take(m, "scylla_keyspace", &mut cli.scylla_keyspace, store.keyspace.clone());
     take(m, "retention_secs", &mut cli.retention_secs, store.retention_secs.map(Some));
     if let Command::Run {
         delay_ms,
@@ -122,9 +124,13 @@ pub fn check(
         StoreKind::Embedded => writeln!(out, "store: embedded, retention {retention}")?,
         StoreKind::Scylla => writeln!(
             out,
-            "store: scylla at {}, replication {}, retention {retention}",
+            "store: scylla at {}, replication {}, {}, retention {retention}",
             scylla.nodes.join(","),
-            scylla.replication
+            scylla.replication,
+            match &scylla.tables {
+                Tables::KeyspacePerTenant => "a keyspace per tenant".to_string(),
+                Tables::Shared { keyspace } => format!("tables shared in keyspace {keyspace}"),
+            }
         )?,
     }
     let run = &config.run;

@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 use crate::model::TenantId;
 use crate::producer::Format;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::scylla::{ScyllaConfig, ScyllaStore, schema_cql};
+use crate::store::scylla::{SHARED_KEYSPACE, ScyllaConfig, ScyllaStore, Tables, schema_cql};
 
 /// Turns events from many sensors into stories, with per-tenant correlation rules as Wasm
 /// components.
@@ -74,6 +74,21 @@ pub struct Cli {
     )]
     pub scylla_replication: String,
 
+    /// Where tenants' rows live on ScyllaDB: a keyspace per tenant (`storyline_<tenant>`), or
+    /// one set of tables shared by every tenant, keyed by tenant (for many tenants). One choice
+    /// per deployment: every process on a cluster must make the same.
+    #[arg(
+        long,
+        global = true,
+        env = "STORYLINE_SCYLLA_TABLES",
+        default_value = "keyspace-per-tenant"
+    )]
+    pub scylla_tables: TablesArg,
+
+    /// The keyspace of the shared tables (with `--scylla-tables shared`).
+    #[arg(long, global = true, env = "STORYLINE_SCYLLA_KEYSPACE", default_value = SHARED_KEYSPACE)]
+    pub scylla_keyspace: String,
+
     /// How long events are kept after they are written, seconds: the TTL of the ScyllaDB
     /// tables (applied to existing ones too); on the embedded store, log segments are removed
     /// once that old. A tenant keeps the last one given; 7 days if never given. A shard
@@ -98,6 +113,16 @@ pub enum StoreKind {
     Embedded,
     /// A ScyllaDB (or Cassandra 4+) cluster at --scylla-nodes.
     Scylla,
+}
+
+/// `--scylla-tables`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TablesArg {
+    /// A keyspace of its own per tenant, `storyline_<tenant>`.
+    KeyspacePerTenant,
+    /// One set of tables (keyspace `--scylla-keyspace`), the tenant in every partition key.
+    Shared,
 }
 
 /// `--on-failure`.
@@ -241,11 +266,12 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         interval_ms: i64,
     },
-    /// Print the CQL that creates a tenant's keyspace and tables on ScyllaDB.
+    /// Print the CQL that creates a tenant's keyspace and tables on ScyllaDB (or, with
+    /// `--scylla-tables shared`, the tables every tenant shares).
     Schema {
-        /// The tenant.
+        /// The tenant (a keyspace per tenant).
         #[arg(long)]
-        tenant: String,
+        tenant: Option<String>,
         /// Leave out the options only ScyllaDB understands (for Apache Cassandra).
         #[arg(long)]
         cassandra: bool,
@@ -432,6 +458,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let scylla = ScyllaConfig {
         nodes: cli.scylla_nodes.split(',').map(|n| n.trim().to_string()).collect(),
         replication: cli.scylla_replication,
+        tables: match cli.scylla_tables {
+            TablesArg::KeyspacePerTenant => Tables::KeyspacePerTenant,
+            TablesArg::Shared => Tables::Shared { keyspace: cli.scylla_keyspace },
+        },
         retention_secs: cli.retention_secs,
         tenant_retention_secs: tenant_retention.clone(),
         ..ScyllaConfig::default()
@@ -547,8 +577,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             generate_cmd::generate(sessions, seed, late_share, max_skew_ms, interval_ms)
         }
         Command::Schema { tenant, cassandra } => {
-            let tenant = tenant_arg(&tenant)?;
-            for cql in schema_cql(&tenant, &scylla, !cassandra) {
+            let tenant = match (&scylla.tables, tenant) {
+                (_, Some(tenant)) => Some(tenant_arg(&tenant)?),
+                (Tables::Shared { .. }, None) => None,
+                (Tables::KeyspacePerTenant, None) => {
+                    anyhow::bail!("storyline schema needs --tenant (or --scylla-tables shared)")
+                }
+            };
+            for cql in schema_cql(tenant.as_ref(), &scylla, !cassandra) {
                 println!("{cql};");
             }
             Ok(())

@@ -65,7 +65,6 @@ use scylla::response::query_result::QueryResult;
 use scylla::serialize::batch::BatchValues;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
-use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use serde_json::value::RawValue;
 use tokio::sync::{OnceCell, Semaphore};
@@ -77,6 +76,11 @@ use super::{
     StoredStory,
 };
 use crate::model::{BucketStart, Event, ShardId, Story, TenantId, TimestampMs};
+
+mod tables;
+
+use tables::{Key, Names, Statement, Stmt, shared_schema_cql, template};
+pub use tables::{SHARED_KEYSPACE, STORY_SLOTS, Tables, story_slot};
 
 const BACKEND: &str = "scylla";
 const DAY_MS: i64 = 86_400_000;
@@ -121,6 +125,8 @@ pub struct ScyllaConfig {
     pub replication: String,
     /// Consistency of reads and writes. Default `LOCAL_QUORUM`.
     pub consistency: Consistency,
+    /// Where tenants' rows live: a keyspace each (default), or shared tables.
+    pub tables: Tables,
     /// Retention of events: the TTL of `events`, `buckets` and `story_feed`. `None`: as the
     /// tables have it, 7 days for new ones. Given, it is applied to existing tables too.
     pub retention_secs: Option<i64>,
@@ -148,6 +154,7 @@ impl Default for ScyllaConfig {
             nodes: vec!["127.0.0.1:9042".into()],
             replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".into(),
             consistency: Consistency::LocalQuorum,
+            tables: Tables::KeyspacePerTenant,
             retention_secs: None,
             tenant_retention_secs: Default::default(),
             page_size: 5000,
@@ -311,17 +318,25 @@ impl std::fmt::Display for Tablets {
 /// version it does not know, tablets disabled as 6.0 – 2025.4 need, under a comment saying when
 /// to leave the option out; else for Apache Cassandra. The store creates the schema with
 /// [`schema_cql_for`] and the version of the server it is connected to.
-pub fn schema_cql(tenant: &TenantId, config: &ScyllaConfig, scylla: bool) -> Vec<String> {
+///
+/// With [`Tables::Shared`], the shared tables (`tenant` is not needed); else `tenant`'s keyspace
+/// (nothing without a tenant).
+pub fn schema_cql(tenant: Option<&TenantId>, config: &ScyllaConfig, scylla: bool) -> Vec<String> {
+    let in_dialect = |dialect| match (&config.tables, tenant) {
+        (Tables::Shared { keyspace }, _) => shared_schema_cql(keyspace, config, dialect),
+        (Tables::KeyspacePerTenant, Some(tenant)) => schema_cql_for(tenant, config, dialect),
+        (Tables::KeyspacePerTenant, None) => Vec::new(),
+    };
     if !scylla {
-        return schema_cql_for(tenant, config, Dialect::Cassandra);
+        return in_dialect(Dialect::Cassandra);
     }
-    let mut cql = schema_cql_for(tenant, config, Dialect::Scylla(Tablets::Disabled));
-    cql[0] = format!(
+    let mut cql = in_dialect(Dialect::Scylla(Tablets::Disabled));
+    let Some(first) = cql.first_mut() else { return cql };
+    *first = format!(
         "-- Tablets disabled: ScyllaDB 6.0 - 2025.4 refuses counters (table late) on tablets, and\n\
          -- before 2025.4 lightweight transactions (tables shards, meta) too. Leave the option out\n\
          -- on ScyllaDB before 6.0 (Enterprise before 2024.2), which does not know it; it may be\n\
-         -- left out on 2026.1 and later, where both work on tablets.\n{}",
-        cql[0]
+         -- left out on 2026.1 and later, where both work on tablets.\n{first}"
     );
     cql
 }
@@ -399,40 +414,66 @@ const SHARD_STATE_COLUMNS: &str =
 /// A tenant's statements, prepared once (after its schema is created) by the first caller.
 type PreparedOnce = Arc<OnceCell<Arc<Tenant>>>;
 
-/// Prepared statements of one tenant.
+/// A tenant as the store reaches it: the statements of its keyspace (or the shared ones) and
+/// the values the layout binds for it.
 struct Tenant {
-    insert_event: PreparedStatement,
-    insert_bucket: PreparedStatement,
-    next_bucket: PreparedStatement,
-    newest_buckets: PreparedStatement,
-    read_bucket: PreparedStatement,
-    count_bucket: PreparedStatement,
-    read_shard: PreparedStatement,
-    create_shard: PreparedStatement,
-    take_shard: PreparedStatement,
-    renew_shard: PreparedStatement,
-    commit: PreparedStatement,
-    commit_with_state: PreparedStatement,
-    write_state_chunk: PreparedStatement,
-    read_state: PreparedStatement,
-    delete_state: PreparedStatement,
-    insert_story: PreparedStatement,
-    latest_stories: PreparedStatement,
-    all_stories: PreparedStatement,
-    insert_feed: PreparedStatement,
-    feed_since: PreparedStatement,
-    story_at: PreparedStatement,
-    insert_dead: PreparedStatement,
-    all_dead: PreparedStatement,
-    delete_dead: PreparedStatement,
-    read_layout: PreparedStatement,
-    heartbeat: PreparedStatement,
-    workers: PreparedStatement,
-    write_layout: PreparedStatement,
-    close: PreparedStatement,
-    closed_all: PreparedStatement,
-    add_late: PreparedStatement,
-    read_late: PreparedStatement,
+    /// The tenant's name, its key in the shared tables.
+    name: String,
+    /// The TTL of its inserts in the shared tables, seconds.
+    ttl_secs: i32,
+    statements: Arc<Statements>,
+}
+
+impl Tenant {
+    /// What the layout binds for this tenant.
+    fn key(&self) -> Key<'_> {
+        Key { tenant: &self.name, ttl_secs: self.ttl_secs, slot: 0 }
+    }
+}
+
+impl std::ops::Deref for Tenant {
+    type Target = Statements;
+    fn deref(&self) -> &Statements {
+        &self.statements
+    }
+}
+
+/// The prepared statements of a keyspace.
+struct Statements {
+    /// Whether they are the shared tables' (the tenant in every key).
+    shared: bool,
+    insert_event: Stmt,
+    insert_bucket: Stmt,
+    next_bucket: Stmt,
+    newest_buckets: Stmt,
+    read_bucket: Stmt,
+    count_bucket: Stmt,
+    read_shard: Stmt,
+    create_shard: Stmt,
+    take_shard: Stmt,
+    renew_shard: Stmt,
+    commit: Stmt,
+    commit_with_state: Stmt,
+    write_state_chunk: Stmt,
+    read_state: Stmt,
+    delete_state: Stmt,
+    insert_story: Stmt,
+    latest_stories: Stmt,
+    all_stories: Stmt,
+    insert_feed: Stmt,
+    feed_since: Stmt,
+    story_at: Stmt,
+    insert_dead: Stmt,
+    all_dead: Stmt,
+    delete_dead: Stmt,
+    read_layout: Stmt,
+    heartbeat: Stmt,
+    workers: Stmt,
+    write_layout: Stmt,
+    close: Stmt,
+    closed_marks: Stmt,
+    add_late: Stmt,
+    read_late: Stmt,
 }
 
 /// The ScyllaDB (or Cassandra) store.
@@ -444,7 +485,9 @@ pub struct ScyllaStore {
     server: Server,
     /// The gate of every request: bound and retries.
     requests: Requests,
-    /// Prepared statements by tenant. A std mutex: held only to look up or insert.
+    /// The statements of the shared tables, prepared once (after the tables are created).
+    shared: Arc<OnceCell<Arc<Statements>>>,
+    /// Tenants by name. A std mutex: held only to look up or insert.
     tenants: Arc<std::sync::Mutex<std::collections::HashMap<TenantId, PreparedOnce>>>,
     /// Closed buckets of each tenant's shards as last read by this producer, and when.
     closed: Arc<std::sync::Mutex<std::collections::HashMap<TenantId, ClosedCache>>>,
@@ -755,6 +798,9 @@ impl std::fmt::Debug for ScyllaStore {
 impl ScyllaStore {
     /// Connects to the cluster, and finds out what it is.
     pub async fn connect(config: ScyllaConfig) -> Result<Self, StoreError> {
+        if let Tables::Shared { keyspace } = &config.tables {
+            tables::check_keyspace(keyspace)?;
+        }
         let session =
             SessionBuilder::new().known_nodes(&config.nodes).build().await.map_err(|e| {
                 backend(format!(
@@ -777,6 +823,7 @@ impl ScyllaStore {
             requests: Requests::new(&config),
             config,
             server,
+            shared: Default::default(),
             tenants: Default::default(),
             closed: Default::default(),
         })
@@ -822,10 +869,33 @@ impl ScyllaStore {
         matches!(self.server, Server::Scylla { .. })
     }
 
-    /// Drops a tenant's keyspace (tests).
+    /// Drops a tenant's keyspace (tests). In the shared tables, deletes what names the tenant
+    /// alone or with a shard (layout, leases and offsets, stories, dead letters, workers);
+    /// events, their index, the feed and plugin states expire with their TTL.
     pub async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
-        let ks = keyspace(tenant);
-        self.query(&format!("DROP KEYSPACE IF EXISTS {ks}"), (), true).await?;
+        let Tables::Shared { keyspace: ks } = &self.config.tables else {
+            let ks = keyspace(tenant);
+            self.query(&format!("DROP KEYSPACE IF EXISTS {ks}"), (), true).await?;
+            return Ok(());
+        };
+        let shards = self.layout(tenant).await?.map_or(0, |l| l.shards as i32);
+        let name = tenant.as_str();
+        for table in ["dead_letters", "workers"] {
+            self.query(&format!("DELETE FROM {ks}.{table} WHERE tenant = ?"), (name,), true)
+                .await?;
+        }
+        for slot in 0..STORY_SLOTS {
+            let cql = format!("DELETE FROM {ks}.stories WHERE tenant = ? AND slot = ?");
+            self.query(&cql, (name, slot), true).await?;
+        }
+        // `shards` and `meta` are written with transactions only.
+        for shard in 0..shards {
+            let cql = format!("DELETE FROM {ks}.shards WHERE tenant = ? AND shard = ? IF EXISTS");
+            self.query(&cql, (name, shard), true).await?;
+        }
+        let cql = format!("DELETE FROM {ks}.meta WHERE tenant = ? AND name = 'layout' IF EXISTS");
+        self.query(&cql, (name,), true).await?;
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant);
         Ok(())
     }
 
@@ -833,12 +903,14 @@ impl ScyllaStore {
     /// been applied only if the statement is marked idempotent.
     async fn execute<V: SerializeRow + Sync>(
         &self,
-        stmt: &PreparedStatement,
+        key: Key<'_>,
+        stmt: &Stmt,
         values: V,
     ) -> Result<QueryResult, StoreError> {
-        let (session, values) = (&self.session, &values);
-        let attempt = || async move { Ok(session.execute_unpaged(stmt, values).await?) };
-        self.requests.run(stmt.get_is_idempotent(), attempt).await
+        let (session, values) = (&self.session, &stmt.bind(key, values));
+        let prepared = &stmt.prepared;
+        let attempt = || async move { Ok(session.execute_unpaged(prepared, values).await?) };
+        self.requests.run(prepared.get_is_idempotent(), attempt).await
     }
 
     /// Runs a CQL text statement (schema reads and changes), through the gate.
@@ -869,16 +941,17 @@ impl ScyllaStore {
     async fn read_all<R, V>(
         &self,
         what: &'static str,
-        stmt: &PreparedStatement,
+        key: Key<'_>,
+        stmt: &Stmt,
         values: V,
     ) -> Result<Vec<R>, StoreError>
     where
         R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata> + Send,
         V: SerializeRow + Sync,
     {
-        let (session, values) = (&self.session, &values);
+        let (session, values) = (&self.session, &stmt.bind(key, values));
         let attempt = || async move {
-            let pager = session.execute_iter(stmt.clone(), values).await?;
+            let pager = session.execute_iter(stmt.prepared.clone(), values).await?;
             let mut rows = pager.rows_stream::<R>().map_err(|e| corrupt(what, e))?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().await {
@@ -988,7 +1061,11 @@ impl ScyllaStore {
 
     /// The error of a schema statement, with what to do when tablets are the cause.
     fn schema_failed(&self, tenant: &TenantId, e: StoreError) -> StoreError {
-        let ks = keyspace(tenant);
+        self.schema_failed_in(&keyspace(tenant), e)
+    }
+
+    /// The error of a schema statement in keyspace `ks`.
+    fn schema_failed_in(&self, ks: &str, e: StoreError) -> StoreError {
         let server = &self.server;
         in_context(e, |message| {
             if !message.contains("tablets") {
@@ -1005,14 +1082,41 @@ impl ScyllaStore {
     }
 
     async fn prepare_tenant(&self, tenant: &TenantId) -> Result<Arc<Tenant>, StoreError> {
-        let dialect = self.server.dialect();
-        for cql in schema_cql_for(tenant, &self.config, dialect) {
-            self.query(&cql, (), true).await.map_err(|e| self.schema_failed(tenant, e))?;
-        }
-        self.session.await_schema_agreement().await.map_err(backend)?;
-        self.upgrade_shards_table(tenant).await?;
-        self.apply_retention(tenant).await?;
-        let ks = keyspace(tenant);
+        let statements = match &self.config.tables {
+            Tables::KeyspacePerTenant => {
+                let dialect = self.server.dialect();
+                for cql in schema_cql_for(tenant, &self.config, dialect) {
+                    self.query(&cql, (), true).await.map_err(|e| self.schema_failed(tenant, e))?;
+                }
+                self.session.await_schema_agreement().await.map_err(backend)?;
+                self.upgrade_shards_table(tenant).await?;
+                self.apply_retention(tenant).await?;
+                Arc::new(
+                    self.prepare_statements(Names::keyspace_per_tenant(keyspace(tenant))).await?,
+                )
+            }
+            Tables::Shared { keyspace } => {
+                let prepare = || async {
+                    for cql in shared_schema_cql(keyspace, &self.config, self.server.dialect()) {
+                        self.query(&cql, (), true)
+                            .await
+                            .map_err(|e| self.schema_failed_in(keyspace, e))?;
+                    }
+                    self.session.await_schema_agreement().await.map_err(backend)?;
+                    Ok::<_, StoreError>(Arc::new(
+                        self.prepare_statements(Names::shared(keyspace.clone())).await?,
+                    ))
+                };
+                self.shared.get_or_try_init(prepare).await?.clone()
+            }
+        };
+        // At most 20 years (the command line checks it), within CQL's TTL.
+        let ttl_secs = i32::try_from(self.config.retention_secs_of(tenant)).unwrap_or(i32::MAX);
+        Ok(Arc::new(Tenant { name: tenant.as_str().to_string(), ttl_secs, statements }))
+    }
+
+    /// Prepares every statement for the tables `names` renders.
+    async fn prepare_statements(&self, names: Names) -> Result<Statements, StoreError> {
         let c = self.config.consistency;
         // Every statement here may be applied twice with the effect of once, so a request that
         // timed out is sent again (by the driver on another node, and by `Requests`): inserts
@@ -1020,148 +1124,79 @@ impl ScyllaStore {
         // they applied (renew, commit, close) or fails harmlessly (a take or create that did
         // apply reads as refused; the owner's next attempt finds the lease its own). The
         // counters of `late` are the exception, marked below.
-        let prepare = |cql: String| async move {
-            let mut p = self.session.prepare(cql).await.map_err(backend)?;
-            p.set_consistency(c);
-            p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
-            p.set_page_size(self.config.page_size);
-            p.set_is_idempotent(true);
-            Ok::<_, StoreError>(p)
+        let prepare = |statement: Statement| {
+            let rendered = names.render(template(statement));
+            async move {
+                let mut p = self.session.prepare(rendered.cql.as_str()).await.map_err(backend)?;
+                p.set_consistency(c);
+                p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+                p.set_page_size(self.config.page_size);
+                p.set_is_idempotent(true);
+                Ok::<_, StoreError>(Stmt::new(p, &rendered))
+            }
         };
-        // Reads of the LWT-written `shards` table go through Paxos too (SERIAL).
-        let serial = |cql: String| async move {
-            let mut p = self.session.prepare(cql).await.map_err(backend)?;
-            p.set_consistency(Consistency::LocalSerial);
-            p.set_is_idempotent(true);
-            Ok::<_, StoreError>(p)
-        };
-        Ok(Arc::new(Tenant {
-            insert_event: prepare(format!(
-                "INSERT INTO {ks}.events (shard, bucket, event_id, source, kind, event_time, insert_time, attributes, payload) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            insert_bucket: prepare(format!("INSERT INTO {ks}.buckets (shard, day, bucket) VALUES (?, ?, ?)")).await?,
-            // Unpaged (as every statement here): ORDER BY with IN on the partition key is
-            // refused on paged queries.
-            newest_buckets: prepare(format!(
-                "SELECT shard, bucket FROM {ks}.buckets WHERE shard IN ? AND day = ? ORDER BY bucket DESC PER PARTITION LIMIT 1"
-            ))
-            .await?,
-            next_bucket: prepare(format!(
-                "SELECT bucket FROM {ks}.buckets WHERE shard = ? AND day = ? AND bucket > ? LIMIT 1"
-            ))
-            .await?,
-            read_bucket: prepare(format!(
-                "SELECT event_id, source, kind, event_time, insert_time, attributes, payload FROM {ks}.events \
-                 WHERE shard = ? AND bucket = ?"
-            ))
-            .await?,
-            count_bucket: prepare(format!("SELECT COUNT(*) FROM {ks}.events WHERE shard = ? AND bucket = ?")).await?,
-            read_shard: serial(format!(
-                "SELECT owner, epoch, expires_ms, bucket, state, closed, state_epoch, state_slot, state_chunks, state_bytes \
-                 FROM {ks}.shards WHERE shard = ?"
-            ))
-            .await?,
-            create_shard: prepare(format!(
-                "INSERT INTO {ks}.shards (shard, owner, epoch, expires_ms) VALUES (?, ?, ?, ?) IF NOT EXISTS"
-            ))
-            .await?,
-            take_shard: prepare(format!(
-                "UPDATE {ks}.shards SET owner = ?, epoch = ?, expires_ms = ? WHERE shard = ? IF epoch = ?"
-            ))
-            .await?,
-            renew_shard: prepare(format!(
-                "UPDATE {ks}.shards SET expires_ms = ? WHERE shard = ? IF epoch = ? AND owner = ?"
-            ))
-            .await?,
-            commit: prepare(format!("UPDATE {ks}.shards SET bucket = ? WHERE shard = ? IF epoch = ?")).await?,
-            commit_with_state: prepare(format!(
-                "UPDATE {ks}.shards SET bucket = ?, state = null, state_epoch = ?, state_slot = ?, state_chunks = ?, \
-                 state_bytes = ? WHERE shard = ? IF epoch = ?"
-            ))
-            .await?,
-            write_state_chunk: prepare(format!(
-                "INSERT INTO {ks}.shard_state (shard, epoch, slot, chunk, data) VALUES (?, ?, ?, ?, ?)"
-            ))
-            .await?,
+        use Statement as S;
+        Ok(Statements {
+            shared: names.is_shared(),
+            insert_event: prepare(S::InsertEvent).await?,
+            insert_bucket: prepare(S::InsertBucket).await?,
+            newest_buckets: prepare(S::NewestBuckets).await?,
+            next_bucket: prepare(S::NextBucket).await?,
+            read_bucket: prepare(S::ReadBucket).await?,
+            count_bucket: prepare(S::CountBucket).await?,
+            read_shard: {
+                // Reads of the LWT-written `shards` table go through Paxos too (SERIAL).
+                let mut s = prepare(S::ReadShard).await?;
+                s.prepared.set_consistency(Consistency::LocalSerial);
+                s
+            },
+            create_shard: prepare(S::CreateShard).await?,
+            take_shard: prepare(S::TakeShard).await?,
+            renew_shard: prepare(S::RenewShard).await?,
+            commit: prepare(S::Commit).await?,
+            commit_with_state: prepare(S::CommitWithState).await?,
+            write_state_chunk: prepare(S::WriteStateChunk).await?,
             read_state: {
-                let mut p = prepare(format!(
-                    "SELECT chunk, data FROM {ks}.shard_state WHERE shard = ? AND epoch = ? AND slot = ? AND chunk < ?"
-                ))
-                .await?;
+                let mut s = prepare(S::ReadState).await?;
                 // A few chunks per page, not `page_size` rows of a megabyte each.
-                p.set_page_size(4);
-                p
+                s.prepared.set_page_size(4);
+                s
             },
-            delete_state: prepare(format!(
-                "DELETE FROM {ks}.shard_state WHERE shard = ? AND epoch = ? AND slot = ?"
-            ))
-            .await?,
-            insert_story: prepare(format!(
-                "INSERT INTO {ks}.stories (story_id, revision, kind, event_ids, first_seen, last_seen, fields, published_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            latest_stories: prepare(format!(
-                "SELECT story_id, revision, kind, event_ids, first_seen, last_seen, fields, published_ms FROM {ks}.stories \
-                 PER PARTITION LIMIT 1"
-            ))
-            .await?,
-            all_stories: prepare(format!(
-                "SELECT story_id, revision, kind, event_ids, first_seen, last_seen, fields, published_ms FROM {ks}.stories"
-            ))
-            .await?,
-            insert_feed: prepare(format!(
-                "INSERT INTO {ks}.story_feed (minute, published_ms, story_id, revision) VALUES (?, ?, ?, ?)"
-            ))
-            .await?,
-            feed_since: prepare(format!(
-                "SELECT story_id, revision FROM {ks}.story_feed WHERE minute = ? AND published_ms >= ?"
-            ))
-            .await?,
-            story_at: prepare(format!(
-                "SELECT story_id, revision, kind, event_ids, first_seen, last_seen, fields, published_ms FROM {ks}.stories \
-                 WHERE story_id = ? AND revision = ?"
-            ))
-            .await?,
-            insert_dead: prepare(format!(
-                "INSERT INTO {ks}.dead_letters (shard, bucket, plugin, reason, attempts, at_ms, replay) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            all_dead: prepare(format!("SELECT shard, bucket, plugin, reason, attempts, at_ms, replay FROM {ks}.dead_letters")).await?,
-            delete_dead: prepare(format!("DELETE FROM {ks}.dead_letters WHERE shard = ? AND bucket = ?")).await?,
-            heartbeat: prepare(format!("INSERT INTO {ks}.workers (owner, expires_ms) VALUES (?, ?)")).await?,
-            workers: prepare(format!("SELECT owner, expires_ms FROM {ks}.workers")).await?,
-            read_layout: prepare(format!("SELECT shards, bucket_ms FROM {ks}.meta WHERE name = 'layout'")).await?,
-            write_layout: prepare(format!(
-                "INSERT INTO {ks}.meta (name, shards, bucket_ms) VALUES ('layout', ?, ?) IF NOT EXISTS"
-            ))
-            .await?,
-            // The closed mark lives in the LWT-only shard row, fenced by the epoch like commits.
-            close: prepare(format!("UPDATE {ks}.shards SET closed = ? WHERE shard = ? IF epoch = ?")).await?,
-            closed_all: prepare(format!("SELECT shard, closed FROM {ks}.shards")).await?,
+            delete_state: prepare(S::DeleteState).await?,
+            insert_story: prepare(S::InsertStory).await?,
+            latest_stories: prepare(S::LatestStories).await?,
+            all_stories: prepare(S::AllStories).await?,
+            insert_feed: prepare(S::InsertFeed).await?,
+            feed_since: prepare(S::FeedSince).await?,
+            story_at: prepare(S::StoryAt).await?,
+            insert_dead: prepare(S::InsertDead).await?,
+            all_dead: prepare(S::AllDead).await?,
+            delete_dead: prepare(S::DeleteDead).await?,
+            heartbeat: prepare(S::Heartbeat).await?,
+            workers: prepare(S::Workers).await?,
+            read_layout: prepare(S::ReadLayout).await?,
+            write_layout: prepare(S::WriteLayout).await?,
+            close: prepare(S::Close).await?,
+            closed_marks: prepare(S::ClosedMarks).await?,
             add_late: {
-                let mut p = prepare(format!(
-                    "UPDATE {ks}.late SET events = events + ?, lateness_ms = lateness_ms + ? WHERE shard = ?"
-                ))
-                .await?;
+                let mut s = prepare(S::AddLate).await?;
                 // An increment applied twice counts twice: sent again only when refused.
-                p.set_is_idempotent(false);
-                p
+                s.prepared.set_is_idempotent(false);
+                s
             },
-            read_late: prepare(format!("SELECT events, lateness_ms FROM {ks}.late WHERE shard = ?")).await?,
-        }))
+            read_late: prepare(S::ReadLate).await?,
+        })
     }
 
     /// Runs an LWT and tells whether it was applied. Rejected LWTs return the current values
     /// too, whose columns differ between ScyllaDB and Cassandra: only column 0 is read.
     async fn lwt(
         &self,
-        stmt: &PreparedStatement,
+        key: Key<'_>,
+        stmt: &Stmt,
         values: impl SerializeRow + Sync,
     ) -> Result<bool, StoreError> {
-        let result = self.execute(stmt, values).await?;
+        let result = self.execute(key, stmt, values).await?;
         let rows = result.into_rows_result().map_err(backend)?;
         let row = rows.first_row::<scylla::value::Row>().map_err(backend)?;
         match row.columns.first() {
@@ -1171,7 +1206,7 @@ impl ScyllaStore {
     }
 
     async fn shard_row(&self, t: &Tenant, shard: ShardId) -> Result<Option<ShardRow>, StoreError> {
-        let result = self.execute(&t.read_shard, (shard.0 as i32,)).await?;
+        let result = self.execute(t.key(), &t.read_shard, (shard.0 as i32,)).await?;
         let rows = result.into_rows_result().map_err(backend)?;
         let row = rows.maybe_first_row::<ShardColumns>().map_err(|e| corrupt("shards", e))?;
         Ok(row.map(
@@ -1218,8 +1253,8 @@ impl ScyllaStore {
         // Read here rather than with `read_all`: the chunks go straight into one buffer.
         let (session, incomplete) = (&self.session, &incomplete);
         let attempt = || async move {
-            let values = (shard.0 as i32, epoch, slot, chunks);
-            let pager = session.execute_iter(t.read_state.clone(), values).await?;
+            let values = t.read_state.bind(t.key(), (shard.0 as i32, epoch, slot, chunks));
+            let pager = session.execute_iter(t.read_state.prepared.clone(), values).await?;
             let mut rows =
                 pager.rows_stream::<(i32, Vec<u8>)>().map_err(|e| corrupt("shard_state", e))?;
             let mut out = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
@@ -1253,7 +1288,7 @@ impl ScyllaStore {
         let width = STATE_WRITES_IN_FLIGHT.min(self.config.max_in_flight);
         bounded(width, state.chunks(STATE_CHUNK).enumerate(), |(i, data)| async move {
             let values = (shard.0 as i32, epoch, slot, i as i32, data);
-            self.execute(&t.write_state_chunk, values).await.map(drop)
+            self.execute(t.key(), &t.write_state_chunk, values).await.map(drop)
         })
         .await
         .map_err(|e| {
@@ -1271,7 +1306,7 @@ impl ScyllaStore {
         epoch: i64,
         slot: i32,
     ) {
-        let result = self.execute(&t.delete_state, (shard.0 as i32, epoch, slot)).await;
+        let result = self.execute(t.key(), &t.delete_state, (shard.0 as i32, epoch, slot)).await;
         if let Err(e) = result {
             tracing::warn!(
                 %tenant,
@@ -1303,6 +1338,7 @@ impl ScyllaStore {
         &self,
         tenant: &TenantId,
         t: &Tenant,
+        shards: u32,
         fresh: bool,
     ) -> Result<ClosedCache, StoreError> {
         if !fresh {
@@ -1312,7 +1348,8 @@ impl ScyllaStore {
             }
         }
         let read_at = std::time::Instant::now();
-        let result = self.execute(&t.closed_all, ()).await?;
+        let all: Vec<i32> = (0..shards as i32).collect();
+        let result = self.execute(t.key(), &t.closed_marks, (all,)).await?;
         let rows = result.into_rows_result().map_err(backend)?;
         let mut by_shard = std::collections::HashMap::new();
         for row in rows.rows::<(i32, Option<i64>)>().map_err(|e| corrupt("shards", e))? {
@@ -1342,7 +1379,7 @@ impl ScyllaStore {
         let width = self.config.max_in_flight;
         bounded(width, &partitions, |(shard, bucket)| async move {
             let values = (shard.0 as i32, bucket.0.div_euclid(DAY_MS), bucket.0);
-            self.execute(&t.insert_bucket, values).await.map(drop)
+            self.execute(t.key(), &t.insert_bucket, values).await.map(drop)
         })
         .await?;
         // 2. One unlogged batch per partition (a single-partition batch is applied atomically
@@ -1371,11 +1408,13 @@ impl ScyllaStore {
             for chunk in rows.chunks(500) {
                 let mut batch = Batch::new(BatchType::Unlogged);
                 for _ in chunk {
-                    batch.append_statement(t.insert_event.clone());
+                    batch.append_statement(t.insert_event.prepared.clone());
                 }
                 batch.set_consistency(self.config.consistency);
                 batch.set_is_idempotent(true);
-                writes.push((batch, chunk.to_vec()));
+                let values: Vec<_> =
+                    chunk.iter().map(|row| t.insert_event.bind(t.key(), *row)).collect();
+                writes.push((batch, values));
             }
         }
         bounded(width, writes, |(batch, values)| async move { self.batch(&batch, values).await })
@@ -1413,7 +1452,7 @@ impl ScyllaStore {
                 events = n,
                 "late write: events for buckets this shard already closed were moved to its first open bucket"
             );
-            self.execute(&t.add_late, (Counter(n), Counter(lateness), shard)).await?;
+            self.execute(t.key(), &t.add_late, (Counter(n), Counter(lateness), shard)).await?;
         }
         Ok(())
     }
@@ -1425,7 +1464,7 @@ impl ScyllaStore {
         day: i64,
         after: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let result = self.execute(&t.next_bucket, (shard.0 as i32, day, after)).await?;
+        let result = self.execute(t.key(), &t.next_bucket, (shard.0 as i32, day, after)).await?;
         let rows = result.into_rows_result().map_err(backend)?;
         Ok(rows.maybe_first_row::<(i64,)>().map_err(|e| corrupt("buckets", e))?.map(|(b,)| b))
     }
@@ -1491,7 +1530,7 @@ fn story_from_row(row: StoryRow) -> Result<StoredStory, StoreError> {
 impl Store for ScyllaStore {
     async fn layout(&self, tenant: &TenantId) -> Result<Option<Layout>, StoreError> {
         let t = self.tenant(tenant).await?;
-        let rows = self.execute(&t.read_layout, ()).await?;
+        let rows = self.execute(t.key(), &t.read_layout, ()).await?;
         let rows = rows.into_rows_result().map_err(backend)?;
         Ok(rows
             .maybe_first_row::<(i32, i64)>()
@@ -1517,7 +1556,8 @@ impl Store for ScyllaStore {
         let existing = match self.layout(tenant).await? {
             Some(l) => l,
             None => {
-                self.lwt(&t.write_layout, (layout.shards as i32, layout.bucket_ms)).await?;
+                self.lwt(t.key(), &t.write_layout, (layout.shards as i32, layout.bucket_ms))
+                    .await?;
                 self.layout(tenant)
                     .await?
                     .ok_or_else(|| corrupt("meta", "layout missing after write"))?
@@ -1527,7 +1567,7 @@ impl Store for ScyllaStore {
             return Err(StoreError::layout_mismatch(tenant, existing, layout));
         }
         // Events for buckets a worker closed go to the first open bucket of their shard.
-        let marks = self.closed_marks(tenant, &t, false).await?;
+        let marks = self.closed_marks(tenant, &t, layout.shards, false).await?;
         let targets = Self::targets(events, &marks, layout.bucket_ms);
         self.count_late(&t, events, &targets).await?;
         self.write_events(&t, events, |i| targets[i]).await?;
@@ -1537,7 +1577,7 @@ impl Store for ScyllaStore {
         if marks.read_at.elapsed().as_millis() as i64
             >= CLOSE_GRACE_MS - CLOSED_REFRESH.as_millis() as i64
         {
-            let fresh = self.closed_marks(tenant, &t, true).await?;
+            let fresh = self.closed_marks(tenant, &t, layout.shards, true).await?;
             let again: Vec<usize> = (0..events.len())
                 .filter(|&i| {
                     fresh
@@ -1595,7 +1635,7 @@ impl Store for ScyllaStore {
         let t = self.tenant(tenant).await?;
         let day = crate::producer::now_ms().div_euclid(DAY_MS);
         let all: Vec<i32> = (0..shards as i32).collect();
-        let result = self.execute(&t.newest_buckets, (all, day)).await?;
+        let result = self.execute(t.key(), &t.newest_buckets, (all, day)).await?;
         let rows = result.into_rows_result().map_err(backend)?;
         let mut newest = vec![None; shards as usize];
         for row in rows.rows::<(i32, i64)>().map_err(|e| corrupt("buckets", e))? {
@@ -1617,7 +1657,7 @@ impl Store for ScyllaStore {
         if self.closed_until(tenant, lease.shard).await?.is_some_and(|c| c >= to) {
             return Ok(());
         }
-        if self.lwt(&t.close, (to.0, lease.shard.0 as i32, lease.epoch as i64)).await? {
+        if self.lwt(t.key(), &t.close, (to.0, lease.shard.0 as i32, lease.epoch as i64)).await? {
             return Ok(());
         }
         Err(self.fenced(&t, tenant, lease).await)
@@ -1642,7 +1682,7 @@ impl Store for ScyllaStore {
 
     async fn late_stats(&self, tenant: &TenantId, shard: ShardId) -> Result<LateStats, StoreError> {
         let t = self.tenant(tenant).await?;
-        let result = self.execute(&t.read_late, (shard.0 as i32,)).await?;
+        let result = self.execute(t.key(), &t.read_late, (shard.0 as i32,)).await?;
         let row = result
             .into_rows_result()
             .map_err(backend)?
@@ -1664,7 +1704,7 @@ impl Store for ScyllaStore {
         type Row =
             (String, String, String, i64, i64, Option<Vec<(String, String)>>, Option<Vec<u8>>);
         let rows: Vec<Row> =
-            self.read_all("events", &t.read_bucket, (shard.0 as i32, bucket.0)).await?;
+            self.read_all("events", t.key(), &t.read_bucket, (shard.0 as i32, bucket.0)).await?;
         let events = rows.into_iter().map(
             |(id, source, kind, event_time, insert_time, attributes, payload)| Event {
                 id,
@@ -1690,7 +1730,7 @@ impl Store for ScyllaStore {
         let mut total = 0u64;
         let mut cursor = after;
         while let Some(b) = self.next_bucket(tenant, shard, cursor).await? {
-            let r = self.execute(&t.count_bucket, (shard.0 as i32, b.0)).await?;
+            let r = self.execute(t.key(), &t.count_bucket, (shard.0 as i32, b.0)).await?;
             let (n,): (i64,) = r
                 .into_rows_result()
                 .map_err(backend)?
@@ -1734,7 +1774,7 @@ impl Store for ScyllaStore {
         let shard = lease.shard.0 as i32;
         let epoch = lease.epoch as i64;
         let Some(state) = state else {
-            if self.lwt(&t.commit, (bucket.0, shard, epoch)).await? {
+            if self.lwt(t.key(), &t.commit, (bucket.0, shard, epoch)).await? {
                 return Ok(());
             }
             return Err(self.fenced(&t, tenant, lease).await);
@@ -1753,7 +1793,7 @@ impl Store for ScyllaStore {
         let chunks = self.write_state(&t, lease.shard, epoch, slot, state).await?;
         let bytes = state.len() as i64;
         let values = (bucket.0, epoch, slot, chunks, bytes, shard, epoch);
-        if !self.lwt(&t.commit_with_state, values).await? {
+        if !self.lwt(t.key(), &t.commit_with_state, values).await? {
             self.delete_state(&t, tenant, lease.shard, epoch, slot).await;
             return Err(self.fenced(&t, tenant, lease).await);
         }
@@ -1780,8 +1820,9 @@ impl Store for ScyllaStore {
         let expires_ms = now + ttl_ms;
         match self.shard_row(&t, shard).await? {
             None => {
-                let applied =
-                    self.lwt(&t.create_shard, (shard.0 as i32, owner, 1i64, expires_ms)).await?;
+                let applied = self
+                    .lwt(t.key(), &t.create_shard, (shard.0 as i32, owner, 1i64, expires_ms))
+                    .await?;
                 Ok(applied.then(|| Lease { shard, owner: owner.to_string(), epoch: 1, expires_ms }))
             }
             Some(row) => {
@@ -1795,7 +1836,11 @@ impl Store for ScyllaStore {
                 // Compare-and-set on the epoch read: two workers racing for an expired lease
                 // cannot both win.
                 let applied = self
-                    .lwt(&t.take_shard, (owner, epoch, expires_ms, shard.0 as i32, row.epoch))
+                    .lwt(
+                        t.key(),
+                        &t.take_shard,
+                        (owner, epoch, expires_ms, shard.0 as i32, row.epoch),
+                    )
                     .await?;
                 Ok(applied.then(|| Lease {
                     shard,
@@ -1818,6 +1863,7 @@ impl Store for ScyllaStore {
         let expires_ms = now + ttl_ms;
         let applied = self
             .lwt(
+                t.key(),
                 &t.renew_shard,
                 (expires_ms, lease.shard.0 as i32, lease.epoch as i64, lease.owner.as_str()),
             )
@@ -1828,6 +1874,7 @@ impl Store for ScyllaStore {
     async fn release_lease(&self, tenant: &TenantId, lease: &Lease) -> Result<(), StoreError> {
         let t = self.tenant(tenant).await?;
         self.lwt(
+            t.key(),
             &t.renew_shard,
             (i64::MIN, lease.shard.0 as i32, lease.epoch as i64, lease.owner.as_str()),
         )
@@ -1843,7 +1890,7 @@ impl Store for ScyllaStore {
         now: TimestampMs,
     ) -> Result<(), StoreError> {
         let t = self.tenant(tenant).await?;
-        self.execute(&t.heartbeat, (owner, now + ttl_ms)).await?;
+        self.execute(t.key(), &t.heartbeat, (owner, now + ttl_ms)).await?;
         Ok(())
     }
 
@@ -1853,7 +1900,7 @@ impl Store for ScyllaStore {
         now: TimestampMs,
     ) -> Result<Vec<String>, StoreError> {
         let t = self.tenant(tenant).await?;
-        let rows: Vec<(String, i64)> = self.read_all("workers", &t.workers, ()).await?;
+        let rows: Vec<(String, i64)> = self.read_all("workers", t.key(), &t.workers, ()).await?;
         let mut out: Vec<String> =
             rows.into_iter().filter(|(_, expires_ms)| *expires_ms > now).map(|(o, _)| o).collect();
         out.sort();
@@ -1893,9 +1940,9 @@ impl Store for ScyllaStore {
                 s.fields.get(),
                 now,
             );
-            self.execute(&t.insert_story, story).await?;
+            self.execute(t.key().story(&s.id), &t.insert_story, story).await?;
             let entry = (minute, now, s.id.as_str(), s.revision as i32);
-            self.execute(&t.insert_feed, entry).await.map(drop)
+            self.execute(t.key(), &t.insert_feed, entry).await.map(drop)
         })
         .await?;
         Ok(())
@@ -1914,11 +1961,17 @@ impl Store for ScyllaStore {
             since_ms.max(now - self.config.retention_secs_of(tenant) * 1000).div_euclid(MINUTE_MS);
         let minutes = from..=(now + MINUTE_MS).div_euclid(MINUTE_MS);
         let keys = bounded(width, minutes, |minute| {
-            self.read_all::<(String, i32), _>("story_feed", &t.feed_since, (minute, since_ms))
+            self.read_all::<(String, i32), _>(
+                "story_feed",
+                t.key(),
+                &t.feed_since,
+                (minute, since_ms),
+            )
         })
         .await?;
         let found = bounded(width, keys.iter().flatten(), |(id, revision)| async move {
-            let result = self.execute(&t.story_at, (id.as_str(), *revision)).await?;
+            let key = t.key().story(id);
+            let result = self.execute(key, &t.story_at, (id.as_str(), *revision)).await?;
             let rows = result.into_rows_result().map_err(|e| corrupt("stories", e))?;
             let rows = rows.rows::<StoryRow>().map_err(|e| corrupt("stories", e))?;
             rows.map(|row| story_from_row(row.map_err(|e| corrupt("stories", e))?))
@@ -1936,10 +1989,25 @@ impl Store for ScyllaStore {
         tenant: &TenantId,
         all_revisions: bool,
     ) -> Result<Vec<StoredStory>, StoreError> {
-        let t = self.tenant(tenant).await?;
+        let t = &*self.tenant(tenant).await?;
         let stmt = if all_revisions { &t.all_stories } else { &t.latest_stories };
-        let rows: Vec<StoryRow> = self.read_all("stories", stmt, ()).await?;
-        let mut out = rows.into_iter().map(story_from_row).collect::<Result<Vec<_>, _>>()?;
+        // A keyspace of its own: one read of the table. Shared tables: the tenant's slots.
+        let slots = if t.shared { 0..tables::STORY_SLOTS } else { 0..1 };
+        let parts = bounded(self.config.max_in_flight, slots, |slot| {
+            let key = Key { slot, ..t.key() };
+            self.read_all::<StoryRow, _>("stories", key, stmt, ())
+        })
+        .await?;
+        let rows = parts.into_iter().flatten();
+        let mut out = rows.map(story_from_row).collect::<Result<Vec<_>, _>>()?;
+        // By id, newest revision first; a shared partition holds every revision of its stories,
+        // of which only the newest is wanted for the latest.
+        out.sort_by(|a, b| {
+            a.story.id.cmp(&b.story.id).then(b.story.revision.cmp(&a.story.revision))
+        });
+        if !all_revisions {
+            out.dedup_by(|next, kept| next.story.id == kept.story.id);
+        }
         out.sort_by(|a, b| {
             a.story.id.cmp(&b.story.id).then(a.story.revision.cmp(&b.story.revision))
         });
@@ -1957,7 +2025,7 @@ impl Store for ScyllaStore {
             l.at_ms,
             l.replay,
         );
-        self.execute(&t.insert_dead, letter).await?;
+        self.execute(t.key(), &t.insert_dead, letter).await?;
         Ok(())
     }
 
@@ -1968,14 +2036,14 @@ impl Store for ScyllaStore {
         bucket: BucketStart,
     ) -> Result<(), StoreError> {
         let t = self.tenant(tenant).await?;
-        self.execute(&t.delete_dead, (shard.0 as i32, bucket.0)).await?;
+        self.execute(t.key(), &t.delete_dead, (shard.0 as i32, bucket.0)).await?;
         Ok(())
     }
 
     async fn dead_letters(&self, tenant: &TenantId) -> Result<Vec<DeadLetter>, StoreError> {
         let t = self.tenant(tenant).await?;
         type Row = (i32, i64, String, String, i32, i64, Option<bool>);
-        let rows: Vec<Row> = self.read_all("dead_letters", &t.all_dead, ()).await?;
+        let rows: Vec<Row> = self.read_all("dead_letters", t.key(), &t.all_dead, ()).await?;
         let mut out: Vec<DeadLetter> = rows
             .into_iter()
             .map(|(shard, bucket, plugin, reason, attempts, at_ms, replay)| DeadLetter {
@@ -2061,13 +2129,13 @@ mod tests {
     #[test]
     fn storyline_schema_disables_tablets_and_says_when_to_leave_the_option_out() {
         let config = ScyllaConfig::default();
-        let scylla = schema_cql(&acme(), &config, true);
+        let scylla = schema_cql(Some(&acme()), &config, true);
         let (comments, statement): (Vec<&str>, Vec<&str>) =
             scylla[0].lines().partition(|l| l.starts_with("-- "));
         assert!(comments.join(" ").contains("2026.1"), "{comments:?}");
         assert!(statement.len() == 1 && statement[0].ends_with("AND tablets = {'enabled': false}"));
         assert!(scylla[1..].iter().all(|cql| !cql.contains("tablets")));
-        assert!(!schema_cql(&acme(), &config, false).join("\n").contains("tablets"));
+        assert!(!schema_cql(Some(&acme()), &config, false).join("\n").contains("tablets"));
     }
 
     fn attempt(e: RequestAttemptError) -> ExecutionError {
