@@ -16,11 +16,11 @@ use storyline::worker::{Pool, Shared, WorkerConfig, Workers};
 use crate::support::{Scratch, loaded, test_limits};
 
 /// A host of `Workers` on a pool of two threads, every published story kept.
-struct Host {
+struct Host<S: Store + Clone = EmbeddedStore> {
     _scratch: Scratch,
     rt: tokio::runtime::Runtime,
-    store: EmbeddedStore,
-    workers: Arc<Workers<EmbeddedStore>>,
+    store: S,
+    workers: Arc<Workers<S>>,
     shared: Shared,
     pool: Pool,
     published: Arc<Mutex<Vec<Story>>>,
@@ -29,12 +29,22 @@ struct Host {
 impl Host {
     fn new(name: &str, config: WorkerConfig) -> Host {
         let scratch = Scratch::new(name);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
         let store = EmbeddedStore::new(scratch.path("data"));
+        Host::with_store(scratch, runtime(), store, config)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+impl<S: Store + Clone> Host<S> {
+    fn with_store(
+        scratch: Scratch,
+        rt: tokio::runtime::Runtime,
+        store: S,
+        config: WorkerConfig,
+    ) -> Host<S> {
         let published: Arc<Mutex<Vec<Story>>> = Arc::default();
         let sink = published.clone();
         let shared = Shared {
@@ -158,6 +168,78 @@ fn two_hundred_tenants_share_two_threads_and_the_active_ones_publish_every_event
     // A cold shard takes its lease again for new events.
     let again = host.ingest(&t, 10);
     host.wait_published(&again);
+    host.stop();
+}
+
+/// On a real CQL node (when `STORYLINE_SCYLLA_NODES` is set; otherwise it returns at once):
+/// 200 tenants on the shared tables of one keyspace, each with events on every shard, served by
+/// one host; every event is published once, each tenant sees only its own stories, and the
+/// keyspace still has its ten tables (a keyspace per tenant would have made 2,000).
+#[test]
+fn two_hundred_tenants_on_the_shared_tables_of_a_cql_node_publish_every_event_once() {
+    use storyline::store::scylla::{ScyllaConfig, ScyllaStore, Tables};
+    let Ok(nodes) = std::env::var("STORYLINE_SCYLLA_NODES") else { return };
+    let rt = runtime();
+    let keyspace = "storyline_many";
+    let config = ScyllaConfig {
+        nodes: nodes.split(',').map(str::to_string).collect(),
+        replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+        tables: Tables::Shared { keyspace: keyspace.into() },
+        ..ScyllaConfig::default()
+    };
+    let store = rt.block_on(ScyllaStore::connect(config)).unwrap();
+    let config = WorkerConfig {
+        delay_ms: 500,
+        poll_ms: 500,
+        tick_ms: 500,
+        linger_ms: 2_000,
+        limits: test_limits(),
+        ..WorkerConfig::default()
+    };
+    let host = Host::with_store(Scratch::new("tenants-cql"), rt, store, config);
+    let tenants: Vec<TenantId> =
+        (0..200).map(|i| crate::store_contract::unique_tenant(&format!("many-{i}"))).collect();
+    for t in &tenants {
+        host.serve(t, "faulty", r#"{"tag": "ok"}"#);
+    }
+    let mut ids = Vec::new();
+    for t in &tenants {
+        ids.extend(host.ingest(t, 8));
+    }
+    host.wait_published(&ids);
+    let seen = host.times_published();
+    for id in &ids {
+        assert_eq!(seen.get(id), Some(&1), "{id} published once");
+    }
+    // Each tenant reads its own stories back, and only those.
+    for t in tenants.iter().step_by(20) {
+        let stories = host.rt.block_on(host.store.stories(t, false)).unwrap();
+        let mut events: Vec<&str> =
+            stories.iter().flat_map(|s| s.story.event_ids.iter().map(String::as_str)).collect();
+        events.sort();
+        let mut own: Vec<String> = (0..8).map(|i| format!("{t}-{i}")).collect();
+        own.sort();
+        assert_eq!(events, own, "{t}'s stories");
+    }
+    let tables = host.rt.block_on(async {
+        let mut builder = scylla::client::session_builder::SessionBuilder::new();
+        for node in nodes.split(',') {
+            builder = builder.known_node(node);
+        }
+        let db = builder.build().await.unwrap();
+        let count = |cql: &'static str| {
+            let db = &db;
+            async move {
+                let rows = db.query_unpaged(cql, (keyspace,)).await.unwrap();
+                rows.into_rows_result().unwrap().first_row::<(i64,)>().unwrap().0
+            }
+        };
+        count("SELECT COUNT(*) FROM system_schema.tables WHERE keyspace_name = ?").await
+    });
+    assert_eq!(tables, 10, "the shared keyspace's tables");
+    for t in &tenants {
+        host.rt.block_on(host.store.drop_tenant(t)).unwrap();
+    }
     host.stop();
 }
 

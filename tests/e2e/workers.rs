@@ -299,6 +299,16 @@ fn a_live_worker_publishes_every_story_with_a_close_grace_longer_than_a_bucket()
 /// offset is committed while idle.
 #[test]
 fn live_workers_on_a_cql_cluster_publish_every_story_once_after_a_kill_9() {
+    live_workers_on_a_cql_cluster(&["--scylla-tables", "keyspace-per-tenant"]);
+}
+
+/// The same on the tables every tenant shares.
+#[test]
+fn live_workers_on_shared_cql_tables_publish_every_story_once_after_a_kill_9() {
+    live_workers_on_a_cql_cluster(&["--scylla-tables", "shared"]);
+}
+
+fn live_workers_on_a_cql_cluster(tables: &[&str]) {
     let Ok(nodes) = std::env::var("STORYLINE_SCYLLA_NODES") else { return };
     let scratch = Scratch::new("cql-live");
     let tenant = crate::store_contract::unique_tenant("cql-live");
@@ -314,6 +324,7 @@ fn live_workers_on_a_cql_cluster_publish_every_story_once_after_a_kill_9() {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_storyline"));
         c.args(["--store", "scylla", "--scylla-nodes", &nodes])
             .args(["--scylla-replication", "{'class': 'SimpleStrategy', 'replication_factor': 1}"])
+            .args(tables)
             .args(["--data-dir", &scratch.str("data"), "--plugin-dir", &scratch.str("plugins")])
             .args(args);
         c

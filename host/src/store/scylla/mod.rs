@@ -87,6 +87,20 @@ const DAY_MS: i64 = 86_400_000;
 /// Tables whose rows expire with the retention (their TTL).
 const RETAINED_TABLES: &[&str] = &["events", "buckets", "story_feed"];
 
+/// Every table of the store, in both layouts.
+const TABLES: &[&str] = &[
+    "events",
+    "buckets",
+    "shards",
+    "shard_state",
+    "late",
+    "stories",
+    "story_feed",
+    "dead_letters",
+    "meta",
+    "workers",
+];
+
 /// Partition width of `story_feed`.
 const MINUTE_MS: i64 = 60_000;
 
@@ -1027,6 +1041,27 @@ impl ScyllaStore {
         Ok(())
     }
 
+    /// Whether keyspace `ks` has every table of the store (then nothing is created: a schema
+    /// statement, even one that changes nothing, is slow and makes the cluster warn).
+    async fn has_tables(&self, ks: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .query(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
+                (ks,),
+                true,
+            )
+            .await?
+            .into_rows_result()
+            .map_err(|e| corrupt("system_schema.tables", e))?;
+        let names: Vec<String> = rows
+            .rows::<(String,)>()
+            .map_err(|e| corrupt("system_schema.tables", e))?
+            .map(|row| row.map(|(name,)| name))
+            .collect::<Result<_, _>>()
+            .map_err(|e| corrupt("system_schema.tables", e))?;
+        Ok(TABLES.iter().all(|t| names.iter().any(|n| n == t)))
+    }
+
     /// Adds the state reference columns to a `shards` table created before they existed.
     async fn upgrade_shards_table(&self, tenant: &TenantId) -> Result<(), StoreError> {
         let ks = keyspace(tenant);
@@ -1084,11 +1119,14 @@ impl ScyllaStore {
     async fn prepare_tenant(&self, tenant: &TenantId) -> Result<Arc<Tenant>, StoreError> {
         let statements = match &self.config.tables {
             Tables::KeyspacePerTenant => {
-                let dialect = self.server.dialect();
-                for cql in schema_cql_for(tenant, &self.config, dialect) {
-                    self.query(&cql, (), true).await.map_err(|e| self.schema_failed(tenant, e))?;
+                if !self.has_tables(&keyspace(tenant)).await? {
+                    let dialect = self.server.dialect();
+                    for cql in schema_cql_for(tenant, &self.config, dialect) {
+                        let created = self.query(&cql, (), true).await;
+                        created.map_err(|e| self.schema_failed(tenant, e))?;
+                    }
+                    self.session.await_schema_agreement().await.map_err(backend)?;
                 }
-                self.session.await_schema_agreement().await.map_err(backend)?;
                 self.upgrade_shards_table(tenant).await?;
                 self.apply_retention(tenant).await?;
                 Arc::new(
@@ -1097,12 +1135,14 @@ impl ScyllaStore {
             }
             Tables::Shared { keyspace } => {
                 let prepare = || async {
-                    for cql in shared_schema_cql(keyspace, &self.config, self.server.dialect()) {
-                        self.query(&cql, (), true)
-                            .await
-                            .map_err(|e| self.schema_failed_in(keyspace, e))?;
+                    if !self.has_tables(keyspace).await? {
+                        let dialect = self.server.dialect();
+                        for cql in shared_schema_cql(keyspace, &self.config, dialect) {
+                            let created = self.query(&cql, (), true).await;
+                            created.map_err(|e| self.schema_failed_in(keyspace, e))?;
+                        }
+                        self.session.await_schema_agreement().await.map_err(backend)?;
                     }
-                    self.session.await_schema_agreement().await.map_err(backend)?;
                     Ok::<_, StoreError>(Arc::new(
                         self.prepare_statements(Names::shared(keyspace.clone())).await?,
                     ))
@@ -2092,6 +2132,22 @@ mod tests {
         ] {
             assert_eq!(Tablets::for_scylla_version(version), want, "ScyllaDB {version:?}");
         }
+    }
+
+    #[test]
+    fn both_layouts_create_every_table_the_store_looks_for() {
+        let created = |cql: Vec<String>| -> Vec<String> {
+            cql.iter()
+                .filter_map(|c| c.split("CREATE TABLE IF NOT EXISTS ").nth(1))
+                .map(|rest| rest.split([' ', '(']).next().unwrap_or("").to_string())
+                .map(|name| name.rsplit('.').next().unwrap_or("").to_string())
+                .collect()
+        };
+        let config = ScyllaConfig::default();
+        let own = created(schema_cql_for(&acme(), &config, Dialect::Cassandra));
+        let shared = created(shared_schema_cql("storyline", &config, Dialect::Cassandra));
+        assert_eq!(own, TABLES);
+        assert_eq!(shared, TABLES);
     }
 
     #[test]
