@@ -1,8 +1,10 @@
-//! The ScyllaDB store, through the `scylla` driver: one keyspace per tenant. Also runs on other
-//! CQL clusters (Apache Cassandra 4+): options only ScyllaDB understands are applied only when
-//! the node says it is ScyllaDB.
+//! The ScyllaDB store, through the `scylla` driver: a keyspace per tenant, or tables shared by
+//! every tenant with the tenant in each partition key ([`Tables`]; see `tables.rs`). Also runs
+//! on other CQL clusters (Apache Cassandra 4+): options only ScyllaDB understands are applied
+//! only when the node says it is ScyllaDB.
 //!
-//! Tables (see [`schema_cql`] for the exact CQL, printed by `storyline schema`):
+//! Tables of a tenant's keyspace (see [`schema_cql`] for the exact CQL, printed by `storyline
+//! schema`; the shared tables are the same with `tenant` first in each partition key):
 //!
 //! - `events`, `PRIMARY KEY ((shard, bucket), event_id)`: the queue. Time-window compaction
 //!   and a TTL: a day's SSTables are dropped whole when they expire. Only ever inserted, never
