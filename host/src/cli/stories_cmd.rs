@@ -179,10 +179,8 @@ pub fn write_status<S: Store>(
     let Some(layout) = handle.block_on(store.layout(tenant))? else {
         // A shared store is the ScyllaDB one: the data directory holds none of its data.
         if store.shared() {
-            anyhow::bail!(
-                "tenant {tenant} has no events in the ScyllaDB store (keyspace {})",
-                crate::store::scylla::keyspace(tenant)
-            );
+            let place = store.place_of(tenant).unwrap_or_else(|| "the store".into());
+            anyhow::bail!("tenant {tenant} has no events in {place}");
         }
         anyhow::bail!("tenant {tenant} has no events in {}", data_dir.display());
     };

@@ -382,6 +382,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         true
     }
 
+    /// Where `tenant`'s rows are, for messages (`keyspace storyline_acme`); `None` when the
+    /// store cannot say.
+    fn place_of(&self, _tenant: &TenantId) -> Option<String> {
+        None
+    }
+
     /// Closes what this process holds open for `tenant`, so that another process may open it
     /// (the embedded store's directory lock). Nothing for a shared store.
     fn release(&self, _tenant: &TenantId) {}

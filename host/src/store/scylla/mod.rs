@@ -1718,6 +1718,17 @@ impl Store for ScyllaStore {
         CLOSE_GRACE_MS
     }
 
+    fn place_of(&self, tenant: &TenantId) -> Option<String> {
+        Some(match &self.config.tables {
+            Tables::KeyspacePerTenant => {
+                format!("the ScyllaDB store (keyspace {})", keyspace(tenant))
+            }
+            Tables::Shared { keyspace } => {
+                format!("the ScyllaDB store (the shared tables of keyspace {keyspace})")
+            }
+        })
+    }
+
     fn retention_ms(&self, tenant: &TenantId) -> Option<i64> {
         Some(self.config.retention_secs_of(tenant) * 1000)
     }
