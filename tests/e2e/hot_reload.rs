@@ -241,6 +241,40 @@ fn a_plugin_replaced_50_times_while_events_flow_loses_and_doubles_nothing() {
     host.stop();
 }
 
+/// Reading a plugin file (as a reload does, or a backup) is no change: the watcher leaves it.
+/// inotify reports opens, and a reload that took its own read for a change read every tenant's
+/// plugin again every fraction of a second, forever.
+#[test]
+fn a_loaded_plugin_is_not_read_again_until_its_file_changes() {
+    let scratch = Scratch::new("reload-quiet");
+    let dir = scratch.path("plugins");
+    let file = dir.join("acme/faulty.wasm");
+    std::fs::create_dir_all(dir.join("acme")).unwrap();
+    let catalog = Catalog::new(runtime().clone(), &dir, test_limits());
+    let _watcher = catalog.watch(|_| {}).unwrap();
+    put(&file, &std::fs::read(plugin("faulty")).unwrap());
+    let slot = catalog.slot(&TenantId::new("acme").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slot.active().is_none() {
+        assert!(Instant::now() < deadline, "the plugin never loaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(storyline::catalog::SETTLE * 3);
+    let settled = catalog.reloads();
+    for _ in 0..3 {
+        std::fs::read(&file).unwrap();
+        std::thread::sleep(storyline::catalog::SETTLE * 2);
+    }
+    assert_eq!(catalog.reloads(), settled, "reads of an unchanged file caused reloads");
+    // A change is still seen.
+    put(&file, &std::fs::read(plugin("faulty")).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while catalog.reloads() == settled {
+        assert!(Instant::now() < deadline, "a rewritten file was not looked at");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn bad_plugin_files_are_rejected_with_their_own_error_and_the_old_version_keeps_serving() {
     let host = Host::start("reload-bad", &[("acme", r#"{"tag": "good"}"#)], OnFailure::Skip);

@@ -298,6 +298,8 @@ pub struct Catalog {
     /// One reload at a time (the watcher's and a caller's may race): compare and install are
     /// one step.
     reloading: Mutex<()>,
+    /// Reloads so far (each reads and hashes the tenant's file).
+    reloads: std::sync::atomic::AtomicU64,
 }
 
 /// What a reload did.
@@ -349,6 +351,7 @@ impl Catalog {
             named,
             slots: Mutex::new(BTreeMap::new()),
             reloading: Mutex::new(()),
+            reloads: Default::default(),
         })
     }
 
@@ -396,10 +399,16 @@ impl Catalog {
         out
     }
 
+    /// How many reloads were made (each reads and hashes a plugin file).
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Loads the tenant's plugin from the directory if it changed. The new version must
     /// compile, match the world and pass `init` before it replaces the current one.
     pub fn reload(&self, tenant: &TenantId) -> Reload {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        self.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let slot = self.slot(tenant);
         // With several files in the folder, the one serving (else the last that loaded) stays
         // the tenant's plugin.
@@ -490,6 +499,10 @@ impl Catalog {
         loop {
             let wait = if pending.is_empty() { Duration::from_secs(3600) } else { SETTLE / 4 };
             match rx.recv_timeout(wait) {
+                // Opening a file is an event too (inotify's IN_OPEN), and a reload opens the
+                // tenant's file: only changes count, or every plugin would be read again and
+                // again.
+                Ok(Ok(event)) if matches!(event.kind, notify::EventKind::Access(_)) => {}
                 Ok(Ok(event)) => {
                     for path in &event.paths {
                         if let Some(tenant) = self.tenant_of(path) {

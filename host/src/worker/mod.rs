@@ -239,7 +239,7 @@ impl<S: Store + Clone> Workers<S> {
                 watched: self.watched,
                 run,
             }),
-            phase: TenantPhase::WaitingForEvents { since: now_ms() },
+            phase: TenantPhase::WaitingForEvents { since: now_ms(), polls: 0 },
             id: None,
         };
         self.pool.spawn(tenant, Box::new(task));
@@ -434,7 +434,7 @@ struct TenantTask<S> {
 
 enum TenantPhase {
     /// No layout yet: no events were ever written.
-    WaitingForEvents { since: i64 },
+    WaitingForEvents { since: i64, polls: u32 },
     /// Shards started.
     Serving(Box<Polling>),
 }
@@ -447,6 +447,8 @@ struct Polling {
     /// On a store that cannot announce writes: the newest bucket of each shard seen so far.
     newest: Vec<Option<crate::model::BucketStart>>,
     next_poll: Instant,
+    /// Polls in a row that found nothing new (they space out, see [`idle_poll`]).
+    idle_polls: u32,
     /// When dead letters marked for replay are looked for next.
     next_letters: Instant,
 }
@@ -455,12 +457,24 @@ struct Polling {
 /// marked for replay (one request for all its shards).
 const REPLAY_CHECK: Duration = Duration::from_secs(2);
 
+/// On a store that cannot announce writes, a tenant's polls space out while they find nothing
+/// new, the wait doubling from `poll_ms` up to this (or `poll_ms` if longer): a tenant that
+/// wakes up is seen at most this late, and a thousand idle tenants cost about a thousand
+/// requests a second instead of ten thousand.
+const IDLE_POLL_MAX: Duration = Duration::from_secs(1);
+
+/// The wait before the next poll after `idle_polls` polls that found nothing.
+fn idle_poll(poll_ms: u64, idle_polls: u32) -> Duration {
+    let base = Duration::from_millis(poll_ms);
+    base.saturating_mul(1 << idle_polls.min(16)).min(IDLE_POLL_MAX.max(base))
+}
+
 impl<S: Store + Clone> TenantTask<S> {
     fn step_inner(&mut self) -> Result<Step, WorkerError> {
         let ctx = self.ctx.clone();
         let config = &ctx.config;
         match self.phase {
-            TenantPhase::WaitingForEvents { since } => {
+            TenantPhase::WaitingForEvents { since, ref mut polls } => {
                 if ctx.stopping() {
                     return Ok(Step::Done);
                 }
@@ -472,7 +486,13 @@ impl<S: Store + Clone> TenantTask<S> {
                         tracing::info!(tenant = %ctx.tenant, "no events; nothing to do");
                         return Ok(Step::Done);
                     }
-                    let poll = Instant::now() + Duration::from_millis(config.poll_ms);
+                    let poll = if config.exit_when_idle {
+                        Duration::from_millis(config.poll_ms)
+                    } else {
+                        *polls = polls.saturating_add(1);
+                        idle_poll(config.poll_ms, *polls)
+                    };
+                    let poll = Instant::now() + poll;
                     return Ok(Step::Sleep(if config.exit_when_idle || !ctx.watched {
                         Some(poll)
                     } else {
@@ -491,6 +511,7 @@ impl<S: Store + Clone> TenantTask<S> {
                     tasks,
                     newest: vec![None; layout.shards as usize],
                     next_poll: Instant::now(),
+                    idle_polls: 0,
                     next_letters: Instant::now(),
                 }));
                 Ok(Step::Again)
@@ -520,13 +541,14 @@ impl<S: Store + Clone> TenantTask<S> {
                 let now = Instant::now();
                 let p = &mut **polling;
                 if now >= p.next_poll {
-                    p.next_poll = now + poll;
+                    let mut found = false;
                     match ctx.block(ctx.store.newest_buckets(&ctx.tenant, p.shards)) {
                         Ok(Some(newest)) => {
                             for (i, b) in newest.into_iter().enumerate() {
                                 if b.is_some() && p.newest.get(i).is_some_and(|seen| *seen != b) {
                                     p.newest[i] = b;
                                     ctx.pool.wake_task(p.tasks[i]);
+                                    found = true;
                                 }
                             }
                         }
@@ -536,6 +558,11 @@ impl<S: Store + Clone> TenantTask<S> {
                             ctx.pool.wake(&ctx.tenant, self.id);
                         }
                     }
+                    // While nothing new comes, the polls space out (while draining at exit,
+                    // they keep their pace).
+                    p.idle_polls =
+                        if found || config.exit_when_idle { 0 } else { p.idle_polls + 1 };
+                    p.next_poll = now + idle_poll(config.poll_ms, p.idle_polls);
                     if let Err(e) = ctx.beat_if_stale(p.shards) {
                         tracing::warn!(tenant = %ctx.tenant, "heartbeat failed: {e}");
                     }
@@ -585,6 +612,15 @@ impl<S: Store + Clone> Task for TenantTask<S> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn idle_polls_space_out_to_a_second_and_never_below_the_poll() {
+        let ms = |d: Duration| d.as_millis();
+        let waits: Vec<u128> = (0..7).map(|n| ms(idle_poll(100, n))).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(ms(idle_poll(100, u32::MAX)), 1000);
+        assert_eq!(ms(idle_poll(5000, 3)), 5000, "a poll longer than the cap stays as set");
+    }
+
     use super::*;
 
     #[test]
