@@ -12,7 +12,11 @@
 //!   activity plus `gap + skew`: a session seen by only one sensor does not wait forever;
 //! - a closed session is kept for `reopen` more: a late event that belongs to it reopens it and
 //!   it is published again with the next revision of the same id. An event that matches an
-//!   open session and a published one as closely joins the open one.
+//!   open session and a published one as closely joins the open one;
+//! - a published session that still awaits a record (a rule's call, see
+//!   [`Sessionizer::set_awaiting`]: a connection whose flow record its sensor writes when the
+//!   connection ends, hours later for a long one) is kept, encoded, for [`Awaiting::ms`] more,
+//!   within a memory budget, so that the record joins its story instead of opening another.
 //!
 //! A published session is kept encoded (postcard) beside the few times that matching and
 //! scheduling need, and decoded only when a late event joins it ([`Sessionizer::find`] decodes
@@ -200,6 +204,9 @@ impl Times {
 struct Frozen {
     times: Times,
     bytes: Box<[u8]>,
+    /// It awaits a late record: kept for [`Awaiting::ms`] past its reopen window, and counted
+    /// in the sessionizer's awaiting budget while it is kept.
+    awaits: bool,
 }
 
 impl Frozen {
@@ -225,17 +232,42 @@ impl Frozen {
                 }
             }
         });
-        Frozen { times: session.times(), bytes }
+        Frozen { times: session.times(), bytes, awaits: false }
     }
 
     fn thaw<D: DeserializeOwned>(&self) -> Option<Session<D>> {
         postcard::from_bytes(&self.bytes).ok()
     }
 
-    /// The end of its reopen window, when it is forgotten.
-    fn due(&self, cfg: &SessionConfig) -> TimestampMs {
-        self.times.deadline(cfg).saturating_add(cfg.reopen_ms)
+    /// When it is forgotten: the end of its reopen window, or `await_ms` later when it awaits
+    /// a late record.
+    fn due(&self, cfg: &SessionConfig, await_ms: i64) -> TimestampMs {
+        let kept = if self.awaits { cfg.reopen_ms.saturating_add(await_ms) } else { cfg.reopen_ms };
+        self.times.deadline(cfg).saturating_add(kept)
     }
+
+    /// What it counts against the awaiting budget when it awaits (else nothing), for a key of
+    /// `key_len` bytes: its bytes, the key (held for it alone once its key has no other
+    /// session), and an estimate of the map's, the schedule's and the index's entries.
+    fn awaiting_cost(&self, key_len: usize) -> usize {
+        if self.awaits { self.bytes.len() + key_len + AWAITING_OVERHEAD } else { 0 }
+    }
+}
+
+/// Bytes counted per awaiting session beside its encoding and key: its times and box (40), its
+/// key's map entry and `Keyed` (~100), schedule entry (24), and a rule's index entries.
+const AWAITING_OVERHEAD: usize = 200;
+
+/// How long, and within how much memory, published sessions that await a late record are kept
+/// after their reopen window (see [`Sessionizer::set_awaiting`]). The default keeps none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Awaiting {
+    /// How long past its reopen window such a session is kept, ms. Default 0: none is.
+    pub ms: i64,
+    /// Most memory the kept sessions may hold, bytes (their encoding, key, and an estimate of
+    /// the bookkeeping). A session published while the budget is spent is kept for its reopen
+    /// window only, as any other. Default 0.
+    pub max_bytes: usize,
 }
 
 /// Sessions by key; a key has more than one session when its tuple was reused. A hash map with a
@@ -304,12 +336,13 @@ impl<D> Keyed<D> {
     /// published most, the earliest, the smallest id) and takes in every other that
     /// [`Mergeable::can_merge`] allows; each merged one that was published leaves a
     /// [`Tombstone`] in `merged`, so that its last revision says where its events went.
+    /// Awaiting sessions decoded give their cost back into `freed`.
     fn take(
         &mut self,
         at: (TimestampMs, i64, i64),
         cfg: &SessionConfig,
         accept: &dyn Fn(&D) -> bool,
-        merged: &mut Vec<Tombstone>,
+        (merged, freed): (&mut Vec<Tombstone>, &mut usize),
     ) -> Option<usize>
     where
         D: Default + DeserializeOwned + Mergeable,
@@ -322,7 +355,7 @@ impl<D> Keyed<D> {
             if self.frozen[j].times.matches(time, reach, skew, cfg)
                 && let Some(s) = self.frozen[j].thaw::<D>()
             {
-                self.frozen.remove(j);
+                *freed += self.frozen.remove(j).awaiting_cost(self.key.len());
                 self.push_open(s);
                 continue;
             }
@@ -396,9 +429,14 @@ impl<D> Keyed<D> {
     }
 
     /// The earliest due time of its sessions; `None` when it has none left.
-    fn due(&self, cfg: &SessionConfig) -> Option<TimestampMs> {
+    fn due(&self, cfg: &SessionConfig, await_ms: i64) -> Option<TimestampMs> {
         let open = self.open.iter().map(|s| s.due(cfg));
-        open.chain(self.frozen.iter().map(|f| f.due(cfg))).min()
+        open.chain(self.frozen.iter().map(|f| f.due(cfg, await_ms))).min()
+    }
+
+    /// What its awaiting sessions count against the budget.
+    fn awaiting_cost(&self) -> usize {
+        self.frozen.iter().map(|f| f.awaiting_cost(self.key.len())).sum()
     }
 }
 
@@ -431,6 +469,19 @@ pub struct Sessionizer<D> {
     /// (due time, key), earliest first: when `advance` must look at a key. Rebuilt from the
     /// sessions on restore and on a change of configuration, never serialised.
     schedule: BinaryHeap<Reverse<(TimestampMs, Arc<str>)>>,
+    /// How long and within how much memory awaiting sessions are kept; a rule's setting, not
+    /// serialised (none are kept until the rule sets it again after a restore).
+    awaiting: Awaiting,
+    /// Whether a session being published awaits a late record (the rule's, with `awaiting`).
+    awaits: fn(&D) -> bool,
+    /// What the awaiting sessions kept count against `awaiting.max_bytes` (recomputed on
+    /// restore).
+    awaiting_bytes: usize,
+}
+
+/// No session awaits anything: the default of [`Sessionizer::set_awaiting`].
+fn awaits_nothing<D>(_: &D) -> bool {
+    false
 }
 
 /// Marks the snapshot layout with published sessions as bytes. It stands where the first layout
@@ -439,6 +490,10 @@ const LAYOUT_FROZEN: i64 = -2;
 
 /// [`LAYOUT_FROZEN`] followed by merges not yet told (see [`Tombstone`]).
 const LAYOUT_MERGES: i64 = -3;
+
+/// [`LAYOUT_MERGES`] with a flag per published session: whether it awaits a late record.
+/// Written only when one does, so that a state without any reads with older versions.
+const LAYOUT_AWAITING: i64 = -4;
 
 /// What session data must do when an event bridges two sessions of a key and they become one:
 /// take in the other's data. `()` for rules that keep nothing per session.
@@ -545,20 +600,30 @@ impl<D: Serialize> Serialize for Sessionizer<D> {
                 serializer.serialize_bytes(self.0)
             }
         }
-        struct FrozenOut<'a>(&'a [Frozen]);
+        /// Published sessions; with their `awaits` flags in [`LAYOUT_AWAITING`].
+        struct FrozenOut<'a>(&'a [Frozen], bool);
         impl Serialize for FrozenOut<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                if self.1 {
+                    return serializer.collect_seq(self.0.iter().map(|f| {
+                        let t = f.times;
+                        let bytes = Bytes(&f.bytes);
+                        (t.first_seen, t.last_seen, t.touched, t.reach_ms, f.awaits, bytes)
+                    }));
+                }
                 serializer.collect_seq(self.0.iter().map(|f| {
                     let t = f.times;
                     (t.first_seen, t.last_seen, t.touched, t.reach_ms, Bytes(&f.bytes))
                 }))
             }
         }
-        struct Sorted<'a, D>(Vec<(&'a str, &'a Keyed<D>)>);
+        struct Sorted<'a, D>(Vec<(&'a str, &'a Keyed<D>)>, bool);
         impl<D: Serialize> Serialize for Sorted<'_, D> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer
-                    .collect_map(self.0.iter().map(|(k, v)| (k, (&v.open, FrozenOut(&v.frozen)))))
+                let flags = self.1;
+                serializer.collect_map(
+                    self.0.iter().map(|(k, v)| (k, (&v.open, FrozenOut(&v.frozen, flags)))),
+                )
             }
         }
         // Ordered by the key's hash, then the key: as canonical as the key order, without a
@@ -570,17 +635,26 @@ impl<D: Serialize> Serialize for Sessionizer<D> {
         let sorted: Vec<_> = sorted.into_iter().map(|(_, k, v)| (k, v)).collect();
         // Merges are told at the next `advance`, which a rule calls before its state is
         // snapshotted: the layout without them is the usual one, and older readers read it.
-        if self.merged.is_empty() {
+        // So is a state without awaiting sessions.
+        let awaiting = self.awaiting_bytes > 0;
+        if awaiting {
+            let mut s = serializer.serialize_tuple(4)?;
+            s.serialize_element(&LAYOUT_AWAITING)?;
+            s.serialize_element(&self.config)?;
+            s.serialize_element(&Sorted(sorted, true))?;
+            s.serialize_element(&self.merged)?;
+            s.end()
+        } else if self.merged.is_empty() {
             let mut s = serializer.serialize_tuple(3)?;
             s.serialize_element(&LAYOUT_FROZEN)?;
             s.serialize_element(&self.config)?;
-            s.serialize_element(&Sorted(sorted))?;
+            s.serialize_element(&Sorted(sorted, false))?;
             s.end()
         } else {
             let mut s = serializer.serialize_tuple(4)?;
             s.serialize_element(&LAYOUT_MERGES)?;
             s.serialize_element(&self.config)?;
-            s.serialize_element(&Sorted(sorted))?;
+            s.serialize_element(&Sorted(sorted, false))?;
             s.serialize_element(&self.merged)?;
             s.end()
         }
@@ -618,6 +692,8 @@ impl<'de, D: Deserialize<'de> + Serialize> Deserialize<'de> for Sessionizer<D> {
         }
         type FrozenIn = (i64, i64, i64, i64, Blob);
         type KeyedIn<D> = (Vec<Session<D>>, Vec<FrozenIn>);
+        type AwaitingIn = (i64, i64, i64, i64, bool, Blob);
+        type KeyedAwaitingIn<D> = (Vec<Session<D>>, Vec<AwaitingIn>);
 
         struct Layouts<D>(std::marker::PhantomData<D>);
         impl<'de, D: Deserialize<'de> + Serialize> Visitor<'de> for Layouts<D> {
@@ -631,7 +707,36 @@ impl<'de, D: Deserialize<'de> + Serialize> Deserialize<'de> for Sessionizer<D> {
                 let first: i64 = seq.next_element()?.ok_or_else(|| missing("its configuration"))?;
                 let mut sessions = Sessions::default();
                 let mut merged = Vec::new();
-                let config = if first == LAYOUT_FROZEN || first == LAYOUT_MERGES {
+                let config = if first == LAYOUT_AWAITING {
+                    let config: SessionConfig =
+                        seq.next_element()?.ok_or_else(|| missing("its configuration"))?;
+                    let stored: HashMap<String, KeyedAwaitingIn<D>, FxBuildHasher> =
+                        seq.next_element()?.ok_or_else(|| missing("its sessions"))?;
+                    for (k, (open, frozen)) in stored {
+                        let key: Arc<str> = Arc::from(k);
+                        let mut keyed = Keyed::new(Arc::clone(&key));
+                        keyed.open = open;
+                        keyed.frozen = frozen
+                            .into_iter()
+                            .map(
+                                |(
+                                    first_seen,
+                                    last_seen,
+                                    touched,
+                                    reach_ms,
+                                    awaits,
+                                    Blob(bytes),
+                                )| {
+                                    let times = Times { first_seen, last_seen, touched, reach_ms };
+                                    Frozen { times, bytes, awaits }
+                                },
+                            )
+                            .collect();
+                        sessions.insert(key, keyed);
+                    }
+                    merged = seq.next_element()?.ok_or_else(|| missing("its merges"))?;
+                    config
+                } else if first == LAYOUT_FROZEN || first == LAYOUT_MERGES {
                     let config: SessionConfig =
                         seq.next_element()?.ok_or_else(|| missing("its configuration"))?;
                     let stored: HashMap<String, KeyedIn<D>, FxBuildHasher> =
@@ -645,6 +750,7 @@ impl<'de, D: Deserialize<'de> + Serialize> Deserialize<'de> for Sessionizer<D> {
                             .map(|(first_seen, last_seen, touched, reach_ms, Blob(bytes))| Frozen {
                                 times: Times { first_seen, last_seen, touched, reach_ms },
                                 bytes,
+                                awaits: false,
                             })
                             .collect();
                         sessions.insert(key, keyed);
@@ -673,7 +779,16 @@ impl<'de, D: Deserialize<'de> + Serialize> Deserialize<'de> for Sessionizer<D> {
                     }
                     SessionConfig { gap_ms: first, max_span_ms, skew_ms, reopen_ms }
                 };
-                let mut s = Sessionizer { config, sessions, merged, schedule: BinaryHeap::new() };
+                let mut s = Sessionizer {
+                    config,
+                    sessions,
+                    merged,
+                    schedule: BinaryHeap::new(),
+                    awaiting: Awaiting::default(),
+                    awaits: awaits_nothing::<D>,
+                    awaiting_bytes: 0,
+                };
+                s.awaiting_bytes = s.sessions.values().map(Keyed::awaiting_cost).sum();
                 s.reschedule();
                 Ok(s)
             }
@@ -692,15 +807,42 @@ impl<D> Sessionizer<D> {
             sessions: Sessions::default(),
             merged: Vec::new(),
             schedule: BinaryHeap::new(),
+            awaiting: Awaiting::default(),
+            awaits: awaits_nothing::<D>,
+            awaiting_bytes: 0,
         }
+    }
+
+    /// Keeps published sessions that `awaits` says still await a record for `awaiting.ms` past
+    /// their reopen window, within `awaiting.max_bytes`: a connection whose flow record its
+    /// sensor writes when the connection ends (hours later for a long one) then gets that
+    /// record in its story, as a next revision, instead of a story of its own. The record
+    /// joins as any late event does: it must match the session by time (its reach counts).
+    ///
+    /// `awaits` is asked when a session is published. Sessions published while the budget is
+    /// spent are kept for their reopen window only. Not part of snapshots: set it again after
+    /// [`Sessionizer::restore`] (until then the awaiting sessions restored are kept for their
+    /// reopen window only).
+    pub fn set_awaiting(&mut self, awaiting: Awaiting, awaits: fn(&D) -> bool) {
+        self.awaits = awaits;
+        if awaiting != self.awaiting {
+            self.awaiting = awaiting;
+            self.reschedule();
+        }
+    }
+
+    /// What the awaiting sessions kept count against [`Awaiting::max_bytes`], bytes.
+    pub fn awaiting_bytes(&self) -> usize {
+        self.awaiting_bytes
     }
 
     /// Schedules every key anew, at the earliest due time of its sessions.
     fn reschedule(&mut self) {
         let cfg = self.config;
+        let await_ms = self.awaiting.ms;
         let mut entries = Vec::with_capacity(self.sessions.len());
         for (key, keyed) in &mut self.sessions {
-            keyed.scheduled = keyed.due(&cfg).unwrap_or(TimestampMs::MAX);
+            keyed.scheduled = keyed.due(&cfg, await_ms).unwrap_or(TimestampMs::MAX);
             entries.push(Reverse((keyed.scheduled, key.clone())));
         }
         self.schedule = BinaryHeap::from(entries);
@@ -763,7 +905,7 @@ impl<D> Sessionizer<D> {
             Pick::Open(i) => i,
             Pick::Frozen(j) => {
                 let session = keyed.frozen[j].thaw()?;
-                keyed.frozen.remove(j);
+                self.awaiting_bytes -= keyed.frozen.remove(j).awaiting_cost(keyed.key.len());
                 keyed.push_open(session)
             }
         };
@@ -838,7 +980,10 @@ impl<D> Sessionizer<D> {
         }
         let Some(keyed) = self.sessions.get_mut(key) else { unreachable!("inserted above") };
         // A late event for a published session opens it again.
-        let found = keyed.take((time, reach_ms, skew), &cfg, &accept, &mut self.merged);
+        let mut freed = 0;
+        let found =
+            keyed.take((time, reach_ms, skew), &cfg, &accept, (&mut self.merged, &mut freed));
+        self.awaiting_bytes -= freed;
         let index = found.unwrap_or_else(|| {
             keyed.push_open(Session {
                 id: story_id(key, event_id),
@@ -895,7 +1040,7 @@ impl<D> Sessionizer<D> {
             Some(Pick::Open(i)) => keyed.open.remove(i),
             Some(Pick::Frozen(j)) => match keyed.frozen[j].thaw::<D>() {
                 Some(s) => {
-                    keyed.frozen.remove(j);
+                    self.awaiting_bytes -= keyed.frozen.remove(j).awaiting_cost(keyed.key.len());
                     s
                 }
                 None => return false,
@@ -909,7 +1054,9 @@ impl<D> Sessionizer<D> {
         let index = match target.pick(into_time, 0, cfg.skew_ms, &cfg) {
             Some(Pick::Open(i)) => Some(i),
             Some(Pick::Frozen(j)) => {
-                target.frozen.remove(j).thaw::<D>().map(|s| target.push_open(s))
+                let frozen = target.frozen.remove(j);
+                self.awaiting_bytes -= frozen.awaiting_cost(target.key.len());
+                frozen.thaw::<D>().map(|s| target.push_open(s))
             }
             None => None,
         };
@@ -947,7 +1094,7 @@ impl<D> Sessionizer<D> {
     fn reschedule_key(&mut self, key: &str) {
         let cfg = self.config;
         if let Some(keyed) = self.sessions.get_mut(key)
-            && let Some(due) = keyed.due(&cfg)
+            && let Some(due) = keyed.due(&cfg, self.awaiting.ms)
             && due < keyed.scheduled
         {
             keyed.scheduled = due;
@@ -957,7 +1104,7 @@ impl<D> Sessionizer<D> {
 
     /// Closes the sessions whose deadline the watermark has passed and returns their stories,
     /// built by `emit`, in story-id order. A published session is kept encoded for `reopen_ms`
-    /// more, then forgotten.
+    /// more (and [`Awaiting::ms`] more when it awaits a record), then forgotten.
     pub fn advance(
         &mut self,
         watermark: TimestampMs,
@@ -967,6 +1114,8 @@ impl<D> Sessionizer<D> {
         D: Serialize,
     {
         let cfg = self.config;
+        let (awaiting, awaits) = (self.awaiting, self.awaits);
+        let awaiting_bytes = &mut self.awaiting_bytes;
         let mut out: Vec<Story> = self.merged.drain(..).map(|t| t.story()).collect();
         while let Some(Reverse((due, _))) = self.schedule.peek()
             && *due <= watermark
@@ -977,8 +1126,15 @@ impl<D> Sessionizer<D> {
                 // Superseded by an earlier entry, already visited.
                 continue;
             }
-            let Keyed { open, frozen, .. } = keyed;
-            frozen.retain(|f| watermark < f.due(&cfg));
+            let Keyed { open, frozen, key: shared, .. } = keyed;
+            let key_len = shared.len();
+            frozen.retain(|f| {
+                let keep = watermark < f.due(&cfg, awaiting.ms);
+                if !keep {
+                    *awaiting_bytes -= f.awaiting_cost(key_len);
+                }
+                keep
+            });
             open.retain_mut(|s| {
                 let deadline = s.times().deadline(&cfg);
                 if s.dirty && watermark >= deadline {
@@ -989,10 +1145,21 @@ impl<D> Sessionizer<D> {
                 if s.dirty {
                     return true;
                 }
-                if watermark < deadline.saturating_add(cfg.reopen_ms) {
+                let mut f = Frozen::freeze(s);
+                if awaiting.ms > 0 && awaits(&s.data) {
+                    f.awaits = true;
+                    let cost = f.awaiting_cost(key_len);
+                    f.awaits = *awaiting_bytes + cost <= awaiting.max_bytes;
+                    if f.awaits {
+                        *awaiting_bytes += cost;
+                    }
+                }
+                if watermark < f.due(&cfg, awaiting.ms) {
                     // Room for exactly one more: a key rarely keeps two published sessions.
                     frozen.reserve_exact(1);
-                    frozen.push(Frozen::freeze(s));
+                    frozen.push(f);
+                } else {
+                    *awaiting_bytes -= f.awaiting_cost(key_len);
                 }
                 false
             });
@@ -1000,7 +1167,7 @@ impl<D> Sessionizer<D> {
                 // The room of a decoded session is most of what a published key would hold.
                 *open = Vec::new();
             }
-            match keyed.due(&cfg) {
+            match keyed.due(&cfg, awaiting.ms) {
                 Some(next) => {
                     keyed.scheduled = next;
                     self.schedule.push(Reverse((next, key)));
@@ -1019,6 +1186,7 @@ impl<D> Sessionizer<D> {
     pub fn drain(&mut self, mut emit: impl FnMut(&Session<D>) -> Story) -> Vec<Story> {
         let sessions = std::mem::take(&mut self.sessions);
         self.schedule.clear();
+        self.awaiting_bytes = 0;
         let mut out: Vec<Story> = self.merged.drain(..).map(|t| t.story()).collect();
         out.extend(sessions.values().flat_map(|k| &k.open).filter(|s| s.dirty).map(&mut emit));
         out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
@@ -1093,7 +1261,7 @@ impl<D> Sessionizer<D> {
                 let Some(session) = frozen.thaw::<D>().map(&mut map) else { continue };
                 let key = keyed_for(&mut sessions, &session.key);
                 if let Some(k) = sessions.get_mut(&key) {
-                    k.frozen.push(Frozen::freeze(&session));
+                    k.frozen.push(Frozen { awaits: frozen.awaits, ..Frozen::freeze(&session) });
                 }
             }
         }
@@ -1102,7 +1270,11 @@ impl<D> Sessionizer<D> {
             sessions,
             merged: self.merged,
             schedule: BinaryHeap::new(),
+            awaiting: self.awaiting,
+            awaits: awaits_nothing::<E>,
+            awaiting_bytes: 0,
         };
+        out.awaiting_bytes = out.sessions.values().map(Keyed::awaiting_cost).sum();
         out.reschedule();
         out
     }
@@ -1279,7 +1451,11 @@ mod tests {
                 skew_ms: next(30) as i64 * S,
                 reopen_ms: next(600) as i64 * S,
             };
+            // Some sessions await a late record, within a budget a few of them exceed.
+            let awaiting =
+                Awaiting { ms: next(1200) as i64 * S, max_bytes: next(4) as usize * 300 };
             let mut s: Sessionizer<()> = Sessionizer::new(config);
+            s.set_awaiting(awaiting, |_| true);
             let mut watermark = 0;
             let mut added = Vec::new();
             let mut published = std::collections::HashSet::new();
@@ -1301,15 +1477,19 @@ mod tests {
                         }
                         for f in &keyed.frozen {
                             assert!(
-                                watermark < f.due(&config),
+                                watermark < f.due(&config, awaiting.ms),
                                 "round {round}: a session kept past its reopen window"
                             );
                             let x: Session<()> = f.thaw().unwrap();
                             assert!(!x.dirty && x.times() == f.times, "round {round}: {}", x.id);
                         }
                     }
+                    let counted: usize = s.sessions.values().map(Keyed::awaiting_cost).sum();
+                    assert_eq!(s.awaiting_bytes, counted, "round {round}");
+                    assert!(counted <= awaiting.max_bytes, "round {round}");
                     if round % 2 == 1 {
                         s = Sessionizer::restore(&s.snapshot()).unwrap();
+                        s.set_awaiting(awaiting, |_| true);
                     }
                 } else {
                     let key = format!("k{}", next(50));
@@ -1338,6 +1518,50 @@ mod tests {
         s.add("k", "b", 100 * S, 0, 800 * S);
         let out = s.drain(|x| x.story("t"));
         assert_eq!(out[0].revision, 0);
+    }
+
+    #[test]
+    fn a_session_that_awaits_a_record_is_kept_past_its_reopen_window_within_its_budget() {
+        const H: i64 = 3600 * S;
+        let awaiting = Awaiting { ms: 6 * H, max_bytes: 1 << 20 };
+        let empty = |d: &Vec<String>| d.is_empty();
+        let mut s: Sessionizer<Vec<String>> = Sessionizer::new(cfg());
+        s.set_awaiting(awaiting, empty);
+        s.add("k", "tls", 100 * S, 0, 100 * S);
+        s.add("j", "conn", 100 * S, 0, 100 * S).data.push("flow".into());
+        let first = s.advance(190 * S, |x| x.story("t"));
+        assert_eq!(first.len(), 2);
+        let cost = s.awaiting_bytes();
+        assert!(cost > 0);
+        // Past the reopen window: only the session that awaits is kept, through a snapshot.
+        s.advance(H, |x| x.story("t"));
+        assert!(s.contains_key("k") && !s.contains_key("j"));
+        let mut s: Sessionizer<Vec<String>> = Sessionizer::restore(&s.snapshot()).unwrap();
+        s.set_awaiting(awaiting, empty);
+        assert_eq!(s.awaiting_bytes(), cost);
+        // The record written when the connection ended, stamped at its start, hours later.
+        s.add("k", "late", 100 * S, 3 * H, 3 * H).data.push("flow".into());
+        assert_eq!(s.awaiting_bytes(), 0);
+        // Published once its reach, too, has passed.
+        let out = s.advance(7 * H, |x| x.story("t"));
+        let tls = first.iter().find(|x| x.event_ids == ["tls"]).unwrap();
+        assert_eq!(ids(&out), [vec!["tls", "late"]]);
+        assert_eq!((&out[0].id, out[0].revision), (&tls.id, 1));
+        // Then kept for its reopen window only: it holds its record and no longer awaits.
+        s.advance(7 * H + 600 * S, |x| x.story("t"));
+        assert!(s.is_empty());
+
+        // A spent budget keeps the next sessions for their reopen window only.
+        let mut s: Sessionizer<Vec<String>> = Sessionizer::new(cfg());
+        s.set_awaiting(Awaiting { max_bytes: cost * 3 / 2, ..awaiting }, empty);
+        s.add("a", "a", 100 * S, 0, 100 * S);
+        s.add("b", "b", 100 * S, 0, 100 * S);
+        s.advance(190 * S, |x| x.story("t"));
+        assert!((1..=cost).contains(&s.awaiting_bytes()));
+        s.advance(H, |x| x.story("t"));
+        assert_eq!(s.len(), 1, "one of two kept");
+        s.advance(7 * H, |x| x.story("t"));
+        assert!(s.is_empty() && s.awaiting_bytes() == 0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 use storyline_sdk::Error;
-use storyline_sdk::session::SessionConfig;
+use storyline_sdk::session::{Awaiting, SessionConfig};
 
 /// Largest accepted value of any setting: 30 days. Bounding every timeout keeps the sums the
 /// rule and the [`storyline_sdk::session::Sessionizer`] compute (`gap + skew + reach`, deadlines)
@@ -13,7 +13,8 @@ pub const MAX_MS: i64 = 30 * 24 * 3_600_000;
 ///
 /// ```json
 /// {"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000,
-///  "dns_window_ms": 30000, "residual_skew_ms": 1000}
+///  "dns_window_ms": 30000, "residual_skew_ms": 1000, "late_flow_ms": 86400000,
+///  "late_flow_mb": 32}
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,6 +48,15 @@ pub struct Config {
     /// seconds after the first ended. Set `false` for exporters that split long connections
     /// into several records (NetFlow's active timeout).
     pub one_flow_record_per_connection: bool,
+    /// How long past `reopen_ms` a published connection story that no flow record has joined
+    /// yet is kept for one: a sensor writes a connection's flow record when the connection
+    /// ends (Zeek's `conn`, Suricata's `flow`), hours after its TLS or HTTP records for a long
+    /// connection, and the record then revises that story instead of starting another.
+    /// Default 86 400 000 (one day); 0 keeps them for `reopen_ms` only.
+    pub late_flow_ms: i64,
+    /// Most memory those stories may hold while they wait, MiB (about 0.5 KiB each); stories
+    /// published while it is spent wait for `reopen_ms` only. Default 32.
+    pub late_flow_mb: u32,
 }
 
 impl Default for Config {
@@ -61,12 +71,17 @@ impl Default for Config {
             residual_skew_ms: 1_000,
             dns_joins_connection: true,
             one_flow_record_per_connection: true,
+            late_flow_ms: 86_400_000,
+            late_flow_mb: 32,
         }
     }
 }
 
 /// An example of a full configuration, quoted in error messages.
-const EXAMPLE: &str = r#"{"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 1000, "dns_joins_connection": true}"#;
+const EXAMPLE: &str = r#"{"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 1000, "dns_joins_connection": true, "late_flow_ms": 86400000, "late_flow_mb": 32}"#;
+
+/// Largest accepted `late_flow_mb`: 4 GiB, more than a plugin instance may hold.
+pub const MAX_LATE_FLOW_MB: u32 = 4096;
 
 impl Config {
     /// Parses and checks the text given to `init`; an empty text means `{}`.
@@ -96,6 +111,7 @@ impl Config {
             ("reopen_ms", self.reopen_ms),
             ("dns_window_ms", self.dns_window_ms),
             ("residual_skew_ms", self.residual_skew_ms),
+            ("late_flow_ms", self.late_flow_ms),
         ];
         for (name, value) in fields {
             if !(0..=MAX_MS).contains(&value) {
@@ -104,7 +120,19 @@ impl Config {
                 )));
             }
         }
+        if self.late_flow_mb > MAX_LATE_FLOW_MB {
+            return Err(Error::InvalidConfig(format!(
+                "late_flow_mb is {}; it must be at most {MAX_LATE_FLOW_MB} (MiB)",
+                self.late_flow_mb
+            )));
+        }
         self.sessions().validate()
+    }
+
+    /// How long, and within how much memory, the sessionizer keeps connection stories that
+    /// await their flow record.
+    pub fn late_flows(&self) -> Awaiting {
+        Awaiting { ms: self.late_flow_ms, max_bytes: self.late_flow_mb as usize * (1 << 20) }
     }
 
     /// The part the SDK's sessionizer uses.

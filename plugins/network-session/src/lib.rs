@@ -24,8 +24,10 @@
 //!   ended; otherwise a gap of `gap_ms` ends a session;
 //! - **late records and arrival order**: a flow record written when the connection ended
 //!   reaches back over its `event.duration`; a record arriving after publication reopens the
-//!   story and publishes the next revision of the same id (for `reopen_ms`, ten minutes); a
-//!   record that bridges two sessions merges them (the sessionizer's session windows);
+//!   story and publishes the next revision of the same id (for `reopen_ms`, ten minutes; a
+//!   connection's story that no flow record has joined waits `late_flow_ms` more, a day, for
+//!   the record its sensor writes when a long connection ends); a record that bridges two
+//!   sessions merges them (the sessionizer's session windows);
 //! - **DNS**: a lookup has its own tuple (client → resolver:53). When a sensor reports that
 //!   exchange as a flow, the lookup stays with it; otherwise (by default) it joins the
 //!   connection its answer led to (same client, answered address, starting within

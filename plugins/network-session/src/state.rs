@@ -60,8 +60,10 @@ pub struct State {
 impl State {
     /// Empty state.
     pub fn new(config: &Config) -> State {
+        let mut sessions = Sessionizer::new(config.sessions());
+        sessions.set_awaiting(config.late_flows(), SessionData::awaits_flow_record);
         State {
-            sessions: Sessionizer::new(config.sessions()),
+            sessions,
             lookups: Lookups::default(),
             pairs: PairIndex::default(),
             communities: CommunityIndex::default(),
@@ -585,6 +587,7 @@ impl State {
         state.lookups.reindex();
         state.residual_ms = config.residual_skew_ms.min(config.skew_ms);
         state.sessions.set_config(config.sessions());
+        state.sessions.set_awaiting(config.late_flows(), SessionData::awaits_flow_record);
         Ok(state)
     }
 
@@ -607,7 +610,7 @@ struct StateV2 {
 /// Whether an event is a flow record (a whole connection as one sensor saw it), by its kind:
 /// Zeek's `conn`, Suricata's `flow`, NetFlow/IPFIX `netflow`, firewall `traffic` logs. A
 /// duration alone does not make one (Zeek's `files` records have one, several per connection).
-fn is_flow_record(kind: &str) -> bool {
+pub fn is_flow_record(kind: &str) -> bool {
     ["conn", "flow", "netflow", "traffic"].iter().any(|k| kind.eq_ignore_ascii_case(k))
 }
 

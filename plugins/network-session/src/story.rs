@@ -13,6 +13,7 @@ use storyline_sdk::session::{Mergeable, Session};
 use storyline_sdk::{Fields, Story, TimestampMs};
 
 use crate::observe::{Endpoint, Extra, Facts, Flow};
+use crate::state::is_flow_record;
 
 /// At most this many distinct values are kept per list of a story (the smallest, so the
 /// choice does not depend on arrival order). An analyst needs examples, not ten thousand URLs,
@@ -322,6 +323,13 @@ impl SessionData {
         if let Some(f) = &extra.file {
             insert_text(&mut self.files, f);
         }
+    }
+
+    /// Whether it is a connection that no flow record has joined yet: its sensor may write one
+    /// when the connection ends, long after (see `Config::late_flow_ms`). Told by the events'
+    /// kinds, so that it holds whatever `one_flow_record_per_connection` says.
+    pub fn awaits_flow_record(&self) -> bool {
+        self.kind == Kind::Network && !self.event_kinds.iter().any(|k| is_flow_record(k))
     }
 
     /// Whether a sensor sent a flow record of this story in a direction.

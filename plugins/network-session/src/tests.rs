@@ -823,6 +823,65 @@ fn a_tuple_reused_long_after_is_a_new_session() {
     assert!(out.iter().all(|s| s.revision == 0));
 }
 
+/// Zeek's `conn` record of the test connection: stamped at its start, written at its end.
+fn zeek_conn_lasting(id: &str, start: TimestampMs, duration_ms: i64) -> Event {
+    let p = conn(
+        CLIENT,
+        51514,
+        SERVER,
+        443,
+        json!({"network": {"transport": "tcp"}, "event": {"duration": duration_ms * 1_000_000}}),
+    );
+    event(id, "zeek-1", "conn", start, &p)
+}
+
+#[test]
+fn a_flow_record_written_hours_after_its_connections_tls_record_revises_its_story() {
+    // A connection of three hours: the TLS and HTTP records come at its start, published 90 s
+    // later; the sensor writes the flow record when the connection ends, stamped at its start.
+    let hours = 180 * MIN;
+    let early = [bucket(T0 + S, vec![tls("tls-1", T0), http("http-1", T0 + S)])];
+    let late = [bucket(T0 + hours + S, vec![zeek_conn_lasting("conn-1", T0, hours)])];
+    let mut c = init();
+    let mut out = run_without_drain(&mut c, &early);
+    out.extend(run_without_drain(&mut c, &[bucket(T0 + 2 * MIN, vec![])]));
+    assert_eq!(out.len(), 1);
+    // Kept past its ten minutes, and through a snapshot, while nothing happens on the tuple.
+    out.extend(run_without_drain(&mut c, &[bucket(T0 + 30 * MIN, vec![])]));
+    let mut restored = init();
+    restored.restore(&c.snapshot()).unwrap();
+    out.extend(run(&mut restored, &late));
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!((out[1].id.as_str(), out[1].revision), (out[0].id.as_str(), 1));
+    assert_eq!(ids(&out[1]), ["conn-1", "http-1", "tls-1"]);
+    assert_eq!(out[1].fields.get("tls_sni"), json!(["www.example.com"]));
+
+    // Without the wait, the flow record opens a story of its own.
+    let mut c = NetworkSession::init(r#"{"late_flow_ms": 0}"#).unwrap();
+    let mut out = run_without_drain(&mut c, &early);
+    out.extend(run_without_drain(&mut c, &[bucket(T0 + 30 * MIN, vec![])]));
+    out.extend(run(&mut c, &late));
+    assert_partition(["conn-1", "http-1", "tls-1"], &out);
+    assert_eq!(groups(&out).len(), 2, "{out:#?}");
+}
+
+#[test]
+fn a_story_with_its_flow_record_is_forgotten_after_ten_minutes_as_before() {
+    // Only stories that no flow record joined wait for one: a connection reported whole is
+    // forgotten after `reopen_ms`, and its tuple reused hours later is a new story.
+    let whole = [
+        bucket(T0 + 2 * S, vec![tls("tls-1", T0), zeek_conn_lasting("conn-1", T0, S)]),
+        bucket(T0 + 12 * MIN, vec![]),
+    ];
+    let mut c = init();
+    assert_eq!(run_without_drain(&mut c, &whole).len(), 1);
+    assert_eq!(c.state.sizes().0, 0, "nothing kept");
+    let waiting = [bucket(T0 + S, vec![tls("tls-1", T0)]), bucket(T0 + 12 * MIN, vec![])];
+    let mut c = init();
+    assert_eq!(run_without_drain(&mut c, &waiting).len(), 1);
+    assert_eq!(c.state.sizes().0, 1, "the TLS record's story waits for its flow record");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad and fieldless input
 
