@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use storyline_sdk::clocks::{SensorClocks, SensorId};
 use storyline_sdk::ecs::EcsEvent;
-use storyline_sdk::session::Sessionizer;
+use storyline_sdk::session::{Awaiting, Sessionizer};
 use storyline_sdk::{Error, Event, Story, TimestampMs};
 
 use crate::config::Config;
@@ -55,13 +55,22 @@ pub struct State {
     /// in snapshots: a restored instance logs them once more).
     #[serde(skip)]
     logged: BTreeMap<String, i64>,
+    /// How long and within how much memory stories wait for their flow record (the
+    /// configuration's), once `flows_seen`.
+    #[serde(skip)]
+    late_flows: Awaiting,
+    /// Whether a flow record was seen: until one is, no story waits for one, so sensors that
+    /// write none (logs of TLS, DNS or SMB only) keep nothing longer. Not in snapshots: a state
+    /// with stories waiting saw one (see [`State::decode`]).
+    #[serde(skip)]
+    flows_seen: bool,
 }
 
 impl State {
     /// Empty state.
     pub fn new(config: &Config) -> State {
         let mut sessions = Sessionizer::new(config.sessions());
-        sessions.set_awaiting(config.late_flows(), SessionData::awaits_flow_record);
+        sessions.set_awaiting(Awaiting::default(), SessionData::awaits_flow_record);
         State {
             sessions,
             lookups: Lookups::default(),
@@ -70,6 +79,8 @@ impl State {
             clocks: SensorClocks::default(),
             residual_ms: config.residual_skew_ms.min(config.skew_ms),
             logged: BTreeMap::new(),
+            late_flows: config.late_flows(),
+            flows_seen: false,
         }
     }
 
@@ -94,6 +105,10 @@ impl State {
         } else {
             cfg.skew_ms
         };
+        if !self.flows_seen && is_flow_record(&event.kind) {
+            self.flows_seen = true;
+            self.sessions.set_awaiting(self.late_flows, SessionData::awaits_flow_record);
+        }
         let class = observe::class(&event.kind, ecs);
         let transport = observe::transport(ecs, class);
         let explicit = ecs.transport().is_some();
@@ -582,12 +597,20 @@ impl State {
                 clocks: SensorClocks::default(),
                 residual_ms: 0,
                 logged: BTreeMap::new(),
+                late_flows: Awaiting::default(),
+                flows_seen: false,
             }
         };
         state.lookups.reindex();
         state.residual_ms = config.residual_skew_ms.min(config.skew_ms);
         state.sessions.set_config(config.sessions());
-        state.sessions.set_awaiting(config.late_flows(), SessionData::awaits_flow_record);
+        // Stories only wait once a flow record was seen: a state with a story waiting, or one
+        // holding a flow record, saw one.
+        state.late_flows = config.late_flows();
+        state.flows_seen = state.sessions.awaiting_bytes() > 0
+            || state.sessions.iter().any(|s| s.data.has_flow_record_kind());
+        let awaiting = if state.flows_seen { state.late_flows } else { Awaiting::default() };
+        state.sessions.set_awaiting(awaiting, SessionData::awaits_flow_record);
         Ok(state)
     }
 

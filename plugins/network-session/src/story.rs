@@ -329,7 +329,12 @@ impl SessionData {
     /// when the connection ends, long after (see `Config::late_flow_ms`). Told by the events'
     /// kinds, so that it holds whatever `one_flow_record_per_connection` says.
     pub fn awaits_flow_record(&self) -> bool {
-        self.kind == Kind::Network && !self.event_kinds.iter().any(|k| is_flow_record(k))
+        self.kind == Kind::Network && !self.has_flow_record_kind()
+    }
+
+    /// Whether a flow record (of any sensor) is among its events.
+    pub fn has_flow_record_kind(&self) -> bool {
+        self.event_kinds.iter().any(|k| is_flow_record(k))
     }
 
     /// Whether a sensor sent a flow record of this story in a direction.

@@ -835,16 +835,27 @@ fn zeek_conn_lasting(id: &str, start: TimestampMs, duration_ms: i64) -> Event {
     event(id, "zeek-1", "conn", start, &p)
 }
 
+/// A flow record of another connection (another client port): the sensor writes flow records.
+fn other_conn(id: &str, start: TimestampMs) -> Event {
+    let p = conn(CLIENT, 40_000, SERVER, 443, json!({"network": {"transport": "tcp"}}));
+    event(id, "zeek-1", "conn", start, &p)
+}
+
 #[test]
 fn a_flow_record_written_hours_after_its_connections_tls_record_revises_its_story() {
     // A connection of three hours: the TLS and HTTP records come at its start, published 90 s
     // later; the sensor writes the flow record when the connection ends, stamped at its start.
+    // The sensor writes flow records (one of another connection came first).
     let hours = 180 * MIN;
-    let early = [bucket(T0 + S, vec![tls("tls-1", T0), http("http-1", T0 + S)])];
+    let early = [
+        bucket(T0 - MIN, vec![other_conn("conn-0", T0 - MIN)]),
+        bucket(T0 + S, vec![tls("tls-1", T0), http("http-1", T0 + S)]),
+    ];
     let late = [bucket(T0 + hours + S, vec![zeek_conn_lasting("conn-1", T0, hours)])];
     let mut c = init();
     let mut out = run_without_drain(&mut c, &early);
     out.extend(run_without_drain(&mut c, &[bucket(T0 + 2 * MIN, vec![])]));
+    out.retain(|s| !ids(s).contains(&"conn-0"));
     assert_eq!(out.len(), 1);
     // Kept past its ten minutes, and through a snapshot, while nothing happens on the tuple.
     out.extend(run_without_drain(&mut c, &[bucket(T0 + 30 * MIN, vec![])]));
@@ -861,6 +872,7 @@ fn a_flow_record_written_hours_after_its_connections_tls_record_revises_its_stor
     let mut out = run_without_drain(&mut c, &early);
     out.extend(run_without_drain(&mut c, &[bucket(T0 + 30 * MIN, vec![])]));
     out.extend(run(&mut c, &late));
+    out.retain(|s| !ids(s).contains(&"conn-0"));
     assert_partition(["conn-1", "http-1", "tls-1"], &out);
     assert_eq!(groups(&out).len(), 2, "{out:#?}");
 }
@@ -876,10 +888,31 @@ fn a_story_with_its_flow_record_is_forgotten_after_ten_minutes_as_before() {
     let mut c = init();
     assert_eq!(run_without_drain(&mut c, &whole).len(), 1);
     assert_eq!(c.state.sizes().0, 0, "nothing kept");
-    let waiting = [bucket(T0 + S, vec![tls("tls-1", T0)]), bucket(T0 + 12 * MIN, vec![])];
+    let waiting = [
+        bucket(T0 - MIN, vec![other_conn("conn-0", T0 - MIN)]),
+        bucket(T0 + S, vec![tls("tls-1", T0)]),
+        bucket(T0 + 12 * MIN, vec![]),
+    ];
     let mut c = init();
-    assert_eq!(run_without_drain(&mut c, &waiting).len(), 1);
+    assert_eq!(run_without_drain(&mut c, &waiting).len(), 2);
     assert_eq!(c.state.sizes().0, 1, "the TLS record's story waits for its flow record");
+    // A snapshot keeps it waiting.
+    let mut restored = init();
+    restored.restore(&c.snapshot()).unwrap();
+    run_without_drain(&mut restored, &[bucket(T0 + 20 * MIN, vec![])]);
+    assert_eq!(restored.state.sizes().0, 1, "still waiting after a restore");
+}
+
+#[test]
+fn a_sensor_that_writes_no_flow_records_keeps_no_story_waiting_for_one() {
+    // TLS and HTTP logs only (no conn, no flow): nothing would ever come, so nothing waits.
+    let only_tls = [
+        bucket(T0 + S, vec![tls("tls-1", T0), http("http-1", T0 + S)]),
+        bucket(T0 + 12 * MIN, vec![]),
+    ];
+    let mut c = init();
+    assert_eq!(run_without_drain(&mut c, &only_tls).len(), 1);
+    assert_eq!(c.state.sizes().0, 0, "forgotten after reopen_ms");
 }
 
 // ---------------------------------------------------------------------------------------------
