@@ -56,6 +56,63 @@ pub struct EcsEvent<'a> {
     /// `file.*`: a file the event saw cross the connection.
     #[serde(borrow)]
     pub file: Option<Named<'a>>,
+    /// `zeek.*`: the ids by which Zeek's records name the files a connection carried.
+    #[serde(borrow)]
+    pub zeek: Option<Zeek<'a>>,
+}
+
+/// The file ids of a Zeek record: a `files` record's own (`fuid`), and those an `http`, `smtp`
+/// or `ftp` record lists for the files its transaction carried (`resp_fuids`, `orig_fuids`,
+/// `fuids`). Read as Zeek writes them (fields of `zeek`, as `storyline ingest --format zeek`
+/// keeps them) and as Elastic's Zeek module nests them (`zeek.files.fuid`,
+/// `zeek.http.resp_fuids`...). A value of another shape is ignored, never an error.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Zeek<'a> {
+    /// `zeek.fuid`: the file a `files` record describes.
+    #[serde(borrow, deserialize_with = "lenient_text")]
+    pub fuid: Option<Cow<'a, str>>,
+    /// `zeek.resp_fuids`.
+    #[serde(borrow, deserialize_with = "lenient_texts")]
+    pub resp_fuids: Option<Vec<Cow<'a, str>>>,
+    /// `zeek.orig_fuids`.
+    #[serde(borrow, deserialize_with = "lenient_texts")]
+    pub orig_fuids: Option<Vec<Cow<'a, str>>>,
+    /// `zeek.fuids` (SMTP).
+    #[serde(borrow, deserialize_with = "lenient_texts")]
+    pub fuids: Option<Vec<Cow<'a, str>>>,
+    /// `zeek.files.*` (Elastic's layout).
+    #[serde(borrow, deserialize_with = "lenient_zeek")]
+    pub files: Option<Box<Zeek<'a>>>,
+    /// `zeek.http.*` (Elastic's layout).
+    #[serde(borrow, deserialize_with = "lenient_zeek")]
+    pub http: Option<Box<Zeek<'a>>>,
+    /// `zeek.smtp.*` (Elastic's layout).
+    #[serde(borrow, deserialize_with = "lenient_zeek")]
+    pub smtp: Option<Box<Zeek<'a>>>,
+}
+
+impl Zeek<'_> {
+    /// The file this record describes.
+    pub fn file_id(&self) -> Option<&str> {
+        let nested = self.files.as_deref().and_then(|f| f.fuid.as_deref());
+        self.fuid.as_deref().or(nested).filter(|id| !id.is_empty() && *id != "-")
+    }
+
+    /// The files this record's transaction carried.
+    pub fn file_refs(&self) -> impl Iterator<Item = &str> {
+        let own = [&self.resp_fuids, &self.orig_fuids, &self.fuids];
+        let nested = [&self.http, &self.smtp]
+            .into_iter()
+            .flatten()
+            .flat_map(|z| [&z.resp_fuids, &z.orig_fuids, &z.fuids]);
+        own.into_iter()
+            .chain(nested)
+            .flatten()
+            .flatten()
+            .map(|id| id.as_ref())
+            .filter(|id| !id.is_empty() && *id != "-")
+    }
 }
 
 /// `source` or `destination`.
@@ -448,6 +505,98 @@ fn texts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cow<'de, str>>>, 
     Ok(Option::<Vec<Text<'de>>>::deserialize(d)?.map(|v| v.into_iter().map(|t| t.0).collect()))
 }
 
+/// Texts from a list (elements that are not texts are left out) or a single text; `None` from
+/// any other value.
+fn lenient_texts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cow<'de, str>>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Vec<Cow<'de, str>>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of texts")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element_seed(LenientTextSeed)? {
+                out.extend(item);
+            }
+            Ok(Some(out))
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(vec![Cow::Borrowed(v)]))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(vec![Cow::Owned(v.to_owned())]))
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// A nested `zeek.*` object; `None` from any other value.
+fn lenient_zeek<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<Zeek<'de>>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Box<Zeek<'de>>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            Zeek::deserialize(de::value::MapAccessDeserializer::new(map)).map(|z| Some(Box::new(z)))
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// One element of [`lenient_texts`]: a text, or `None` for anything else.
+struct LenientTextSeed;
+
+impl<'de> de::DeserializeSeed<'de> for LenientTextSeed {
+    type Value = Option<Cow<'de, str>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        lenient_text(d)
+    }
+}
+
 fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
     Ok(match d.deserialize_any(ScalarVisitor)? {
         Scalar::Int(n) => Some(Cow::Owned(n.to_string())),
@@ -459,6 +608,29 @@ fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeek_file_ids_are_read_in_both_layouts_and_odd_shapes_are_ignored() {
+        let own =
+            br#"{"zeek": {"fuid": "F1", "resp_fuids": ["F2", true, "F3"], "orig_fuids": "F4"}}"#;
+        let e = EcsEvent::parse(own).unwrap();
+        let z = e.zeek.as_ref().unwrap();
+        assert_eq!(z.file_id(), Some("F1"));
+        assert_eq!(z.file_refs().collect::<Vec<_>>(), ["F2", "F3", "F4"]);
+        let elastic = br#"{"zeek": {"files": {"fuid": "F5"}, "http": {"resp_fuids": ["F6"]},
+            "smtp": {"fuids": ["F7", "-"]}}}"#;
+        let e = EcsEvent::parse(elastic).unwrap();
+        let z = e.zeek.as_ref().unwrap();
+        assert_eq!(z.file_id(), Some("F5"));
+        assert_eq!(z.file_refs().collect::<Vec<_>>(), ["F6", "F7"]);
+        let odd =
+            br#"{"source": {"ip": "10.0.0.1"}, "zeek": {"fuid": ["x"], "resp_fuids": {"a": 1},
+            "http": "text", "files": [1, 2], "smtp": null}}"#;
+        let e = EcsEvent::parse(odd).unwrap();
+        let z = e.zeek.as_ref().unwrap();
+        assert_eq!((z.file_id(), z.file_refs().count()), (None, 0));
+        assert!(e.source.is_some(), "the rest of the event still parses");
+    }
 
     #[test]
     fn strings_borrow_from_the_payload() {

@@ -93,6 +93,12 @@ impl Correlator for NetworkSession {
     fn process(&mut self, bucket: &Bucket) -> Result<Vec<Story>, Error> {
         let mut unreadable = Unreadable::default();
         let watermark = state::sane_time(bucket.watermark);
+        // A file record waits for the record that lists its file only once such records are
+        // known to come; a bucket that brings the first one says so before any of its events
+        // is placed, so that its order does not matter.
+        if !self.state.file_refs_seen() && self.state.look_for_file_refs(&bucket.events) {
+            self.state.expect_file_refs();
+        }
         for event in &bucket.events {
             let ecs = match EcsEvent::parse(&event.payload) {
                 Ok(ecs) => ecs,

@@ -357,6 +357,21 @@ impl Facts<'_> {
     }
 }
 
+/// Whether an event is of a kind whose records may list the files their transaction carried
+/// (Zeek's `http`, `smtp` and `ftp`; `zeek.http`... as Elastic names them).
+pub fn may_carry_files(event: &Event) -> bool {
+    let kind = event.kind.as_bytes();
+    [&b"http"[..], b"smtp", b"ftp"]
+        .iter()
+        .any(|k| kind.len() >= k.len() && kind[kind.len() - k.len()..].eq_ignore_ascii_case(k))
+}
+
+/// Whether a record names a file list (`resp_fuids`, `orig_fuids`, `fuids`): a look at its
+/// bytes, without parsing it.
+pub fn lists_files(event: &Event) -> bool {
+    event.payload.windows(6).any(|w| w == b"fuids\"")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

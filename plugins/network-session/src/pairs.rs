@@ -83,18 +83,24 @@ impl PairIndex {
     }
 }
 
-/// Community id → key of the connection that has it: a record naming only the community id
-/// (an endpoint agent's, say) finds its connection here. Pruned like [`PairIndex`].
+/// An id → key of the connection that has it: a record naming only the connection's community
+/// id (an endpoint agent's, say), or a file that a connection's HTTP record listed, finds its
+/// connection here. Pruned like [`PairIndex`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommunityIndex {
+pub struct IdIndex {
     /// The entries.
     keys: BTreeMap<String, String>,
     /// Sweep when the index reaches this size.
     sweep_at: usize,
 }
 
-impl CommunityIndex {
-    /// Records that the connection of `key` has community id `id` (the first key seen wins).
+impl IdIndex {
+    /// Whether it holds no id.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Records that the connection of `key` has id `id` (the first key seen wins).
     pub fn insert(&mut self, id: &str, key: &str) {
         if !self.keys.contains_key(id) {
             self.keys.insert(id.to_owned(), key.to_owned());
@@ -108,7 +114,7 @@ impl CommunityIndex {
         }
     }
 
-    /// The key of the connection with community id `id`.
+    /// The key of the connection with id `id`.
     pub fn get(&self, id: &str) -> Option<&str> {
         self.keys.get(id).map(String::as_str)
     }

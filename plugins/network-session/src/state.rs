@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use storyline_sdk::clocks::{SensorClocks, SensorId};
-use storyline_sdk::ecs::EcsEvent;
+use storyline_sdk::ecs::{EcsEvent, Zeek};
 use storyline_sdk::session::{Awaiting, Sessionizer};
 use storyline_sdk::{Error, Event, Story, TimestampMs};
 
 use crate::config::Config;
 use crate::lookups::{Lookup, Lookups};
 use crate::observe::{self, Class, Extra, Facts, Flow};
-use crate::pairs::{CommunityIndex, PairIndex};
+use crate::pairs::{IdIndex, PairIndex};
 use crate::story::{Kind, Pair, SessionData, SessionDataV2, story_of};
 
 /// Version of the snapshot format, its first byte. Bump it when [`State`] changes shape, and
@@ -19,7 +19,15 @@ use crate::story::{Kind, Pair, SessionData, SessionDataV2, story_of};
 /// sessions encoded (version 1 is read too: the sessionizer reads its first layout). 3: a
 /// story keeps alerts, files and its community id (its key is now the flow's tuple); versions
 /// 1 and 2 are read as [`StateV2`] and converted.
-const STATE_VERSION: u8 = 3;
+/// 4: the file ids of connections ([`State::files`]); version 3 is read as [`StateV3`].
+const STATE_VERSION: u8 = 4;
+
+/// HTTP, SMTP and FTP records looked at for file lists before giving up the look (see
+/// [`State::look_for_file_refs`]).
+const FILE_REF_LOOKS: u32 = 10_000;
+
+/// Sessions of a file whose connection is not known yet are keyed `file:<id>`.
+const FILE_PREFIX: &str = "file:";
 
 /// The oldest version [`State::decode`] reads.
 const OLDEST_VERSION: u8 = 1;
@@ -45,9 +53,13 @@ pub struct State {
     /// Address pair → connection keys, to find a lookup's connection.
     pairs: PairIndex,
     /// Community id → connection key, for records that name only the community id.
-    communities: CommunityIndex,
+    communities: IdIndex,
     /// Every sensor's clock against the others', learned from the connections they share.
     clocks: SensorClocks,
+    /// File id → key of the connection whose record listed it (Zeek's `http` records list the
+    /// files their transaction carried): a `files` record, which names the two addresses but
+    /// not the ports, finds its own connection among the many a busy address pair has.
+    files: IdIndex,
     /// `residual_skew_ms` of the configuration (set by `new` and `decode`).
     #[serde(skip)]
     residual_ms: i64,
@@ -64,6 +76,14 @@ pub struct State {
     /// with stories waiting saw one (see [`State::decode`]).
     #[serde(skip)]
     flows_seen: bool,
+    /// Whether a record listing files was seen: from then on a file record whose connection is
+    /// not known yet waits for the record that lists it, rather than joining a connection of
+    /// its address pair. Not in snapshots: `files` says it.
+    #[serde(skip)]
+    file_refs_seen: bool,
+    /// Records looked at for file lists before any was seen (see `look_for_file_refs`).
+    #[serde(skip)]
+    file_ref_looks: u32,
 }
 
 impl State {
@@ -75,12 +95,15 @@ impl State {
             sessions,
             lookups: Lookups::default(),
             pairs: PairIndex::default(),
-            communities: CommunityIndex::default(),
+            communities: IdIndex::default(),
             clocks: SensorClocks::default(),
+            files: IdIndex::default(),
             residual_ms: config.residual_skew_ms.min(config.skew_ms),
             logged: BTreeMap::new(),
             late_flows: config.late_flows(),
             flows_seen: false,
+            file_refs_seen: false,
+            file_ref_looks: 0,
         }
     }
 
@@ -175,11 +198,12 @@ impl State {
         }
         let key = match (tuple, &flow) {
             (Some(key), _) => key,
-            // Both addresses but no ports: the connection of the address pair it fits, else a
-            // session of the pair.
-            (None, Some(f)) => {
+            // Both addresses but no ports: the connection that listed its file, else the
+            // connection of the address pair it fits, else a session of the pair.
+            (None, Some(f)) => self.file_key(ecs).unwrap_or_else(|| {
                 self.pair_connection(f, time).unwrap_or_else(|| observe::pair_key(f))
-            }
+            }),
+            (None, None) if let Some(key) = self.file_key(ecs) => key,
             (None, None) => {
                 let given = ecs.network.as_ref().and_then(|n| n.community_id.as_deref());
                 match given.filter(|id| !id.is_empty()) {
@@ -198,6 +222,66 @@ impl State {
             }
         };
         self.add_connection(cfg, &key, &connection, (&facts, &extra), watermark);
+        if let Some(zeek) = &ecs.zeek {
+            self.index_files(zeek, &key, time);
+        }
+    }
+
+    /// Whether a record listing files was seen (or announced).
+    pub fn file_refs_seen(&self) -> bool {
+        self.file_refs_seen
+    }
+
+    /// Whether one of `events` may list files, while the look is worth it: the first
+    /// [`FILE_REF_LOOKS`] candidates (HTTP, SMTP and FTP records) are looked at, then no more
+    /// (a record that lists files still says so when it is placed; only the order within its
+    /// bucket may then matter).
+    pub fn look_for_file_refs(&mut self, events: &[Event]) -> bool {
+        if self.file_ref_looks >= FILE_REF_LOOKS {
+            return false;
+        }
+        for event in events {
+            if !observe::may_carry_files(event) {
+                continue;
+            }
+            self.file_ref_looks += 1;
+            if observe::lists_files(event) {
+                return true;
+            }
+            if self.file_ref_looks >= FILE_REF_LOOKS {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Records listing files are coming: file records wait for theirs from now on.
+    pub fn expect_file_refs(&mut self) {
+        self.file_refs_seen = true;
+    }
+
+    /// Where a record of a file goes by the file's id: the connection that listed the file,
+    /// else (once records listing files are seen) a session of the file's own, which that
+    /// connection gathers when its record comes. `None` for a record of no file, or while no
+    /// record listed files (then the address pair decides, as for any record without ports).
+    fn file_key(&self, ecs: &EcsEvent<'_>) -> Option<String> {
+        let id = ecs.zeek.as_ref()?.file_id()?;
+        if let Some(key) = self.files.get(id) {
+            return Some(key.to_owned());
+        }
+        self.file_refs_seen.then(|| format!("{FILE_PREFIX}{id}"))
+    }
+
+    /// Records the files a connection's record lists, and gathers those that came first.
+    fn index_files(&mut self, zeek: &Zeek<'_>, key: &str, time: TimestampMs) {
+        if key.starts_with(FILE_PREFIX) {
+            return;
+        }
+        for id in zeek.file_refs() {
+            self.file_refs_seen = true;
+            self.files.insert(id, key);
+            self.sessions.absorb(&format!("{FILE_PREFIX}{id}"), time, key, time);
+        }
     }
 
     /// How far the clock of an event at `time` from `sensor` may be off against the session of
@@ -295,7 +379,9 @@ impl State {
                 self.communities.insert(&id, key);
             }
         }
-        let pair = d.pair();
+        // A file's own session waits to be gathered by the connection that lists the file: it
+        // is no connection of its address pair.
+        let pair = if key.starts_with(FILE_PREFIX) { None } else { d.pair() };
         let newly_indexed = pair.is_some() && !std::mem::replace(&mut d.indexed, true);
         let has_lookup = d.has_lookup();
         let (mut first, mut last) = (session.first_seen, session.last_seen);
@@ -510,6 +596,7 @@ impl State {
         }
         self.pairs.sweep_if_due(&self.sessions);
         self.communities.sweep_if_due(&self.sessions);
+        self.files.sweep_if_due(&self.sessions);
     }
 
     /// Publishes the sessions that closed at `watermark`.
@@ -525,7 +612,8 @@ impl State {
             self.settle_lookup(cfg, &lookup, at);
         }
         self.pairs.clear();
-        self.communities = CommunityIndex::default();
+        self.communities = IdIndex::default();
+        self.files = IdIndex::default();
         let clocks = &self.clocks;
         self.sessions.drain(|s| story_of(s, clocks))
     }
@@ -563,8 +651,18 @@ impl State {
                 bytes.len()
             ))
         };
-        let mut state: State = if version >= 3 {
+        let mut state: State = if version >= 4 {
             postcard::from_bytes(body).map_err(unreadable)?
+        } else if version == 3 {
+            let v3: StateV3 = postcard::from_bytes(body).map_err(unreadable)?;
+            State {
+                sessions: v3.sessions,
+                lookups: v3.lookups,
+                pairs: v3.pairs,
+                communities: v3.communities,
+                clocks: v3.clocks,
+                ..State::new(config)
+            }
         } else {
             // Sessions were keyed by community id; they are keyed by tuple now, and so are
             // the pair index and the waiting lookups' own stories.
@@ -585,7 +683,7 @@ impl State {
                     .and_then(|f| observe::tuple_key(f, l.transport.map(|(t, _)| t)));
                 tuple.unwrap_or_else(|| l.own_key.clone())
             });
-            let mut communities = CommunityIndex::default();
+            let mut communities = IdIndex::default();
             for s in sessions.iter() {
                 communities.insert_from(&s.data, &s.key);
             }
@@ -595,10 +693,13 @@ impl State {
                 pairs,
                 communities,
                 clocks: SensorClocks::default(),
+                files: IdIndex::default(),
                 residual_ms: 0,
                 logged: BTreeMap::new(),
                 late_flows: Awaiting::default(),
                 flows_seen: false,
+                file_refs_seen: false,
+                file_ref_looks: 0,
             }
         };
         state.lookups.reindex();
@@ -607,6 +708,7 @@ impl State {
         // Stories only wait once a flow record was seen: a state with a story waiting, or one
         // holding a flow record, saw one.
         state.late_flows = config.late_flows();
+        state.file_refs_seen = !state.files.is_empty();
         state.flows_seen = state.sessions.awaiting_bytes() > 0
             || state.sessions.iter().any(|s| s.data.has_flow_record_kind());
         let awaiting = if state.flows_seen { state.late_flows } else { Awaiting::default() };
@@ -619,6 +721,16 @@ impl State {
     pub fn sizes(&self) -> (usize, usize, usize) {
         (self.sessions.len(), self.lookups.len(), self.pairs.len())
     }
+}
+
+/// [`State`] as format version 3 holds it: without file ids.
+#[derive(Debug, Deserialize)]
+struct StateV3 {
+    sessions: Sessionizer<SessionData>,
+    lookups: Lookups,
+    pairs: PairIndex,
+    communities: IdIndex,
+    clocks: SensorClocks,
 }
 
 /// [`State`] as format versions 1 and 2 hold it.

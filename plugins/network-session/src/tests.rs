@@ -326,6 +326,69 @@ fn an_alert_joins_its_session_and_the_story_lists_its_signature() {
     assert_eq!(out[0].fields.get("alerts"), json!(["ET POLICY curl User-Agent"]));
 }
 
+/// Zeek's `http` record of a request from `port` that carried file `fuid`.
+fn http_carrying(id: &str, port: u16, fuid: &str, time: TimestampMs) -> Event {
+    let p = conn(CLIENT, port, SERVER, 80, json!({"zeek": {"resp_fuids": [fuid]}}));
+    event(id, "zeek-1", "http", time, &p)
+}
+
+/// Zeek's `files` record of file `fuid`: the two hosts, no ports.
+fn file_record(id: &str, fuid: &str, time: TimestampMs) -> Event {
+    let p =
+        json!({"source": {"ip": SERVER}, "destination": {"ip": CLIENT}, "zeek": {"fuid": fuid}});
+    event(id, "zeek-1", "files", time, &p)
+}
+
+#[test]
+fn a_file_joins_the_connection_whose_http_record_listed_it_among_many_of_its_address_pair() {
+    // A client fetching a page and its assets over three parallel connections to one server:
+    // the files records name the two hosts only; the http records list the files they carried.
+    let records = vec![
+        http_carrying("http-a", 40001, "FA", T0),
+        http_carrying("http-b", 40002, "FB", T0 + 100),
+        http_carrying("http-c", 40003, "FC", T0 + 200),
+        file_record("file-a", "FA", T0 + 10),
+        file_record("file-b", "FB", T0 + 110),
+        file_record("file-c", "FC", T0 + 210),
+    ];
+    let want = [
+        ("network-session".to_string(), vec!["file-a".to_string(), "http-a".to_string()]),
+        ("network-session".to_string(), vec!["file-b".to_string(), "http-b".to_string()]),
+        ("network-session".to_string(), vec!["file-c".to_string(), "http-c".to_string()]),
+        ("network-session".to_string(), vec!["http-0".to_string()]),
+    ];
+    // Whatever the order they come in: files before their http record, after it, in one
+    // bucket or across buckets; once a record listing files was seen (in the same bucket as
+    // the files, or before: here a request a minute earlier).
+    let orders: [&[usize]; 4] =
+        [&[0, 1, 2, 3, 4, 5], &[3, 4, 5, 0, 1, 2], &[5, 0, 4, 2, 3, 1], &[0, 4, 5, 1, 2, 3]];
+    for order in orders {
+        for split in [1, 3, 6] {
+            let events: Vec<Event> = order.iter().map(|&i| records[i].clone()).collect();
+            let earlier = http_carrying("http-0", 40000, "F0", T0 - MIN);
+            let buckets: Vec<Bucket> = std::iter::once(bucket(T0 - MIN + S, vec![earlier]))
+                .chain(
+                    events
+                        .chunks(split)
+                        .enumerate()
+                        .map(|(n, chunk)| bucket(T0 + S + n as i64, chunk.to_vec())),
+                )
+                .collect();
+            let out = run(&mut init(), &buckets);
+            let mut got = groups(&out);
+            got.sort();
+            assert_eq!(got, want, "order {order:?}, {split} a bucket");
+        }
+    }
+    // The first bucket that lists files places the files it holds by their ids too.
+    let mut first = records.clone();
+    first.reverse();
+    let out = run(&mut init(), &[bucket(T0 + S, first)]);
+    let mut got = groups(&out);
+    got.sort();
+    assert_eq!(got, want[..3]);
+}
+
 #[test]
 fn a_record_with_addresses_but_no_ports_joins_the_connection_of_its_address_pair() {
     // Zeek's files.log names the hosts a file went between, not the ports.
@@ -1166,13 +1229,29 @@ fn a_snapshot_of_version_1_restores_and_gives_the_uninterrupted_output() {
         let mut second = init();
         second.restore(old).unwrap();
         let now = second.snapshot();
-        assert_eq!(now[0], 3, "written in the current version (cut {cut})");
+        assert_eq!(now[0], 4, "written in the current version (cut {cut})");
         out.extend(run(&mut second, &buckets[cut..]));
         // Sessions opened before the cut keep the ids they were published with (keyed by
         // community id then, by tuple now); everything else is the uninterrupted output.
         assert_eq!(by_opening_event(&out), by_opening_event(&whole), "cut before bucket {cut}");
     }
     assert!(rest.is_empty(), "one snapshot per cut");
+}
+
+#[test]
+fn a_snapshot_of_version_3_restores_whole() {
+    // Version 4 added the file ids at the end of the state: a state without any is a version 3
+    // body followed by an empty index (no entries, sweep at 0).
+    let buckets = sample_by_arrival();
+    let mut c = init();
+    run_without_drain(&mut c, &buckets[..buckets.len() / 2]);
+    let now = c.snapshot();
+    assert_eq!((now[0], &now[now.len() - 2..]), (4, &[0u8, 0][..]));
+    let mut v3 = now[..now.len() - 2].to_vec();
+    v3[0] = 3;
+    let mut restored = init();
+    restored.restore(&v3).unwrap();
+    assert_eq!(restored.snapshot(), now);
 }
 
 #[test]
