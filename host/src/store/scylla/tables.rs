@@ -238,10 +238,25 @@ pub fn template(statement: Statement) -> &'static str {
     }
 }
 
-/// The statements of the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum Statement {
+/// Declares [`Statement`] and [`Statement::ALL`] from one list.
+macro_rules! statements {
+    ($($name:ident),* $(,)?) => {
+        /// The statements of the store.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[allow(missing_docs)]
+        pub enum Statement {
+            $($name),*
+        }
+
+        #[cfg(test)]
+        impl Statement {
+            /// Every statement.
+            pub const ALL: &[Statement] = &[$(Statement::$name),*];
+        }
+    };
+}
+
+statements!(
     InsertEvent,
     InsertBucket,
     NewestBuckets,
@@ -274,7 +289,7 @@ pub enum Statement {
     WriteLayout,
     AddLate,
     ReadLate,
-}
+);
 
 /// A value a layout binds besides the caller's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -522,50 +537,13 @@ mod tests {
             r.cql
         );
         // Every statement of the shared layout names its tenant.
-        for s in ALL {
+        assert_eq!(Statement::ALL.len(), 32);
+        for &s in Statement::ALL {
             let r = names.render(template(s));
             assert!(r.cql.contains("tenant"), "{s:?}: {}", r.cql);
             assert!(!r.cql.contains('{'), "{s:?}: {}", r.cql);
         }
     }
-
-    const ALL: [Statement; 32] = {
-        use Statement::*;
-        [
-            InsertEvent,
-            InsertBucket,
-            NewestBuckets,
-            NextBucket,
-            ReadBucket,
-            CountBucket,
-            ReadShard,
-            CreateShard,
-            TakeShard,
-            RenewShard,
-            Commit,
-            CommitWithState,
-            Close,
-            ClosedMarks,
-            WriteStateChunk,
-            ReadState,
-            DeleteState,
-            InsertStory,
-            LatestStories,
-            AllStories,
-            StoryAt,
-            InsertFeed,
-            FeedSince,
-            InsertDead,
-            AllDead,
-            DeleteDead,
-            Heartbeat,
-            Workers,
-            ReadLayout,
-            WriteLayout,
-            AddLate,
-            ReadLate,
-        ]
-    };
 
     /// The bytes `values` serialize to against `columns`.
     fn serialized(columns: &[ColumnSpec<'_>], values: &impl SerializeRow) -> Vec<u8> {
