@@ -12,7 +12,7 @@ pub const MAX_MS: i64 = 30 * 24 * 3_600_000;
 /// Timeouts and tolerances, in milliseconds. `{}` keeps every default.
 ///
 /// ```json
-/// {"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000,
+/// {"gap_ms": 60000, "dns_gap_ms": 10000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000,
 ///  "dns_window_ms": 30000, "residual_skew_ms": 1000, "late_flow_ms": 86400000,
 ///  "late_flow_mb": 32}
 /// ```
@@ -21,6 +21,12 @@ pub const MAX_MS: i64 = 30 * 24 * 3_600_000;
 pub struct Config {
     /// Inactivity that ends a session. Default 60 000 (one minute).
     pub gap_ms: i64,
+    /// Inactivity that ends the story of an exchange with a DNS server (port 53) of its own
+    /// (lookups on one tuple that no flow record joined): a client that asks its resolver from
+    /// the same port every few seconds makes one story per burst, not one for the hour. Zeek
+    /// ends a DNS exchange after 10 s without packets (`dns_session_timeout`). Default 10 000;
+    /// at most `gap_ms`.
+    pub dns_gap_ms: i64,
     /// Longest span of one session; later traffic on the same 5-tuple is a new session.
     /// Default 3 600 000 (one hour).
     pub max_span_ms: i64,
@@ -64,6 +70,7 @@ impl Default for Config {
         let s = SessionConfig::default();
         Config {
             gap_ms: s.gap_ms,
+            dns_gap_ms: 10_000,
             max_span_ms: s.max_span_ms,
             skew_ms: s.skew_ms,
             reopen_ms: s.reopen_ms,
@@ -78,7 +85,7 @@ impl Default for Config {
 }
 
 /// An example of a full configuration, quoted in error messages.
-const EXAMPLE: &str = r#"{"gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 1000, "dns_joins_connection": true, "late_flow_ms": 86400000, "late_flow_mb": 32}"#;
+const EXAMPLE: &str = r#"{"gap_ms": 60000, "dns_gap_ms": 10000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 1000, "dns_joins_connection": true, "late_flow_ms": 86400000, "late_flow_mb": 32}"#;
 
 /// Largest accepted `late_flow_mb`: 4 GiB, more than a plugin instance may hold.
 pub const MAX_LATE_FLOW_MB: u32 = 4096;
@@ -106,6 +113,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         let fields = [
             ("gap_ms", self.gap_ms),
+            ("dns_gap_ms", self.dns_gap_ms),
             ("max_span_ms", self.max_span_ms),
             ("skew_ms", self.skew_ms),
             ("reopen_ms", self.reopen_ms),
@@ -135,10 +143,24 @@ impl Config {
         Awaiting { ms: self.late_flow_ms, max_bytes: self.late_flow_mb as usize * (1 << 20) }
     }
 
+    /// `dns_gap_ms`, within `gap_ms`.
+    pub fn dns_gap(&self) -> i64 {
+        self.dns_gap_ms.min(self.gap_ms)
+    }
+
+    /// The reach of a record in the sessionizer, widened by what `gap_ms` has over
+    /// `dns_gap_ms`: every record but those of a DNS exchange's own story.
+    pub fn wide(&self, reach: i64) -> i64 {
+        reach.saturating_add(self.gap_ms - self.dns_gap())
+    }
+
     /// The part the SDK's sessionizer uses.
+    ///
+    /// Its gap is the shortest, `dns_gap_ms`: every other session's records reach
+    /// [`Config::wide`] further, which makes their gap `gap_ms` again.
     pub fn sessions(&self) -> SessionConfig {
         SessionConfig {
-            gap_ms: self.gap_ms,
+            gap_ms: self.dns_gap(),
             max_span_ms: self.max_span_ms,
             skew_ms: self.skew_ms,
             reopen_ms: self.reopen_ms,

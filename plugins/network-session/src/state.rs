@@ -191,7 +191,7 @@ impl State {
                         flow: flow.as_ref(),
                         transport,
                     };
-                    self.add_lookup_story(&origin, &facts, watermark);
+                    self.add_lookup_story(cfg, &origin, &facts, watermark);
                 }
             }
             return;
@@ -211,8 +211,9 @@ impl State {
                     Some(id) => self.communities.get(id).unwrap_or(id).to_owned(),
                     None => {
                         let key = format!("event:{}", event.id);
+                        let wide = cfg.wide(0);
                         let session =
-                            self.sessions.add_within(&key, &event.id, time, 0, skew, watermark);
+                            self.sessions.add_within(&key, &event.id, time, wide, skew, watermark);
                         session.data.kind = Kind::Event;
                         session.data.merge(&facts);
                         session.data.merge_extra(&extra);
@@ -339,7 +340,10 @@ impl State {
         watermark: TimestampMs,
     ) {
         let time = c.time;
-        let skew = self.skew_for(key, time, c.reach, &c.event.source, c.clock.skew);
+        // Every record but a DNS exchange's own reaches further by what `gap_ms` has over the
+        // sessionizer's gap (`dns_gap_ms`).
+        let reach = cfg.wide(c.reach);
+        let skew = self.skew_for(key, time, reach, &c.event.source, c.clock.skew);
         // A sensor reports a connection in one flow record (or one per direction): its second
         // flow record of a tuple in the same direction is another connection (a port reused
         // seconds after the first closed), never the same.
@@ -348,7 +352,7 @@ impl State {
         let session = self.sessions.add_where(
             key,
             &c.event.id,
-            (time, c.reach, skew),
+            (time, reach, skew),
             watermark,
             |d: &SessionData| flow.is_none_or(|f| !d.has_flow_record(f)),
         );
@@ -401,7 +405,7 @@ impl State {
             grew |= self.sessions.absorb(&pair.key(), time, key, time);
         }
         if grew {
-            let Some(session) = self.sessions.find_mut(key, time, c.reach) else { return };
+            let Some(session) = self.sessions.find_mut(key, time, reach) else { return };
             (first, last) = (session.first_seen, session.last_seen);
             start_lo = session.data.start_lo(first);
         }
@@ -441,7 +445,7 @@ impl State {
                     continue;
                 }
                 // The session of this key nearest the lookup; `reach` only widens the search.
-                let reach = cfg.dns_window_ms + cfg.skew_ms;
+                let reach = cfg.wide(cfg.dns_window_ms + cfg.skew_ms);
                 let Some(s) = self.sessions.find(key, at, reach) else { continue };
                 if s.data.kind != Kind::Network
                     || !lookup.fits(cfg, at, s.first_seen, s.data.start_lo(s.first_seen))
@@ -484,7 +488,8 @@ impl State {
             None => {
                 self.measure_lookup(lookup);
                 let (at, skew) = corrected_within(cfg, &self.clocks, lookup);
-                self.add_lookup_story(&Origin::of(lookup, at, skew), &lookup.facts, watermark);
+                let origin = Origin::of(lookup, at, skew);
+                self.add_lookup_story(cfg, &origin, &lookup.facts, watermark);
             }
         }
     }
@@ -547,10 +552,21 @@ impl State {
     }
 
     /// Adds a DNS lookup as (part of) a `dns-lookup` story keyed by its own tuple.
-    fn add_lookup_story(&mut self, o: &Origin<'_>, facts: &Facts<'_>, watermark: TimestampMs) {
+    ///
+    /// An exchange with a DNS server (port 53) ends after `dns_gap_ms` without records; other
+    /// name services logged as DNS (NetBIOS on 137, mDNS) after `gap_ms`, as sensors time them.
+    fn add_lookup_story(
+        &mut self,
+        cfg: &Config,
+        o: &Origin<'_>,
+        facts: &Facts<'_>,
+        watermark: TimestampMs,
+    ) {
         let sensor: &str = &facts.sensor;
-        let skew = self.skew_for(o.key, o.time, 0, sensor, o.skew);
-        let session = self.sessions.add_within(o.key, o.event_id, o.time, 0, skew, watermark);
+        let port_53 = |f: &Flow| f.server.port == Some(53) || f.client.port == Some(53);
+        let reach = if o.flow.is_some_and(port_53) { 0 } else { cfg.wide(0) };
+        let skew = self.skew_for(o.key, o.time, reach, sensor, o.skew);
+        let session = self.sessions.add_within(o.key, o.event_id, o.time, reach, skew, watermark);
         let new = session.event_ids.len() == 1;
         let d = &mut session.data;
         // The flow of the lookup's exchange may have opened the session: it stays a connection.

@@ -326,6 +326,44 @@ fn an_alert_joins_its_session_and_the_story_lists_its_signature() {
     assert_eq!(out[0].fields.get("alerts"), json!(["ET POLICY curl User-Agent"]));
 }
 
+#[test]
+fn lookups_from_one_port_to_a_dns_server_are_a_story_per_burst_and_netbios_keeps_the_gap() {
+    // A host asking its resolver from a fixed port every 12 s, then twice 3 s apart: Zeek
+    // counts an exchange per burst (10 s without packets ends one); NetBIOS name service on
+    // 137 is timed like any UDP flow, so its records 12 s apart stay one exchange.
+    let mut c = NetworkSession::init(r#"{"dns_joins_connection": false}"#).unwrap();
+    let ask = |id: &str, t: TimestampMs| {
+        event(id, "zeek-1", "dns", t, &dns_payload(CLIENT, "a.example", SERVER))
+    };
+    let nbns = |id: &str, t: TimestampMs| {
+        let p =
+            conn(CLIENT, 137, "10.0.0.255", 137, json!({"dns": {"question": {"name": "WPAD"}}}));
+        event(id, "zeek-1", "dns", t, &p)
+    };
+    let records = vec![
+        ask("q1", T0),
+        ask("q2", T0 + 12 * S),
+        ask("q3", T0 + 24 * S),
+        ask("q4", T0 + 27 * S),
+        nbns("n1", T0),
+        nbns("n2", T0 + 12 * S),
+        nbns("n3", T0 + 24 * S),
+    ];
+    let out = run(&mut c, &[bucket(T0 + 30 * S, records)]);
+    let mut got: Vec<Vec<String>> = groups(&out).into_iter().map(|(_, ids)| ids).collect();
+    got.sort();
+    let want: Vec<Vec<String>> = [&["n1", "n2", "n3"][..], &["q1"], &["q2"], &["q3", "q4"]]
+        .iter()
+        .map(|g| g.iter().map(|s| s.to_string()).collect())
+        .collect();
+    assert_eq!(got, want);
+    // With `dns_gap_ms` at `gap_ms`, every exchange keeps the minute.
+    let mut c =
+        NetworkSession::init(r#"{"dns_joins_connection": false, "dns_gap_ms": 60000}"#).unwrap();
+    let records = vec![ask("q1", T0), ask("q2", T0 + 12 * S), ask("q3", T0 + 24 * S)];
+    assert_eq!(groups(&run(&mut c, &[bucket(T0 + 30 * S, records)])).len(), 1);
+}
+
 /// Zeek's `http` record of a request from `port` that carried file `fuid`.
 fn http_carrying(id: &str, port: u16, fuid: &str, time: TimestampMs) -> Event {
     let p = conn(CLIENT, port, SERVER, 80, json!({"zeek": {"resp_fuids": [fuid]}}));
