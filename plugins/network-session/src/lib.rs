@@ -36,6 +36,10 @@
 //!   start. A lookup that finds no free connection waits (`dns_window_ms + gap_ms + skew_ms` of
 //!   watermark), then joins the best connection it fits even if taken, or becomes a
 //!   `dns-lookup` story. `dns_joins_connection: false` keeps every lookup with its exchange.
+//!   An exchange with a DNS server (port 53) that stays a story of its own ends after
+//!   `dns_gap_ms` (10 s, as Zeek times DNS) without records, not `gap_ms`;
+//! - **files**: a record of a file without ports (Zeek's `files`) joins the connection whose
+//!   `http`, `smtp` or `ftp` record listed its id, whichever came first;
 //!
 //! Routing sends every event to the shard of the connection's client address, so the DNS
 //! lookup the client made and every report of the connection meet in one instance.
