@@ -413,6 +413,8 @@ mod tests {
             nodes = ["10.0.0.5:9042", "db.example:9042"]
             replication = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
             retention_secs = 86400
+            tables = "shared"
+            keyspace = "storyline_prod"
             [run]
             delay_ms = 500
             threads = 2
@@ -431,6 +433,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.data_dir, Some(PathBuf::from("/srv/storyline")));
         assert_eq!(config.store.kind, Some(StoreKind::Scylla));
+        assert_eq!(config.store.tables, Some(crate::cli::TablesArg::Shared));
+        assert_eq!(config.store.keyspace.as_deref(), Some("storyline_prod"));
         assert_eq!(config.run.on_failure, Some(OnFailureArg::Pause));
         assert_eq!(config.http.listen, Some("0.0.0.0:8080".parse().unwrap()));
         let acme = TenantId::new("acme").unwrap();

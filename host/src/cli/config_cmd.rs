@@ -222,13 +222,17 @@ mod tests {
     fn the_file_fills_what_the_flags_leave_at_their_defaults() {
         let c = cli(
             &["storyline", "status", "--tenant", "acme"],
-            "data_dir = \"/srv/data\"\n[store]\nkind = \"scylla\"\nnodes = [\"a:1\", \"b:2\"]\nretention_secs = 60",
+            "data_dir = \"/srv/data\"\n[store]\nkind = \"scylla\"\nnodes = [\"a:1\", \"b:2\"]\nretention_secs = 60\ntables = \"shared\"\nkeyspace = \"sl\"",
         );
         assert_eq!(c.data_dir, PathBuf::from("/srv/data"));
         assert_eq!(c.plugin_dir, PathBuf::from("./plugins"));
         assert_eq!(c.store, StoreKind::Scylla);
         assert_eq!(c.scylla_nodes, "a:1,b:2");
         assert_eq!(c.retention_secs, Some(60));
+        assert_eq!(
+            (c.scylla_tables, c.scylla_keyspace.as_str()),
+            (super::super::TablesArg::Shared, "sl")
+        );
     }
 
     #[test]
