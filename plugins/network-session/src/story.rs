@@ -58,11 +58,47 @@ impl Pair {
     }
 
     /// The session key of records that name these two addresses and no ports, until a
-    /// connection between them is seen.
+    /// connection between them is seen: the two addresses as text (`10.0.0.5 10.0.0.9`).
+    ///
+    /// Built for every new connection (to gather the records of its pair filed before it),
+    /// so IPv4 addresses are written by hand: `format!` of two `Ipv4Addr`s went through the
+    /// formatter eight times.
     pub fn key(&self) -> String {
-        format!("{} {}", self.low, self.high)
+        let mut key = String::with_capacity(32);
+        push_addr(&mut key, self.low);
+        key.push(' ');
+        push_addr(&mut key, self.high);
+        key
     }
 }
+
+/// `ip` as its `Display` writes it.
+fn push_addr(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            // Writing into a String cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Sets of at most this many values are searched by a scan (see [`SessionData::has_sensor`]).
+const SCAN_MAX: usize = 8;
 
 /// Client and server of a story, and what decided them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,8 +389,18 @@ impl SessionData {
     }
 
     /// Whether `sensor` reported an event of this story already.
+    ///
+    /// Asked for every connection record and for every learned offset of every story
+    /// published. A story has a handful of sensors: a scan by equality (which compares the
+    /// lengths first, and sensor names mostly differ in length) costs less than a binary
+    /// search, whose every step is a full comparison of the names.
     pub fn has_sensor(&self, sensor: &str) -> bool {
-        self.sensors.0.binary_search_by(|s| s.as_str().cmp(sensor)).is_ok()
+        let sensors = &self.sensors.0;
+        if sensors.len() <= SCAN_MAX {
+            sensors.iter().any(|s| s == sensor)
+        } else {
+            sensors.binary_search_by(|s| s.as_str().cmp(sensor)).is_ok()
+        }
     }
 
     /// The story's first point-in-time report: sensor and raw time.
@@ -656,6 +702,40 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+
+    #[test]
+    fn pair_keys_write_addresses_as_display_does() {
+        let v4 = |a, b, c, d| IpAddr::from([a, b, c, d]);
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for o in [0u8, 1, 9, 10, 99, 100, 109, 110, 199, 200, 255] {
+            addrs.extend([v4(o, 0, 0, 0), v4(10, o, 1, o), v4(255, 255, o, 0), v4(1, 2, 3, o)]);
+        }
+        addrs.extend(
+            ["::", "::1", "2001:db8::8a2e:370:7334", "::ffff:10.0.0.1", "fe80::1"]
+                .map(|a| a.parse::<IpAddr>().unwrap()),
+        );
+        for &a in &addrs {
+            for &b in &addrs[..8] {
+                let pair = Pair::new(a, b);
+                assert_eq!(pair.key(), format!("{} {}", pair.low, pair.high));
+            }
+        }
+    }
+
+    #[test]
+    fn has_sensor_answers_alike_for_small_and_large_sets() {
+        for n in [0usize, 1, 3, SCAN_MAX, SCAN_MAX + 1, 40] {
+            let mut d = SessionData::default();
+            for i in 0..n {
+                insert_text(&mut d.sensors, &format!("sensor-{i:02}"));
+            }
+            for i in 0..n + 2 {
+                let name = format!("sensor-{i:02}");
+                assert_eq!(d.has_sensor(&name), i < n, "{name} among {n}");
+            }
+            assert!(!d.has_sensor("sensor-"), "a prefix is not a sensor");
+        }
+    }
 
     #[test]
     fn sorted_sets_keep_the_smallest_values_and_serialise_like_btree_collections() {
