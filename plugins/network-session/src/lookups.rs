@@ -7,9 +7,10 @@
 //! appears or the watermark passes its deadline (then `State` settles it: the best connection
 //! it fits, or a `dns-lookup` story of its own).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use storyline_sdk::TimestampMs;
 
@@ -75,10 +76,12 @@ pub struct Lookups {
     by_pair: BTreeMap<Pair, BTreeSet<Ticket>>,
     /// (deadline, ticket), earliest first.
     by_deadline: BTreeSet<(TimestampMs, Ticket)>,
-    /// Tickets by the lookup's own key (its exchange's tuple): the flow of that exchange takes
-    /// them. Derived from `by_ticket`, so not part of snapshots (rebuilt by [`Lookups::reindex`]).
+    /// Tickets by the lookup's own key (its exchange's tuple), in increasing order: the flow
+    /// of that exchange takes them. Derived from `by_ticket`, so not part of snapshots
+    /// (rebuilt by [`Lookups::reindex`]); a hash map, since every connection record asks it
+    /// and its order is never observed. A key has one ticket, rarely two.
     #[serde(skip)]
-    by_own_key: BTreeMap<String, BTreeSet<Ticket>>,
+    by_own_key: HashMap<String, Vec<Ticket>, FxBuildHasher>,
     /// The next ticket.
     next: Ticket,
 }
@@ -102,7 +105,8 @@ impl Lookups {
             self.by_pair.entry(pair).or_default().insert(ticket);
         }
         self.by_deadline.insert((deadline, ticket));
-        self.by_own_key.entry(lookup.own_key.clone()).or_default().insert(ticket);
+        // Tickets grow: pushed last, a key's tickets stay in increasing order.
+        push_ticket(self.by_own_key.entry(lookup.own_key.clone()).or_default(), ticket);
         self.by_ticket.insert(ticket, (deadline, lookup));
     }
 
@@ -119,16 +123,14 @@ impl Lookups {
     pub fn reindex(&mut self) {
         self.by_own_key.clear();
         for (ticket, (_, lookup)) in &self.by_ticket {
-            self.by_own_key.entry(lookup.own_key.clone()).or_default().insert(*ticket);
+            // `by_ticket` is visited in ticket order.
+            push_ticket(self.by_own_key.entry(lookup.own_key.clone()).or_default(), *ticket);
         }
     }
 
     /// Removes and returns the lookups whose own exchange is the flow of `key`.
     pub fn take_own(&mut self, key: &str) -> Vec<Lookup> {
-        if !self.by_own_key.contains_key(key) {
-            return Vec::new();
-        }
-        let tickets = self.by_own_key.get(key).cloned().unwrap_or_default();
+        let Some(tickets) = self.by_own_key.get(key).cloned() else { return Vec::new() };
         tickets.into_iter().filter_map(|t| self.take(t)).collect()
     }
 
@@ -156,7 +158,7 @@ impl Lookups {
         }
         self.by_deadline.remove(&(deadline, ticket));
         if let Some(tickets) = self.by_own_key.get_mut(&lookup.own_key) {
-            tickets.remove(&ticket);
+            tickets.retain(|&t| t != ticket);
             if tickets.is_empty() {
                 self.by_own_key.remove(&lookup.own_key);
             }
@@ -180,4 +182,11 @@ impl Lookups {
     pub fn drain(&mut self) -> Vec<Lookup> {
         self.expire(TimestampMs::MAX)
     }
+}
+
+/// Appends `ticket` to a key's tickets, making room for that one only (a key has one ticket,
+/// rarely two).
+fn push_ticket(tickets: &mut Vec<Ticket>, ticket: Ticket) {
+    tickets.reserve_exact(1);
+    tickets.push(ticket);
 }
