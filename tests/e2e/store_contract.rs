@@ -442,12 +442,10 @@ macro_rules! many_stories_test {
     () => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_publish_of_fifty_thousand_stories_is_stored_and_followed_whole() {
+            use crate::store_contract::a_publish_of_fifty_thousand_stories_is_stored_and_followed_whole as test;
             let Some((store, ())) = fresh_store("many-stories").await else { return };
             let t = crate::store_contract::unique_tenant("many-stories");
-            crate::store_contract::a_publish_of_fifty_thousand_stories_is_stored_and_followed_whole(
-                                                &store, &t,
-                                            )
-                                            .await;
+            test(&store, &t).await;
             cleanup(&store, &[&t]).await;
         }
     };
