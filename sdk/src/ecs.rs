@@ -56,9 +56,10 @@ pub struct EcsEvent<'a> {
     /// `file.*`: a file the event saw cross the connection.
     #[serde(borrow)]
     pub file: Option<Named<'a>>,
-    /// `zeek.*`: the ids by which Zeek's records name the files a connection carried.
+    /// `zeek.*`: the ids by which Zeek's records name the files a connection carried (boxed:
+    /// most events have none, and the event is moved around whole).
     #[serde(borrow)]
-    pub zeek: Option<Zeek<'a>>,
+    pub zeek: Option<Box<Zeek<'a>>>,
 }
 
 /// The file ids of a Zeek record: a `files` record's own (`fuid`), and those an `http`, `smtp`
