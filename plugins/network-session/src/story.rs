@@ -656,7 +656,11 @@ struct Offsets<F>(F);
 
 impl<'a, F: Fn() -> I, I: Iterator<Item = (&'a str, i64)>> Serialize for Offsets<F> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map((self.0)())
+        // By sensor name, as every other object of the fields: the clocks list sensors in the
+        // order they were first seen, which depends on arrival.
+        let mut offsets: Vec<(&str, i64)> = (self.0)().collect();
+        offsets.sort_unstable();
+        serializer.collect_map(offsets)
     }
 }
 
@@ -699,6 +703,12 @@ pub fn story_of(session: &Session<SessionData>, clocks: &SensorClocks) -> Story 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn clock_offsets_are_written_by_sensor_name_whatever_order_the_sensors_came_in() {
+        let offsets = super::Offsets(|| [("zeek", 5), ("fw", -3), ("dns", 0)].into_iter());
+        assert_eq!(serde_json::to_string(&offsets).unwrap(), r#"{"dns":0,"fw":-3,"zeek":5}"#);
+    }
+
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
