@@ -12,7 +12,7 @@ pub const MAX_MS: i64 = 30 * 24 * 3_600_000;
 /// Timeouts and tolerances, in milliseconds. `{}` keeps every default.
 ///
 /// ```json
-/// {"gap_ms": 60000, "dns_gap_ms": 10000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000,
+/// {"gap_ms": 60000, "dns_gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000,
 ///  "dns_window_ms": 30000, "residual_skew_ms": 1000, "late_flow_ms": 86400000,
 ///  "late_flow_mb": 32}
 /// ```
@@ -22,9 +22,11 @@ pub struct Config {
     /// Inactivity that ends a session. Default 60 000 (one minute).
     pub gap_ms: i64,
     /// Inactivity that ends the story of an exchange with a DNS server (port 53) of its own
-    /// (lookups on one tuple that no flow record joined): a client that asks its resolver from
-    /// the same port every few seconds makes one story per burst, not one for the hour. Zeek
-    /// ends a DNS exchange after 10 s without packets (`dns_session_timeout`). Default 10 000;
+    /// (lookups on one tuple that no flow record joined). Set it to the DNS timeout of the
+    /// sensors, so that a client that asks its resolver from the same port every few seconds
+    /// makes one story per burst as they count it, not one for the hour: Zeek ends a DNS
+    /// exchange after 10 s without packets (`dns_session_timeout`). Default 60 000, as
+    /// `gap_ms` (sensors time DNS differently, and the rule cannot tell which wrote a record);
     /// at most `gap_ms`.
     pub dns_gap_ms: i64,
     /// Longest span of one session; later traffic on the same 5-tuple is a new session.
@@ -70,7 +72,7 @@ impl Default for Config {
         let s = SessionConfig::default();
         Config {
             gap_ms: s.gap_ms,
-            dns_gap_ms: 10_000,
+            dns_gap_ms: 60_000,
             max_span_ms: s.max_span_ms,
             skew_ms: s.skew_ms,
             reopen_ms: s.reopen_ms,
@@ -85,7 +87,7 @@ impl Default for Config {
 }
 
 /// An example of a full configuration, quoted in error messages.
-const EXAMPLE: &str = r#"{"gap_ms": 60000, "dns_gap_ms": 10000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 1000, "dns_joins_connection": true, "late_flow_ms": 86400000, "late_flow_mb": 32}"#;
+const EXAMPLE: &str = r#"{"gap_ms": 60000, "dns_gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 1000, "dns_joins_connection": true, "late_flow_ms": 86400000, "late_flow_mb": 32}"#;
 
 /// Largest accepted `late_flow_mb`: 4 GiB, more than a plugin instance may hold.
 pub const MAX_LATE_FLOW_MB: u32 = 4096;

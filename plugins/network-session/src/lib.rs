@@ -37,7 +37,8 @@
 //!   watermark), then joins the best connection it fits even if taken, or becomes a
 //!   `dns-lookup` story. `dns_joins_connection: false` keeps every lookup with its exchange.
 //!   An exchange with a DNS server (port 53) that stays a story of its own ends after
-//!   `dns_gap_ms` (10 s, as Zeek times DNS) without records, not `gap_ms`;
+//!   `dns_gap_ms` without records (set it to the sensors' DNS timeout, 10 s for Zeek; by
+//!   default `gap_ms`);
 //! - **files**: a record of a file without ports (Zeek's `files`) joins the connection whose
 //!   `http`, `smtp` or `ftp` record listed its id, whichever came first;
 //!

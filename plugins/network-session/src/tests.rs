@@ -331,7 +331,8 @@ fn lookups_from_one_port_to_a_dns_server_are_a_story_per_burst_and_netbios_keeps
     // A host asking its resolver from a fixed port every 12 s, then twice 3 s apart: Zeek
     // counts an exchange per burst (10 s without packets ends one); NetBIOS name service on
     // 137 is timed like any UDP flow, so its records 12 s apart stay one exchange.
-    let mut c = NetworkSession::init(r#"{"dns_joins_connection": false}"#).unwrap();
+    let zeek = r#"{"dns_joins_connection": false, "dns_gap_ms": 10000}"#;
+    let mut c = NetworkSession::init(zeek).unwrap();
     let ask = |id: &str, t: TimestampMs| {
         event(id, "zeek-1", "dns", t, &dns_payload(CLIENT, "a.example", SERVER))
     };
@@ -357,9 +358,8 @@ fn lookups_from_one_port_to_a_dns_server_are_a_story_per_burst_and_netbios_keeps
         .map(|g| g.iter().map(|s| s.to_string()).collect())
         .collect();
     assert_eq!(got, want);
-    // With `dns_gap_ms` at `gap_ms`, every exchange keeps the minute.
-    let mut c =
-        NetworkSession::init(r#"{"dns_joins_connection": false, "dns_gap_ms": 60000}"#).unwrap();
+    // By default `dns_gap_ms` is `gap_ms`: every exchange keeps the minute.
+    let mut c = NetworkSession::init(r#"{"dns_joins_connection": false}"#).unwrap();
     let records = vec![ask("q1", T0), ask("q2", T0 + 12 * S), ask("q3", T0 + 24 * S)];
     assert_eq!(groups(&run(&mut c, &[bucket(T0 + 30 * S, records)])).len(), 1);
 }
