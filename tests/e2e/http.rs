@@ -177,11 +177,18 @@ impl Host {
     /// Follows `tenant`'s stories as server-sent events until the stories received name
     /// `events` event ids; returns those ids.
     fn follow(&self, tenant: &str, token: &str, events: usize) -> BTreeSet<String> {
+        let mut stream = self.open_follow(tenant, token, 0);
+        read_follow(&mut stream, events)
+    }
+
+    /// Opens a follow stream of `tenant`'s stories published from `since`: returns once the
+    /// answer's head is read (the stream is running).
+    fn open_follow(&self, tenant: &str, token: &str, since: i64) -> BufReader<TcpStream> {
         let mut conn = TcpStream::connect(&self.addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         write!(
             conn,
-            "GET /v1/tenants/{tenant}/stories?follow=true&since=0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+            "GET /v1/tenants/{tenant}/stories?follow=true&since={since} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
         )
         .unwrap();
         let mut reader = BufReader::new(conn);
@@ -200,24 +207,7 @@ impl Host {
             );
         }
         assert!(chunked, "an event stream has no length");
-        // The stream's text, taken out of its chunks; complete lines are read as they come.
-        let (mut text, mut ids) = (String::new(), BTreeSet::new());
-        while ids.len() < events {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
-            assert!(size > 0, "the stream ended after {} events", ids.len());
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).unwrap();
-            text.push_str(std::str::from_utf8(&chunk[..size]).unwrap());
-            while let Some((complete, rest)) = text.split_once('\n') {
-                if let Some(data) = complete.strip_prefix("data: ") {
-                    ids.extend(event_ids(data));
-                }
-                text = rest.to_string();
-            }
-        }
-        ids
+        reader
     }
 
     /// SIGTERM and wait.
@@ -246,6 +236,30 @@ impl Drop for Host {
 }
 
 /// `n` events with ids `<prefix>-<i>`, one per line, stamped now.
+
+/// Reads a follow stream until the stories received name `events` event ids; returns those ids.
+fn read_follow(reader: &mut BufReader<TcpStream>, events: usize) -> BTreeSet<String> {
+    // The stream's text, taken out of its chunks; complete lines are read as they come.
+    let (mut line, mut text, mut ids) = (String::new(), String::new(), BTreeSet::new());
+
+    while ids.len() < events {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
+        assert!(size > 0, "the stream ended after {} events", ids.len());
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).unwrap();
+        text.push_str(std::str::from_utf8(&chunk[..size]).unwrap());
+        while let Some((complete, rest)) = text.split_once('\n') {
+            if let Some(data) = complete.strip_prefix("data: ") {
+                ids.extend(event_ids(data));
+            }
+            text = rest.to_string();
+        }
+    }
+    ids
+}
+
 fn events(prefix: &str, n: usize) -> (Vec<String>, String) {
     let now = storyline::producer::now_ms();
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
@@ -304,6 +318,22 @@ fn posted_events_are_acknowledged_with_counts_and_become_stories() {
     assert_eq!(status, 403);
     // Followed, as server-sent events: every revision since the time given, then new ones.
     assert_eq!(host.follow("acme", ACME_TOKEN, 500).len(), 500);
+    host.stop();
+}
+
+/// A follow stream opened before the tenant had any event: the stories of events posted
+/// afterwards arrive on it as they are published, each event in one.
+#[test]
+fn a_follow_stream_opened_before_any_event_delivers_the_stories_published_after() {
+    let site = Site::new("http-follow-live");
+    let host = site.start();
+    let since = storyline::producer::now_ms();
+    let mut stream = host.open_follow("acme", ACME_TOKEN, since);
+    let (ids, body) = events("live", 20);
+    let (status, answer) = host.post("acme", Some(ACME_TOKEN), "", body.as_bytes());
+    assert_eq!((status, &answer["accepted"]), (200, &Value::from(20)), "{answer}");
+    assert_eq!(read_follow(&mut stream, 20), ids.into_iter().collect::<BTreeSet<_>>());
+    drop(stream);
     host.stop();
 }
 
