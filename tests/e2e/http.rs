@@ -235,13 +235,10 @@ impl Drop for Host {
     }
 }
 
-/// `n` events with ids `<prefix>-<i>`, one per line, stamped now.
-
 /// Reads a follow stream until the stories received name `events` event ids; returns those ids.
 fn read_follow(reader: &mut BufReader<TcpStream>, events: usize) -> BTreeSet<String> {
     // The stream's text, taken out of its chunks; complete lines are read as they come.
     let (mut line, mut text, mut ids) = (String::new(), String::new(), BTreeSet::new());
-
     while ids.len() < events {
         line.clear();
         reader.read_line(&mut line).unwrap();
@@ -260,6 +257,7 @@ fn read_follow(reader: &mut BufReader<TcpStream>, events: usize) -> BTreeSet<Str
     ids
 }
 
+/// `n` events with ids `<prefix>-<i>`, one per line, stamped now.
 fn events(prefix: &str, n: usize) -> (Vec<String>, String) {
     let now = storyline::producer::now_ms();
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
