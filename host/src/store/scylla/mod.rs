@@ -357,6 +357,16 @@ pub fn schema_cql(tenant: Option<&TenantId>, config: &ScyllaConfig, scylla: bool
     cql
 }
 
+/// The options of the queue tables (`events`, `buckets`): insert-only with a TTL, so expired
+/// cells are the only tombstones (see module docs), compacted by time window.
+fn queue_options(ttl_secs: i64, scylla: bool) -> String {
+    format!(
+        "compaction = {{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'HOURS', 'compaction_window_size': 6}} \
+         AND default_time_to_live = {ttl_secs} AND gc_grace_seconds = 10800{}",
+        if scylla { " AND tombstone_gc = {'mode': 'immediate'}" } else { "" }
+    )
+}
+
 /// The CQL that creates a tenant's keyspace and tables in `dialect`.
 pub fn schema_cql_for(tenant: &TenantId, config: &ScyllaConfig, dialect: Dialect) -> Vec<String> {
     let ks = keyspace(tenant);
@@ -365,12 +375,7 @@ pub fn schema_cql_for(tenant: &TenantId, config: &ScyllaConfig, dialect: Dialect
         Dialect::Scylla(tablets) => (true, tablets.keyspace_option()),
         Dialect::Cassandra => (false, ""),
     };
-    // Insert-only tables with a TTL: expired cells are the only tombstones (see module docs).
-    let queue_options = format!(
-        "compaction = {{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'HOURS', 'compaction_window_size': 6}} \
-         AND default_time_to_live = {ttl} AND gc_grace_seconds = 10800{}",
-        if scylla { " AND tombstone_gc = {'mode': 'immediate'}" } else { "" }
-    );
+    let queue_options = queue_options(ttl, scylla);
     vec![
         format!(
             "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}{tablets}",

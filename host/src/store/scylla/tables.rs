@@ -73,14 +73,9 @@ pub fn shared_schema_cql(keyspace: &str, config: &ScyllaConfig, dialect: Dialect
         Dialect::Scylla(tablets) => (true, tablets.keyspace_option()),
         Dialect::Cassandra => (false, ""),
     };
-    // Insert-only tables whose rows carry a TTL: expired cells are the only tombstones. The
-    // tables' own TTL is the default retention, for rows written without one (none are).
-    let queue_options = format!(
-        "compaction = {{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'HOURS', 'compaction_window_size': 6}} \
-         AND default_time_to_live = {} AND gc_grace_seconds = 10800{}",
-        config.retention_secs(),
-        if scylla { " AND tombstone_gc = {'mode': 'immediate'}" } else { "" }
-    );
+    // Rows carry their tenant's TTL; the tables' own is the default retention, for rows written
+    // without one (none are).
+    let queue_options = super::queue_options(config.retention_secs(), scylla);
     vec![
         format!(
             "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}{tablets}",
