@@ -6,8 +6,9 @@
 //!   session's span (so a sensor whose clock is 30 s off still lands in the right session);
 //! - an event may carry a *reach* (a flow record that covers a connection of some duration and
 //!   is stamped at its start or its end): it matches sessions within that reach too;
-//! - a session never spans more than `max_span`; past it, the same key starts a new session
-//!   (a 5-tuple reused long after is a different session);
+//! - a session never spans more than `max_span`, or the widest reach of its events when that is
+//!   longer (a flow record saying its connection lasted hours); past it, the same key starts a
+//!   new session (a 5-tuple reused long after is a different session);
 //! - a session closes when the watermark (the host's processing-time clock) passes its last
 //!   activity plus `gap + skew`: a session seen by only one sensor does not wait forever;
 //! - a closed session is kept for `reopen` more: a late event that belongs to it reopens it and
@@ -169,11 +170,13 @@ impl Times {
     /// Whether an event at `time` (± `reach`) joins this session when clocks may disagree by
     /// `skew` (the configured skew, or less for an event whose clock is known).
     fn matches(&self, time: TimestampMs, reach: i64, skew: i64, cfg: &SessionConfig) -> bool {
-        let slack = cfg.gap_ms.saturating_add(skew).saturating_add(reach.max(self.reach_ms));
+        let reach = reach.max(self.reach_ms);
+        let slack = cfg.gap_ms.saturating_add(skew).saturating_add(reach);
         let within = time >= self.first_seen.saturating_sub(slack)
             && time <= self.last_seen.saturating_add(slack);
         let span = self.last_seen.max(time).saturating_sub(self.first_seen.min(time));
-        within && span <= cfg.max_span_ms.saturating_add(skew)
+        // A record that covers a longer connection than `max_span` lets its session span it.
+        within && span <= cfg.max_span_ms.max(reach).saturating_add(skew)
     }
 
     fn distance(&self, time: TimestampMs) -> i64 {
@@ -186,14 +189,16 @@ impl Times {
 
     /// When the session closes: its last activity plus gap and skew. Last activity is the later
     /// of its last event time and the watermark it was last touched at, except that an event
-    /// stamped in the future (a fast clock) is believed only up to `skew`.
+    /// stamped in the future (a fast clock) is believed only up to `skew`. A reach past
+    /// `max_span` waits no longer than `max_span` does: a record covering hours is written when
+    /// its connection ends, and what comes after the close revises the story.
     fn deadline(&self, cfg: &SessionConfig) -> TimestampMs {
         let activity =
             self.last_seen.max(self.touched).min(self.touched.saturating_add(cfg.skew_ms));
         activity
             .saturating_add(cfg.gap_ms)
             .saturating_add(cfg.skew_ms)
-            .saturating_add(self.reach_ms)
+            .saturating_add(self.reach_ms.min(cfg.max_span_ms))
     }
 }
 
@@ -1572,6 +1577,36 @@ mod tests {
         s.add("k", "flow", 400 * S, 300 * S, 400 * S);
         let out = s.drain(|x| x.story("t"));
         assert_eq!(ids(&out), vec![vec!["dns", "flow"]]);
+    }
+
+    #[test]
+    fn a_reach_past_max_span_spans_its_connection_and_delays_the_close_by_max_span_only() {
+        const H: i64 = 3600 * S;
+        let mut s: Sessionizer<()> = Sessionizer::new(cfg());
+        // Published sessions wait for their flow record past the reopen window.
+        s.set_awaiting(Awaiting { ms: 6 * H, max_bytes: 1 << 20 }, |_: &()| true);
+        // Records of one long connection 20 minutes apart (past gap and max_span): four stories.
+        let mut first = Vec::new();
+        for i in 0..4 {
+            let t = i * 1200 * S;
+            s.add("k", &format!("r{i}"), t, 0, t);
+            first.extend(s.advance(t + 100 * S, |x| x.story("t")));
+        }
+        assert_eq!(ids(&first), [["r0"], ["r1"], ["r2"], ["r3"]]);
+        // Its flow record, stamped at the start, reaching over the hour: one story of them all.
+        s.add("k", "flow", 0, H, H + S);
+        // Closed after gap + skew + max_span (not + the hour) from the record's arrival.
+        let end = H + S + (60 + 30 + 600) * S;
+        let merged = s.advance(end - 1, |x| x.story("t"));
+        assert_eq!(merged.len(), 3, "r1, r2 and r3 say where their events went: {merged:?}");
+        assert!(merged.iter().all(|x| x.kind == MERGED_KIND && x.event_ids.is_empty()));
+        let out = s.advance(end, |x| x.story("t"));
+        assert_eq!(ids(&out), [["r0", "r1", "r2", "r3", "flow"]]);
+        assert_eq!((&out[0].id, out[0].revision), (&first[0].id, 1));
+        // Past the record's reach, the key starts another session.
+        s.add("k", "after", 2 * H + 200 * S, 0, 2 * H + 200 * S);
+        let out = s.drain(|x| x.story("t"));
+        assert_eq!(ids(&out), [["after"]]);
     }
 
     #[test]

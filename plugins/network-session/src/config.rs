@@ -30,7 +30,8 @@ pub struct Config {
     /// at most `gap_ms`.
     pub dns_gap_ms: i64,
     /// Longest span of one session; later traffic on the same 5-tuple is a new session.
-    /// Default 3 600 000 (one hour).
+    /// A flow record whose `event.duration` says its connection lasted longer spans its
+    /// connection (up to `late_flow_ms`). Default 3 600 000 (one hour).
     pub max_span_ms: i64,
     /// How far two sensors' clocks may disagree. Default 30 000.
     pub skew_ms: i64,
@@ -143,6 +144,12 @@ impl Config {
     /// await their flow record.
     pub fn late_flows(&self) -> Awaiting {
         Awaiting { ms: self.late_flow_ms, max_bytes: self.late_flow_mb as usize * (1 << 20) }
+    }
+
+    /// The longest duration a flow record reaches over: its connection, up to the longer of
+    /// `max_span_ms` and `late_flow_ms` (past that, the stories it would join are gone).
+    pub fn flow_reach(&self) -> i64 {
+        self.max_span_ms.max(self.late_flow_ms)
     }
 
     /// `dns_gap_ms`, within `gap_ms`.

@@ -23,7 +23,8 @@
 //!   second flow record of the same ports is another connection even seconds after the first
 //!   ended; otherwise a gap of `gap_ms` ends a session;
 //! - **late records and arrival order**: a flow record written when the connection ended
-//!   reaches back over its `event.duration`; a record arriving after publication reopens the
+//!   reaches back over its `event.duration`, hours past `max_span_ms` if the connection lasted
+//!   that long (up to `late_flow_ms`); a record arriving after publication reopens the
 //!   story and publishes the next revision of the same id (for `reopen_ms`, ten minutes; a
 //!   connection's story that no flow record has joined waits `late_flow_ms` more, a day, for
 //!   the record its sensor writes when a long connection ends); a record that bridges two

@@ -139,7 +139,7 @@ impl State {
         let facts = observe::facts(event, ecs);
         let extra = observe::extra(&event.kind, ecs);
         let tuple = flow.as_ref().and_then(|f| observe::tuple_key(f, transport));
-        let reach = ecs.duration_ms().min(cfg.max_span_ms);
+        let reach = ecs.duration_ms().min(cfg.flow_reach());
         let connection = Connection {
             event,
             ecs,
@@ -801,7 +801,7 @@ struct Connection<'a> {
     transport: Option<u8>,
     /// Whether the transport was given by the sensor (not defaulted).
     explicit: bool,
-    /// How far the record reaches from its time (`event.duration`, at most `max_span_ms`).
+    /// How far the record reaches from its time (`event.duration`, within [`Config::flow_reach`]).
     reach: i64,
 }
 

@@ -979,6 +979,36 @@ fn a_flow_record_written_hours_after_its_connections_tls_record_revises_its_stor
 }
 
 #[test]
+fn a_flow_record_of_a_connection_longer_than_max_span_joins_every_record_it_covers() {
+    // A TLS connection of three hours (`max_span_ms` is one): the inspector logs a record every
+    // twenty minutes, each gap past `gap_ms`, so each is a story of its own while they come;
+    // then the flow record, written at the end and stamped at the start, covers them all.
+    let hours = 180 * MIN;
+    let mut buckets = vec![bucket(T0 - MIN, vec![other_conn("conn-0", T0 - MIN)])];
+    let tls_ids: Vec<String> = (0..9).map(|i| format!("tls-{i}")).collect();
+    for (i, id) in tls_ids.iter().enumerate() {
+        let t = T0 + i as i64 * 20 * MIN;
+        buckets.push(bucket(t + S, vec![tls(id, t)]));
+    }
+    buckets.push(bucket(T0 + hours + S, vec![zeek_conn_lasting("conn-1", T0, hours)]));
+    let out = run(&mut init(), &buckets);
+    let mut whole: Vec<String> = tls_ids.clone();
+    whole.push("conn-1".into());
+    whole.sort();
+    assert_eq!(consumer_view(&out), [vec!["conn-0".to_string()], whole], "{out:#?}");
+    let merged = out.iter().filter(|s| s.kind == storyline_sdk::session::MERGED_KIND).count();
+    // The stories of tls-1 .. tls-7 were published: each says where its events went (tls-8's
+    // was still open when the flow record came in the same bucket).
+    assert_eq!(merged, 7, "{out:#?}");
+
+    // Traffic on the tuple after the connection the record covers is another session.
+    let after = T0 + hours + 2 * MIN;
+    buckets.push(bucket(after + S, vec![tls("tls-after", after)]));
+    let out = run(&mut init(), &buckets);
+    assert!(consumer_view(&out).contains(&vec!["tls-after".to_string()]), "{out:#?}");
+}
+
+#[test]
 fn a_story_with_its_flow_record_is_forgotten_after_ten_minutes_as_before() {
     // Only stories that no flow record joined wait for one: a connection reported whole is
     // forgotten after `reopen_ms`, and its tuple reused hours later is a new story.
