@@ -278,6 +278,21 @@ pub struct EventMeta {
     /// `event.duration` in nanoseconds: flow records cover a connection of this length.
     #[serde(deserialize_with = "lenient_i64")]
     pub duration: Option<i64>,
+    /// `event.module` is `zeek` (any case), as `storyline ingest --format zeek` and Elastic's
+    /// Zeek module write it: the record is Zeek's, timed by Zeek's analyzers.
+    #[serde(rename = "module", deserialize_with = "names_zeek")]
+    pub zeek: bool,
+}
+
+impl EcsEvent<'_> {
+    /// Whether Zeek wrote the record (`event.module: zeek`).
+    pub fn from_zeek(&self) -> bool {
+        self.event.as_ref().is_some_and(|e| e.zeek)
+    }
+}
+
+fn names_zeek<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(lenient_text(d)?.is_some_and(|m| m.eq_ignore_ascii_case("zeek")))
 }
 
 impl<'a> EcsEvent<'a> {
@@ -603,6 +618,17 @@ fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeek_records_are_told_by_their_event_module() {
+        let zeek = |p: &[u8]| EcsEvent::parse(p).unwrap().from_zeek();
+        assert!(zeek(br#"{"event": {"module": "zeek", "dataset": "zeek.dns"}}"#));
+        assert!(zeek(br#"{"event": {"module": "Zeek"}}"#));
+        assert!(!zeek(br#"{"event": {"module": "suricata"}}"#));
+        assert!(!zeek(br#"{"event": {"module": ["zeek"]}}"#), "another shape is ignored");
+        assert!(!zeek(br#"{"observer": {"product": "zeek"}}"#));
+        assert!(!zeek(b""));
+    }
 
     #[test]
     fn zeek_file_ids_are_read_in_both_layouts_and_odd_shapes_are_ignored() {

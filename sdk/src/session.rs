@@ -1291,6 +1291,34 @@ impl<D> Sessionizer<D> {
             self.reschedule();
         }
     }
+
+    /// Replaces the configuration as [`Sessionizer::set_config`] does, except that every
+    /// session kept keeps the gap it was opened with when the new `gap_ms` is shorter (its
+    /// reach widens by the difference); sessions opened from now on take the new gap. For a
+    /// rule whose sessionizer gap is a base beneath timeouts of its own, given as reach: a new
+    /// base (its defaults changed in an upgrade) then splits no session under way.
+    pub fn set_config_keeping_gaps(&mut self, config: SessionConfig)
+    where
+        D: Serialize + DeserializeOwned,
+    {
+        let shorter = self.config.gap_ms.saturating_sub(config.gap_ms);
+        if shorter > 0 {
+            for keyed in self.sessions.values_mut() {
+                for s in &mut keyed.open {
+                    s.reach_ms = s.reach_ms.saturating_add(shorter);
+                }
+                for f in &mut keyed.frozen {
+                    if let Some(mut s) = f.thaw::<D>() {
+                        s.reach_ms = s.reach_ms.saturating_add(shorter);
+                        *f = Frozen { awaits: f.awaits, ..Frozen::freeze(&s) };
+                    }
+                }
+            }
+            // Encoded again: their sizes may have moved.
+            self.awaiting_bytes = self.sessions.values().map(Keyed::awaiting_cost).sum();
+        }
+        self.set_config(config);
+    }
 }
 
 /// The story id of a session of `key` opened by `event_id`: 32 hex digits of SHA-1.
@@ -1607,6 +1635,33 @@ mod tests {
         s.add("k", "after", 2 * H + 200 * S, 0, 2 * H + 200 * S);
         let out = s.drain(|x| x.story("t"));
         assert_eq!(ids(&out), [["after"]]);
+    }
+
+    #[test]
+    fn a_shorter_gap_set_later_leaves_the_sessions_kept_their_own() {
+        let mut s: Sessionizer<Vec<String>> = Sessionizer::new(cfg());
+        s.set_awaiting(Awaiting { ms: 3600 * S, max_bytes: 1 << 20 }, |_| true);
+        s.add("open", "a", 100 * S, 0, 100 * S);
+        s.add("kept", "b", 100 * S, 0, 100 * S);
+        s.advance(100 * S, |x| x.story("t"));
+        // "kept" is published (its gap and skew passed), "open" has a new event.
+        s.add("open", "c", 150 * S, 0, 150 * S);
+        let first = s.advance(191 * S, |x| x.story("t"));
+        assert_eq!(ids(&first), [["b"]]);
+        let cost = s.awaiting_bytes();
+        s.set_config_keeping_gaps(SessionConfig { gap_ms: 10 * S, ..cfg() });
+        assert!(s.awaiting_bytes() >= cost);
+        // Both still take an event 60 s after their last, as with the gap they were opened with.
+        s.add("open", "d", 210 * S, 0, 210 * S);
+        s.add("kept", "e", 160 * S, 0, 200 * S);
+        let out = s.drain(|x| x.story("t"));
+        let mut got: Vec<Vec<&str>> = ids(&out);
+        got.sort();
+        assert_eq!(got, [vec!["a", "c", "d"], vec!["b", "e"]]);
+        // A session opened after the change has the shorter gap.
+        s.add("new", "f", 1000 * S, 0, 1000 * S);
+        s.add("new", "g", 1060 * S, 0, 1060 * S);
+        assert_eq!(ids(&s.drain(|x| x.story("t"))), [["f"], ["g"]]);
     }
 
     #[test]

@@ -12,7 +12,8 @@ pub const MAX_MS: i64 = 30 * 24 * 3_600_000;
 /// Timeouts and tolerances, in milliseconds. `{}` keeps every default.
 ///
 /// ```json
-/// {"gap_ms": 60000, "dns_gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000,
+/// {"gap_ms": 60000, "dns_gap_ms": 60000, "zeek_dns_gap_ms": 19000, "max_span_ms": 3600000,
+///  "skew_ms": 30000, "reopen_ms": 600000,
 ///  "dns_window_ms": 30000, "residual_skew_ms": 1000, "late_flow_ms": 86400000,
 ///  "late_flow_mb": 32}
 /// ```
@@ -26,9 +27,15 @@ pub struct Config {
     /// sensors, so that a client that asks its resolver from the same port every few seconds
     /// makes one story per burst as they count it, not one for the hour: Zeek ends a DNS
     /// exchange after 10 s without packets (`dns_session_timeout`). Default 60 000, as
-    /// `gap_ms` (sensors time DNS differently, and the rule cannot tell which wrote a record);
-    /// at most `gap_ms`.
+    /// `gap_ms` (sensors time DNS differently); at most `gap_ms`. Zeek's records
+    /// (`event.module: zeek`) take `zeek_dns_gap_ms` instead.
     pub dns_gap_ms: i64,
+    /// `dns_gap_ms` for the records Zeek wrote (`event.module: zeek`), on any port its DNS
+    /// analyzer reads (53, NetBIOS 137, mDNS 5353, LLMNR 5355): Zeek ends such an exchange at
+    /// a check made every `dns_session_timeout` (10 s) once it has been 9 s without packets,
+    /// so a pause under 9 s never ends one and a pause of 19 s always does. Default 19 000
+    /// (a pause Zeek may or may not end keeps the exchange whole); at most `gap_ms`.
+    pub zeek_dns_gap_ms: i64,
     /// Longest span of one session; later traffic on the same 5-tuple is a new session.
     /// A flow record whose `event.duration` says its connection lasted longer spans its
     /// connection (up to `late_flow_ms`). Default 3 600 000 (one hour).
@@ -74,6 +81,7 @@ impl Default for Config {
         Config {
             gap_ms: s.gap_ms,
             dns_gap_ms: 60_000,
+            zeek_dns_gap_ms: 19_000,
             max_span_ms: s.max_span_ms,
             skew_ms: s.skew_ms,
             reopen_ms: s.reopen_ms,
@@ -88,7 +96,7 @@ impl Default for Config {
 }
 
 /// An example of a full configuration, quoted in error messages.
-const EXAMPLE: &str = r#"{"gap_ms": 60000, "dns_gap_ms": 60000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 1000, "dns_joins_connection": true, "late_flow_ms": 86400000, "late_flow_mb": 32}"#;
+const EXAMPLE: &str = r#"{"gap_ms": 60000, "dns_gap_ms": 60000, "zeek_dns_gap_ms": 19000, "max_span_ms": 3600000, "skew_ms": 30000, "reopen_ms": 600000, "dns_window_ms": 30000, "residual_skew_ms": 1000, "dns_joins_connection": true, "late_flow_ms": 86400000, "late_flow_mb": 32}"#;
 
 /// Largest accepted `late_flow_mb`: 4 GiB, more than a plugin instance may hold.
 pub const MAX_LATE_FLOW_MB: u32 = 4096;
@@ -117,6 +125,7 @@ impl Config {
         let fields = [
             ("gap_ms", self.gap_ms),
             ("dns_gap_ms", self.dns_gap_ms),
+            ("zeek_dns_gap_ms", self.zeek_dns_gap_ms),
             ("max_span_ms", self.max_span_ms),
             ("skew_ms", self.skew_ms),
             ("reopen_ms", self.reopen_ms),
@@ -152,24 +161,39 @@ impl Config {
         self.max_span_ms.max(self.late_flow_ms)
     }
 
-    /// `dns_gap_ms`, within `gap_ms`.
-    pub fn dns_gap(&self) -> i64 {
-        self.dns_gap_ms.min(self.gap_ms)
+    /// The gap ending the story of a DNS exchange of its own: `zeek_dns_gap_ms` for a record
+    /// Zeek wrote, else `dns_gap_ms` with a DNS server (port 53), else `gap_ms` (other name
+    /// services logged as DNS, timed as any flow). Within `gap_ms`.
+    pub fn lookup_gap(&self, from_zeek: bool, port_53: bool) -> i64 {
+        let gap = if from_zeek {
+            self.zeek_dns_gap_ms
+        } else if port_53 {
+            self.dns_gap_ms
+        } else {
+            self.gap_ms
+        };
+        gap.min(self.gap_ms)
     }
 
-    /// The reach of a record in the sessionizer, widened by what `gap_ms` has over
-    /// `dns_gap_ms`: every record but those of a DNS exchange's own story.
+    /// The sessionizer's gap: the shortest of the gaps above. Every record reaches further by
+    /// what its own gap has over it ([`Config::wide`], [`Config::lookup_gap`]).
+    pub fn base_gap(&self) -> i64 {
+        self.dns_gap_ms.min(self.zeek_dns_gap_ms).min(self.gap_ms)
+    }
+
+    /// The reach of a record in the sessionizer, widened by what `gap_ms` has over the base
+    /// gap: every record but those of a DNS exchange's own story.
     pub fn wide(&self, reach: i64) -> i64 {
-        reach.saturating_add(self.gap_ms - self.dns_gap())
+        reach.saturating_add(self.gap_ms - self.base_gap())
     }
 
     /// The part the SDK's sessionizer uses.
     ///
-    /// Its gap is the shortest, `dns_gap_ms`: every other session's records reach
+    /// Its gap is the shortest, [`Config::base_gap`]: every other session's records reach
     /// [`Config::wide`] further, which makes their gap `gap_ms` again.
     pub fn sessions(&self) -> SessionConfig {
         SessionConfig {
-            gap_ms: self.dns_gap(),
+            gap_ms: self.base_gap(),
             max_span_ms: self.max_span_ms,
             skew_ms: self.skew_ms,
             reopen_ms: self.reopen_ms,

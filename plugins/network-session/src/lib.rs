@@ -37,9 +37,10 @@
 //!   start. A lookup that finds no free connection waits (`dns_window_ms + gap_ms + skew_ms` of
 //!   watermark), then joins the best connection it fits even if taken, or becomes a
 //!   `dns-lookup` story. `dns_joins_connection: false` keeps every lookup with its exchange.
-//!   An exchange with a DNS server (port 53) that stays a story of its own ends after
-//!   `dns_gap_ms` without records (set it to the sensors' DNS timeout, 10 s for Zeek; by
-//!   default `gap_ms`);
+//!   A DNS exchange that stays a story of its own ends by its sensor's timing: Zeek's records
+//!   (`event.module: zeek`) after `zeek_dns_gap_ms` (19 s) without records, on any port;
+//!   other sensors' exchanges with a DNS server (port 53) after `dns_gap_ms` (by default
+//!   `gap_ms`: set it to their DNS timeout); other name services after `gap_ms`;
 //! - **files**: a record of a file without ports (Zeek's `files`) joins the connection whose
 //!   `http`, `smtp` or `ftp` record listed its id, whichever came first;
 //!

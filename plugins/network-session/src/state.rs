@@ -1,6 +1,6 @@
 //! The rule itself: how each event joins a story, over state that survives snapshots.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use storyline_sdk::clocks::{SensorClocks, SensorId};
@@ -67,6 +67,11 @@ pub struct State {
     /// in snapshots: a restored instance logs them once more).
     #[serde(skip)]
     logged: BTreeMap<String, i64>,
+    /// The sensors seen writing Zeek's records (`event.module: zeek`), for the lookups that
+    /// wait: Zeek's DNS timing applies to theirs. Not in snapshots: the next record of each
+    /// says it again.
+    #[serde(skip)]
+    zeek_sensors: BTreeSet<String>,
     /// How long and within how much memory stories wait for their flow record (the
     /// configuration's), once `flows_seen`.
     #[serde(skip)]
@@ -100,6 +105,7 @@ impl State {
             files: IdIndex::default(),
             residual_ms: config.residual_skew_ms.min(config.skew_ms),
             logged: BTreeMap::new(),
+            zeek_sensors: BTreeSet::new(),
             late_flows: config.late_flows(),
             flows_seen: false,
             file_refs_seen: false,
@@ -150,6 +156,9 @@ impl State {
             explicit,
             reach,
         };
+        if ecs.from_zeek() && !self.zeek_sensors.contains(event.source.as_str()) {
+            self.zeek_sensors.insert(event.source.clone());
+        }
         if class == Class::Dns {
             // A lookup whose own exchange a sensor reported as a flow belongs with that flow:
             // the tuple is stronger evidence than the answer.
@@ -190,6 +199,7 @@ impl State {
                         skew,
                         flow: flow.as_ref(),
                         transport,
+                        from_zeek: ecs.from_zeek(),
                     };
                     self.add_lookup_story(cfg, &origin, &facts, watermark);
                 }
@@ -488,7 +498,8 @@ impl State {
             None => {
                 self.measure_lookup(lookup);
                 let (at, skew) = corrected_within(cfg, &self.clocks, lookup);
-                let origin = Origin::of(lookup, at, skew);
+                let from_zeek = self.zeek_sensors.contains(lookup.facts.sensor.as_ref());
+                let origin = Origin::of(lookup, at, skew, from_zeek);
                 self.add_lookup_story(cfg, &origin, &lookup.facts, watermark);
             }
         }
@@ -553,8 +564,8 @@ impl State {
 
     /// Adds a DNS lookup as (part of) a `dns-lookup` story keyed by its own tuple.
     ///
-    /// An exchange with a DNS server (port 53) ends after `dns_gap_ms` without records; other
-    /// name services logged as DNS (NetBIOS on 137, mDNS) after `gap_ms`, as sensors time them.
+    /// It ends after [`Config::lookup_gap`] without records: Zeek's DNS timing for Zeek's
+    /// records, `dns_gap_ms` for an exchange with a DNS server (port 53), else `gap_ms`.
     fn add_lookup_story(
         &mut self,
         cfg: &Config,
@@ -564,7 +575,7 @@ impl State {
     ) {
         let sensor: &str = &facts.sensor;
         let port_53 = |f: &Flow| f.server.port == Some(53) || f.client.port == Some(53);
-        let reach = if o.flow.is_some_and(port_53) { 0 } else { cfg.wide(0) };
+        let reach = cfg.lookup_gap(o.from_zeek, o.flow.is_some_and(port_53)) - cfg.base_gap();
         let skew = self.skew_for(o.key, o.time, reach, sensor, o.skew);
         let session = self.sessions.add_within(o.key, o.event_id, o.time, reach, skew, watermark);
         let new = session.event_ids.len() == 1;
@@ -712,6 +723,7 @@ impl State {
                 files: IdIndex::default(),
                 residual_ms: 0,
                 logged: BTreeMap::new(),
+                zeek_sensors: BTreeSet::new(),
                 late_flows: Awaiting::default(),
                 flows_seen: false,
                 file_refs_seen: false,
@@ -720,7 +732,8 @@ impl State {
         };
         state.lookups.reindex();
         state.residual_ms = config.residual_skew_ms.min(config.skew_ms);
-        state.sessions.set_config(config.sessions());
+        // A new base gap (the defaults changed) keeps the sessions under way whole.
+        state.sessions.set_config_keeping_gaps(config.sessions());
         // Stories only wait once a flow record was seen: a state with a story waiting, or one
         // holding a flow record, saw one.
         state.late_flows = config.late_flows();
@@ -814,6 +827,8 @@ struct Origin<'a> {
     skew: i64,
     flow: Option<&'a Flow>,
     transport: Option<(u8, bool)>,
+    /// Zeek wrote the record (its DNS timing applies).
+    from_zeek: bool,
 }
 
 /// A lookup's time on the reference clock (it keeps its resolver's).
@@ -835,7 +850,7 @@ fn corrected_within(cfg: &Config, clocks: &SensorClocks, lookup: &Lookup) -> (Ti
 impl<'a> Origin<'a> {
     /// The story of `lookup`, at `time` (its time on the reference clock), its clock off by
     /// up to `skew`.
-    fn of(lookup: &'a Lookup, time: TimestampMs, skew: i64) -> Origin<'a> {
+    fn of(lookup: &'a Lookup, time: TimestampMs, skew: i64, from_zeek: bool) -> Origin<'a> {
         Origin {
             key: &lookup.own_key,
             event_id: &lookup.event_id,
@@ -843,6 +858,7 @@ impl<'a> Origin<'a> {
             skew,
             flow: lookup.flow.as_ref(),
             transport: lookup.transport,
+            from_zeek,
         }
     }
 }

@@ -328,9 +328,10 @@ fn an_alert_joins_its_session_and_the_story_lists_its_signature() {
 
 #[test]
 fn lookups_from_one_port_to_a_dns_server_are_a_story_per_burst_and_netbios_keeps_the_gap() {
-    // A host asking its resolver from a fixed port every 12 s, then twice 3 s apart: Zeek
-    // counts an exchange per burst (10 s without packets ends one); NetBIOS name service on
-    // 137 is timed like any UDP flow, so its records 12 s apart stay one exchange.
+    // A host asking its resolver from a fixed port every 12 s, then twice 3 s apart, from a
+    // sensor the rule does not know (no `event.module`) whose DNS timeout is 10 s: an exchange
+    // per burst; NetBIOS name service on 137 is timed like any UDP flow, so its records 12 s
+    // apart stay one exchange.
     let zeek = r#"{"dns_joins_connection": false, "dns_gap_ms": 10000}"#;
     let mut c = NetworkSession::init(zeek).unwrap();
     let ask = |id: &str, t: TimestampMs| {
@@ -362,6 +363,82 @@ fn lookups_from_one_port_to_a_dns_server_are_a_story_per_burst_and_netbios_keeps
     let mut c = NetworkSession::init(r#"{"dns_joins_connection": false}"#).unwrap();
     let records = vec![ask("q1", T0), ask("q2", T0 + 12 * S), ask("q3", T0 + 24 * S)];
     assert_eq!(groups(&run(&mut c, &[bucket(T0 + 30 * S, records)])).len(), 1);
+}
+
+#[test]
+fn zeek_s_dns_records_end_their_exchange_by_zeek_s_timing_on_port_53_and_137_alike() {
+    // Zeek ends a DNS exchange at a check every 10 s once it has been 9 s without packets: a
+    // pause of 25 s ends it, one of 15 s may or may not (kept whole). The same records from a
+    // sensor the rule does not know keep the minute.
+    let records = |module: Option<&str>| {
+        let mark = |mut p: Value| {
+            if let Some(m) = module {
+                p["event"] = json!({"module": m});
+            }
+            p
+        };
+        let ask = |id: &str, t: TimestampMs| {
+            event(id, "dns-1", "dns", t, &mark(dns_payload(CLIENT, "a.example", SERVER)))
+        };
+        let nbns = |id: &str, t: TimestampMs| {
+            let p = conn(
+                CLIENT,
+                137,
+                "10.0.0.255",
+                137,
+                json!({"dns": {"question": {"name": "WPAD"}}}),
+            );
+            event(id, "dns-1", "dns", t, &mark(p))
+        };
+        let (a, b, c) = (T0, T0 + 15 * S, T0 + 40 * S);
+        vec![ask("q1", a), ask("q2", b), ask("q3", c), nbns("n1", a), nbns("n2", b), nbns("n3", c)]
+    };
+    let sorted = |out: &[Story]| {
+        let mut got: Vec<Vec<String>> = groups(out).into_iter().map(|(_, ids)| ids).collect();
+        got.sort();
+        got
+    };
+    let want = |groups: &[&[&str]]| -> Vec<Vec<String>> {
+        groups.iter().map(|g| g.iter().map(|s| s.to_string()).collect()).collect()
+    };
+    let config = r#"{"dns_joins_connection": false}"#;
+    let out = run(
+        &mut NetworkSession::init(config).unwrap(),
+        &[bucket(T0 + 41 * S, records(Some("zeek")))],
+    );
+    assert_eq!(sorted(&out), want(&[&["n1", "n2"], &["n3"], &["q1", "q2"], &["q3"]]));
+    let out = run(
+        &mut NetworkSession::init(config).unwrap(),
+        &[bucket(T0 + 41 * S, records(Some("suricata")))],
+    );
+    assert_eq!(sorted(&out), want(&[&["n1", "n2", "n3"], &["q1", "q2", "q3"]]));
+    // `zeek_dns_gap_ms` sets it.
+    let at_30 = r#"{"dns_joins_connection": false, "zeek_dns_gap_ms": 30000}"#;
+    let out = run(
+        &mut NetworkSession::init(at_30).unwrap(),
+        &[bucket(T0 + 41 * S, records(Some("zeek")))],
+    );
+    assert_eq!(sorted(&out), want(&[&["n1", "n2", "n3"], &["q1", "q2", "q3"]]));
+}
+
+#[test]
+fn a_snapshot_taken_with_a_longer_base_gap_keeps_its_sessions_gaps() {
+    // A state whose sessionizer ran on a one-minute base (before Zeek's DNS timing): its open
+    // connection still closes a minute (plus skew) after its last record, not 19 s.
+    let old = r#"{"zeek_dns_gap_ms": 60000}"#;
+    let mut c = NetworkSession::init(old).unwrap();
+    let first = [
+        bucket(T0 - MIN, vec![other_conn("conn-0", T0 - MIN)]),
+        bucket(T0 + S, vec![tls("tls-1", T0)]),
+    ];
+    run_without_drain(&mut c, &first);
+    let mut upgraded = init();
+    upgraded.restore(&c.snapshot()).unwrap();
+    let mut out = run_without_drain(&mut upgraded, &[bucket(T0 + 60 * S, vec![])]);
+    out.retain(|s| !ids(s).contains(&"conn-0"));
+    assert!(out.is_empty(), "closed early: {out:#?}");
+    let out = run_without_drain(&mut upgraded, &[bucket(T0 + 95 * S, vec![])]);
+    assert_eq!(groups(&out), [("network-session".to_string(), vec!["tls-1".to_string()])]);
 }
 
 /// Zeek's `http` record of a request from `port` that carried file `fuid`.
